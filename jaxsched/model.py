@@ -1,0 +1,181 @@
+"""The one model of the system: KV-cache memory dynamics of an LLM server.
+
+Everything in jaxsched (the JAX simulator, the plain-Python reference simulator, the tuners
+and the engine's scheduler) follows the conventions written here.
+
+Requests
+--------
+A request i has an arrival time ``a_i``, a prompt of ``l_i`` tokens, an output of ``o_i``
+tokens (``l_i >= 1``, ``o_i >= 1``) and a class ``c_i``. While resident it holds ``cached_i``
+tokens of KV memory; after its prefill and ``s_i`` generated tokens, ``cached_i = l_i + s_i``.
+The server has a capacity of ``C`` tokens.
+
+Iterations
+----------
+Time advances in iterations (one batched forward pass). Iteration ``k`` starts at time ``T_k``
+(``T_0 = 0``) and lasts ``tau_k = d0 + d1 * (P_k + D_k)`` where ``P_k`` is the number of
+prefill tokens computed in it and ``D_k`` the context tokens (``cached``) of the requests that
+decode in it. With ``d0 = 1, d1 = 0`` an iteration is one slot (the slotted model of Dong & Cao
+2026 and Ao, Dong, Luo & Simchi-Levi); with fitted ``d0, d1`` it is the iteration-time model of
+Ao, Luo, Simchi-Levi & Wang (WAIT). ``T_{k+1} = T_k + tau_k``.
+
+Within iteration ``k``, in this order:
+
+1. **Arrivals.** Every request with ``a_i <= T_k`` is in the system. The waiting queue is the
+   set of arrived requests that are neither resident nor completed, ordered by arrival
+   (ties by workload index). An evicted request rejoins the queue at its arrival position;
+   for a FIFO or per-class FIFO policy that is the head of its (class) queue.
+2. **Admission.** The policy sees the first ``queue_size`` queue positions (its look-ahead
+   window, counted from the oldest waiting request) and the residents, and chooses requests
+   to admit. At most ``max_batch`` requests are resident; admissions beyond the free slots
+   are dropped in queue order. An admitted request that kept ``g`` generated tokens from
+   before an eviction must prefill ``l + g`` tokens.
+3. **Plan.** The policy says which residents run in this iteration and how many prefill
+   tokens each may process (default: all run, whole prefill). A running resident with
+   ``cached < l + s`` processes ``c = min(chunk, l + s - cached)`` prefill tokens; if that
+   completes its prefill it also generates one token. A running resident whose prefill is
+   complete decodes one token. A resident that does not run keeps its cache.
+4. **Memory.** The iteration needs ``M_k = sum_i m_i`` with ``m_i = cached_i + c_i + t_i``
+   (``t_i = 1`` if ``i`` generates a token in this iteration, the slot of the new token, as in
+   the flow-control and congestion papers: a request that has generated ``j`` tokens holds
+   ``l + j``). If ``M_k > C`` the iteration *overflows*: the policy evicts residents (the
+   simulator then evicts newest-admitted first until ``M_k <= C``, the hardware limit). An
+   evicted request frees its cache and rejoins the queue. ``recomputed_tokens`` adds the
+   ``cached`` tokens it held before the iteration (the KV work that will be redone). With
+   ``restart_on_evict`` false (vLLM's recompute preemption, the default) it keeps its generated
+   tokens and recomputes ``l + g`` at readmission; with it true (the papers' model) it loses
+   its progress and starts over.
+5. **Execution.** Survivors run as planned; ``P_k`` sums their prefill chunks and ``D_k`` the
+   ``cached`` of the decoding ones (before the new token). ``T_{k+1} = T_k + tau_k``.
+6. **Completion.** A request that has generated ``o`` tokens completes at ``T_{k+1}`` and frees
+   its memory: latency ``T_{k+1} - a``. Its first token's time gives TTFT ``T_{k+1} - a`` in the
+   iteration where it first generates a token (once per request, even if evicted later).
+
+Conserved at every iteration: arrived = completed + waiting + resident; ``M_k <= C`` after
+eviction; the tokens generated add up to the outputs of the completed requests plus the
+progress of the others (minus what restarts discarded).
+
+Data
+----
+* :class:`SimShape` - static shapes; changing it recompiles.
+* :class:`SystemParams` - traced system parameters; vmappable, differentiable.
+* :class:`Workload` - one replica's requests, padded to a static length with a mask.
+* :class:`SimState` - the carry of ``lax.scan``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+__all__ = [
+    "SimShape",
+    "SystemParams",
+    "Workload",
+    "SlotState",
+    "RequestState",
+    "SimState",
+    "system_params",
+    "BIG_CHUNK",
+]
+
+BIG_CHUNK = 1 << 30
+"""A prefill chunk cap meaning 'the whole remaining prefill'."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SimShape:
+    """Static configuration: shapes and switches. Hashable; changing it recompiles."""
+
+    max_batch: int  # B: resident request slots
+    queue_size: int  # W: the scheduler's look-ahead window over the waiting queue
+    horizon: int  # H: iterations per rollout
+    num_classes: int  # K: request classes
+    warmup: int = 0  # iterations before metrics start counting
+    record_trace: bool = False  # emit per-iteration outputs (for plots and tests)
+
+    def __post_init__(self):
+        for name in ("max_batch", "queue_size", "horizon", "num_classes"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"SimShape.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup < self.horizon:
+            raise ValueError(f"SimShape.warmup must be in [0, horizon), got {self.warmup}")
+
+
+@struct.dataclass
+class SystemParams:
+    """Traced system parameters (a leading axis on every field makes a batch of them)."""
+
+    capacity: jax.Array  # () float32, C: tokens of KV memory
+    d0: jax.Array  # () float32, time per iteration
+    d1: jax.Array  # () float32, time per prefill or context token in an iteration
+    restart_on_evict: jax.Array  # () bool, evicted requests lose their generated tokens
+
+
+def system_params(capacity, d0=1.0, d1=0.0, restart_on_evict=False) -> SystemParams:
+    """Build :class:`SystemParams` from Python numbers or arrays."""
+    return SystemParams(
+        capacity=jnp.asarray(capacity, jnp.float32),
+        d0=jnp.asarray(d0, jnp.float32),
+        d1=jnp.asarray(d1, jnp.float32),
+        restart_on_evict=jnp.asarray(restart_on_evict, bool),
+    )
+
+
+@struct.dataclass
+class Workload:
+    """One replica's requests sorted by arrival, padded to N with ``valid = False``."""
+
+    arrival: jax.Array  # (N,) float32, arrival time; +inf where not valid
+    prompt: jax.Array  # (N,) int32, l >= 1
+    output: jax.Array  # (N,) int32, o >= 1
+    cls: jax.Array  # (N,) int32 in [0, K)
+    valid: jax.Array  # (N,) bool
+
+    @property
+    def num_requests(self) -> int:
+        return self.arrival.shape[-1]
+
+
+@struct.dataclass
+class SlotState:
+    """Resident requests, compacted in admission order: slots [0, n) are occupied, oldest first."""
+
+    req: jax.Array  # (B,) int32 workload index, -1 where free
+    prompt: jax.Array  # (B,) int32
+    output: jax.Array  # (B,) int32
+    generated: jax.Array  # (B,) int32, s: tokens generated so far (kept ones included)
+    cached: jax.Array  # (B,) int32, KV tokens held
+    cls: jax.Array  # (B,) int32
+    arrival: jax.Array  # (B,) float32
+    first_done: jax.Array  # (B,) bool, first token already delivered
+
+    @property
+    def valid(self) -> jax.Array:
+        return self.req >= 0
+
+
+@struct.dataclass
+class RequestState:
+    """Per-request bookkeeping over the workload (waiting or not)."""
+
+    taken: jax.Array  # (N,) bool, resident or completed (not waiting)
+    kept: jax.Array  # (N,) int32, generated tokens kept while waiting after an eviction
+    first_done: jax.Array  # (N,) bool, first token already delivered
+
+
+@struct.dataclass
+class SimState:
+    """The carry of the simulator's ``lax.scan``."""
+
+    time: jax.Array  # () float32, T_k
+    iteration: jax.Array  # () int32, k
+    arrived: jax.Array  # () int32, requests with arrival <= T_k (a prefix of the workload)
+    head: jax.Array  # () int32, no waiting request has a smaller index
+    num_waiting: jax.Array  # () int32
+    num_completed: jax.Array  # () int32, since iteration 0
+    slots: SlotState
+    requests: RequestState

@@ -1,0 +1,189 @@
+"""The policy interface: a bundle of pure functions, like an optax transform.
+
+A scheduling policy is a :class:`Policy`: four pure functions built by a factory (see
+``registry.py``) and called by the simulator, which knows no particular policy:
+
+* ``init(params, shape) -> pstate``: the policy's own state (credits, ratios, phases).
+* ``admit(key, params, pstate, view) -> (admit (W,) bool, pstate)``: which requests of the
+  look-ahead window to admit in this iteration (step 2 of the model in ``jaxsched.model``).
+* ``plan(key, params, pstate, view) -> Plan``: which residents run and their prefill chunk caps
+  (step 3). Most policies use :func:`run_all`.
+* ``evict(key, params, pstate, view, need) -> (evict (B,) bool, pstate)``: which residents to
+  evict given each one's memory need in this iteration (step 4). Called every iteration;
+  ``view.excess`` says by how much memory would exceed capacity (<= 0: no overflow).
+
+Parameters are a pytree of arrays (traced: vmappable and differentiable, never a recompile);
+options that change the computation's structure (an eviction order, a mode) are arguments of
+the factory and part of the policy's identity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from jaxsched.model import BIG_CHUNK, SimShape
+
+__all__ = [
+    "QueueView",
+    "SlotView",
+    "SchedView",
+    "Plan",
+    "Param",
+    "Policy",
+    "run_all",
+    "no_state",
+    "full_need",
+    "fcfs_prefix",
+    "evict_newest_first",
+    "evict_by_priority",
+    "EVICTION_ORDERS",
+    "evict_in_order",
+]
+
+
+@struct.dataclass
+class QueueView:
+    """The look-ahead window over the waiting queue, in queue order."""
+
+    valid: jax.Array  # (W,) bool, a waiting request sits at this position
+    prompt: jax.Array  # (W,) int32
+    output: jax.Array  # (W,) int32 (policies for unknown lengths must not read it)
+    kept: jax.Array  # (W,) int32, generated tokens kept from before an eviction
+    cls: jax.Array  # (W,) int32
+    arrival: jax.Array  # (W,) float32
+
+
+@struct.dataclass
+class SlotView:
+    """Residents in admission order (oldest first)."""
+
+    valid: jax.Array  # (B,) bool
+    prompt: jax.Array  # (B,) int32
+    output: jax.Array  # (B,) int32 (policies for unknown lengths must not read it)
+    generated: jax.Array  # (B,) int32
+    cached: jax.Array  # (B,) int32
+    cls: jax.Array  # (B,) int32
+    arrival: jax.Array  # (B,) float32
+    is_new: jax.Array  # (B,) bool, admitted in this iteration
+
+
+@struct.dataclass
+class SchedView:
+    """What a policy may look at."""
+
+    time: jax.Array  # () float32, T_k
+    iteration: jax.Array  # () int32, k
+    capacity: jax.Array  # () float32, C
+    num_waiting: jax.Array  # () int32, the whole queue (the window may show fewer)
+    queue: QueueView
+    slots: SlotView
+    excess: jax.Array  # () float32, M_k - C (only meaningful in ``evict``)
+
+
+@struct.dataclass
+class Plan:
+    run: jax.Array  # (B,) bool, residents that run in this iteration
+    chunk: jax.Array  # (B,) int32, cap on prefill tokens processed in this iteration
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """Description of one tunable parameter: default, feasible range, kind."""
+
+    default: Any
+    low: float | None = None  # inclusive
+    high: float | None = None  # inclusive
+    integer: bool = False
+    log: bool = False  # search on a log scale
+    doc: str = ""
+    per_class: bool = False  # one value per request class, shape (K,)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Policy:
+    """A policy's functions and parameter descriptions. Hashed by identity (the registry
+    caches one object per name and options), so it can key compiled simulators."""
+
+    name: str
+    params: Mapping[str, Param]  # name -> description; the traced pytree is a dict of arrays
+    init: Callable[[Any, SimShape], Any]
+    admit: Callable[..., tuple[jax.Array, Any]]
+    plan: Callable[..., Plan]
+    evict: Callable[..., tuple[jax.Array, Any]]
+    known_lengths: bool = False  # reads output lengths (needs them at admission)
+
+
+def no_state(params, shape: SimShape):
+    """``init`` for policies without state."""
+    del params, shape
+    return ()
+
+
+def run_all(key, params, pstate, view: SchedView) -> Plan:
+    """Every resident runs; prefills complete in one iteration."""
+    del key, params, pstate
+    b = view.slots.valid.shape[0]
+    return Plan(run=view.slots.valid, chunk=jnp.full((b,), BIG_CHUNK, jnp.int32))
+
+
+def full_need(slots: SlotView) -> jax.Array:
+    """(B,) memory each resident needs in this iteration if it runs with its whole prefill:
+    ``l + s + 1`` (prompt, tokens so far, the new token); 0 for free slots."""
+    return jnp.where(slots.valid, slots.prompt + slots.generated + 1, 0)
+
+
+def fcfs_prefix(ok: jax.Array, valid: jax.Array) -> jax.Array:
+    """Strict first-come-first-served: admit window position i iff it is valid and every
+    valid position up to and including i is ``ok`` (the first refusal blocks the rest,
+    as vLLM's waiting queue does)."""
+    blocked = jnp.cumsum(valid & ~ok) > 0
+    return valid & ok & ~blocked
+
+
+def evict_newest_first(need: jax.Array, valid: jax.Array, excess: jax.Array) -> jax.Array:
+    """LIFO eviction by prefix sums over the admission-ordered slots: evict the newest
+    residents until the freed memory covers ``excess``. No sort: slots are already ordered.
+
+    Slot i is evicted iff the memory of the residents newer than i is still short of
+    ``excess``.
+    """
+    need = jnp.where(valid, need, 0)
+    newer = jnp.cumsum(need[::-1])[::-1] - need  # memory of slots after i
+    return valid & (newer < excess)
+
+
+def evict_by_priority(need: jax.Array, valid: jax.Array, excess: jax.Array,
+                      keys: tuple[jax.Array, ...]) -> jax.Array:
+    """Evict in ascending lexicographic order of ``keys`` (primary first; final tie: newest
+    first) until ``excess`` is covered."""
+    b = need.shape[0]
+    big = jnp.iinfo(jnp.int32).max
+    # jnp.lexsort takes the primary key last; free slots sort after every resident.
+    sort_keys = (-jnp.arange(b),) + tuple(jnp.where(valid, k, big) for k in keys[::-1])
+    order = jnp.lexsort(sort_keys + (~valid,))
+    need_sorted = jnp.where(valid, need, 0)[order]
+    before = jnp.cumsum(need_sorted) - need_sorted
+    evict_sorted = before < excess
+    return valid & jnp.zeros((b,), bool).at[order].set(evict_sorted)
+
+
+EVICTION_ORDERS = ("newest", "least_progressed", "fewest_generated")
+"""``newest``: most recently admitted first (vLLM, LIFO in the papers).
+``least_progressed``: fewest generated tokens first, ties newest first (the congestion paper).
+``fewest_generated``: fewest generated tokens first, ties longest prompt first (SGLang)."""
+
+
+def evict_in_order(order: str, slots: SlotView, need: jax.Array, excess: jax.Array) -> jax.Array:
+    """Evict residents in the named order until ``excess`` tokens are freed."""
+    if order == "newest":
+        return evict_newest_first(need, slots.valid, excess)
+    if order == "least_progressed":
+        return evict_by_priority(need, slots.valid, excess, (slots.generated,))
+    if order == "fewest_generated":
+        return evict_by_priority(need, slots.valid, excess, (slots.generated, -slots.prompt))
+    raise ValueError(f"unknown eviction order {order!r}; expected one of {EVICTION_ORDERS}")

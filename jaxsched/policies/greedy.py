@@ -1,0 +1,63 @@
+"""Greedy admission, the vLLM-like baseline.
+
+Each iteration, admit waiting requests first-come-first-served while the memory they need
+(``l + g + 1``: prompt, kept tokens, the first new token) fits in what the residents leave
+free after their own growth (``C - sum_i (l_i + s_i + 1)``), optionally capped at
+``max_num_seqs`` residents; the first request that does not fit blocks the rest. On overflow,
+evict in the chosen order (default newest-admitted first, vLLM's recompute preemption and the
+LIFO rule of the flow-control and WAIT papers). Nothing is reserved for future growth: this
+is the greedy admission whose eviction-free fixed point Ao, Dong, Luo & Simchi-Levi show to
+be unstable.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from jaxsched.policies.base import (
+    EVICTION_ORDERS,
+    Param,
+    Policy,
+    evict_in_order,
+    fcfs_prefix,
+    full_need,
+    no_state,
+    run_all,
+)
+from jaxsched.policies.registry import register
+
+__all__ = ["greedy"]
+
+
+@register("greedy")
+def greedy(eviction: str = "newest") -> Policy:
+    """Greedy FCFS admission with one-step feasibility; ``eviction`` in ``EVICTION_ORDERS``."""
+    if eviction not in EVICTION_ORDERS:
+        raise ValueError(f"eviction must be one of {EVICTION_ORDERS}, got {eviction!r}")
+
+    def admit(key, params, pstate, view):
+        del key
+        q, s = view.queue, view.slots
+        free = view.capacity - jnp.sum(full_need(s))
+        need = jnp.where(q.valid, q.prompt + q.kept + 1, 0)
+        seats = params["max_num_seqs"] - jnp.sum(s.valid)
+        ok = (jnp.cumsum(need) <= free) & (jnp.cumsum(q.valid) <= seats)
+        return fcfs_prefix(ok, q.valid), pstate
+
+    def evict(key, params, pstate, view, need):
+        del key, params
+        return evict_in_order(eviction, view.slots, need, view.excess), pstate
+
+    return Policy(
+        name="greedy",
+        params={
+            "max_num_seqs": Param(
+                default=1e9, low=1, integer=True,
+                doc="cap on resident requests (vLLM max_num_seqs); default unlimited",
+            ),
+        },
+        init=no_state,
+        admit=admit,
+        plan=run_all,
+        evict=evict,
+    )

@@ -1,0 +1,365 @@
+"""The JAX simulator: one step function, ``lax.scan`` over iterations, ``jit(vmap(...))``.
+
+The step implements the six phases of an iteration exactly as written in
+:mod:`jaxsched.model`. Residents are kept compacted in admission order, so the newest are a
+suffix (LIFO eviction is a prefix sum, no sort); the waiting queue is the workload itself
+(sorted by arrival) minus the requests taken, seen through a window of ``queue_size``
+positions from the oldest waiting request. Per-step outputs exist only when
+``shape.record_trace`` is set; otherwise metrics come from running accumulators.
+
+Layout of a batch: ``simulate(keys (W,), workloads (W, N), params)`` vmaps over workloads;
+with ``batched_params=True`` the params pytree has a leading axis P and the result has shape
+(P, W): ``jit(vmap over param sets (vmap over workloads))``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from jaxsched import metrics as M
+from jaxsched.model import (
+    RequestState,
+    SimShape,
+    SimState,
+    SlotState,
+    SystemParams,
+    Workload,
+)
+from jaxsched.policies.base import (
+    Policy,
+    QueueView,
+    SchedView,
+    SlotView,
+    evict_newest_first,
+)
+
+__all__ = [
+    "SimParams",
+    "StepOutput",
+    "RolloutResult",
+    "initial_state",
+    "step",
+    "make_rollout",
+    "compiled_simulator",
+    "simulate",
+]
+
+
+@struct.dataclass
+class SimParams:
+    """Everything traced: the system's parameters and the policy's parameter dict."""
+
+    system: SystemParams
+    policy: dict
+
+
+@struct.dataclass
+class StepOutput:
+    """Per-iteration record (only when ``shape.record_trace``)."""
+
+    time: jax.Array  # () float32, T_k, start of the iteration
+    duration: jax.Array  # () float32, tau_k
+    memory: jax.Array  # () int32, M_k after eviction
+    admitted: jax.Array  # () int32
+    evicted: jax.Array  # () int32
+    completed: jax.Array  # () int32
+    overflow: jax.Array  # () bool, M_k > C before eviction
+    arrived: jax.Array  # () int32, cumulative
+    num_waiting: jax.Array  # () int32, after the iteration
+    num_resident: jax.Array  # () int32, after the iteration
+    num_completed: jax.Array  # () int32, cumulative
+    prefill_tokens: jax.Array  # () int32, P_k
+    decode_tokens: jax.Array  # () int32, tokens generated in the iteration
+    context_tokens: jax.Array  # () int32, D_k
+    discarded_tokens: jax.Array  # () int32, generated tokens lost to restarts
+
+
+@struct.dataclass
+class RolloutResult:
+    metrics: dict  # metric name -> () per workload
+    trace: Any  # StepOutput with a leading (H,) axis, or None
+    final_arrived: jax.Array  # () int32
+    final_completed: jax.Array  # () int32
+    final_waiting: jax.Array  # () int32
+    final_resident: jax.Array  # () int32
+
+
+def initial_state(shape: SimShape, workload: Workload) -> SimState:
+    b, n = shape.max_batch, workload.num_requests
+    zi = jnp.zeros((), jnp.int32)
+    slots = SlotState(
+        req=jnp.full((b,), -1, jnp.int32),
+        prompt=jnp.zeros((b,), jnp.int32),
+        output=jnp.zeros((b,), jnp.int32),
+        generated=jnp.zeros((b,), jnp.int32),
+        cached=jnp.zeros((b,), jnp.int32),
+        cls=jnp.zeros((b,), jnp.int32),
+        arrival=jnp.zeros((b,), jnp.float32),
+        first_done=jnp.zeros((b,), bool),
+    )
+    requests = RequestState(
+        taken=jnp.zeros((n,), bool),
+        kept=jnp.zeros((n,), jnp.int32),
+        first_done=jnp.zeros((n,), bool),
+    )
+    return SimState(
+        time=jnp.zeros((), jnp.float32),
+        iteration=zi,
+        arrived=zi,
+        head=zi,
+        num_waiting=zi,
+        num_completed=zi,
+        slots=slots,
+        requests=requests,
+    )
+
+
+def _compact(slots: SlotState, keep: jax.Array) -> SlotState:
+    """Move the kept slots to the front, preserving their order; free the rest."""
+    b = keep.shape[0]
+    pos = jnp.where(keep, jnp.cumsum(keep) - 1, b)
+    empty = SlotState(
+        req=jnp.full((b,), -1, jnp.int32),
+        prompt=jnp.zeros((b,), jnp.int32),
+        output=jnp.zeros((b,), jnp.int32),
+        generated=jnp.zeros((b,), jnp.int32),
+        cached=jnp.zeros((b,), jnp.int32),
+        cls=jnp.zeros((b,), jnp.int32),
+        arrival=jnp.zeros((b,), jnp.float32),
+        first_done=jnp.zeros((b,), bool),
+    )
+    return jax.tree.map(lambda e, x: e.at[pos].set(x, mode="drop"), empty, slots)
+
+
+def _slot_view(slots: SlotState, is_new) -> SlotView:
+    return SlotView(
+        valid=slots.valid,
+        prompt=slots.prompt,
+        output=slots.output,
+        generated=slots.generated,
+        cached=slots.cached,
+        cls=slots.cls,
+        arrival=slots.arrival,
+        is_new=is_new,
+    )
+
+
+def step(policy: Policy, shape: SimShape, workload: Workload, params: SimParams,
+         carry, key):
+    """One iteration (phases 1-6 of :mod:`jaxsched.model`)."""
+    state, pstate, acc = carry
+    sysp, pp = params.system, params.policy
+    b, w, n = shape.max_batch, shape.queue_size, workload.num_requests
+    k_admit, k_plan, k_evict = jax.random.split(key, 3)
+    slots, reqs = state.slots, state.requests
+    t0 = state.time
+
+    # 1. Arrivals: every request with a <= T_k.
+    arrived = jnp.searchsorted(workload.arrival, t0, side="right").astype(jnp.int32)
+    num_waiting = state.num_waiting + (arrived - state.arrived)
+
+    # 2. Admission through the look-ahead window.
+    idx = state.head + jnp.arange(w, dtype=jnp.int32)
+    in_range = idx < n
+    j = jnp.minimum(idx, n - 1)
+    waiting = in_range & (idx < arrived) & ~reqs.taken[j]
+    queue = QueueView(
+        valid=waiting,
+        prompt=workload.prompt[j],
+        output=workload.output[j],
+        kept=reqs.kept[j],
+        cls=workload.cls[j],
+        arrival=workload.arrival[j],
+    )
+    no_new = jnp.zeros((b,), bool)
+    view = SchedView(
+        time=t0,
+        iteration=state.iteration,
+        capacity=sysp.capacity,
+        num_waiting=num_waiting,
+        queue=queue,
+        slots=_slot_view(slots, no_new),
+        excess=jnp.zeros((), jnp.float32),
+    )
+    admit, pstate = policy.admit(k_admit, pp, pstate, view)
+    num_resident = jnp.sum(slots.valid, dtype=jnp.int32)
+    admit = admit & waiting
+    admit = admit & (jnp.cumsum(admit) <= b - num_resident)
+    num_admitted = jnp.sum(admit, dtype=jnp.int32)
+    pos = jnp.where(admit, num_resident + jnp.cumsum(admit) - 1, b)
+    put = lambda dst, src: dst.at[pos].set(src, mode="drop")  # noqa: E731
+    slots = SlotState(
+        req=put(slots.req, j),
+        prompt=put(slots.prompt, queue.prompt),
+        output=put(slots.output, queue.output),
+        generated=put(slots.generated, queue.kept),
+        cached=put(slots.cached, jnp.zeros_like(queue.kept)),
+        cls=put(slots.cls, queue.cls),
+        arrival=put(slots.arrival, queue.arrival),
+        first_done=put(slots.first_done, reqs.first_done[j]),
+    )
+    is_new = put(no_new, jnp.ones((w,), bool))
+    taken = reqs.taken.at[jnp.where(admit, j, n)].set(True, mode="drop")
+    num_waiting = num_waiting - num_admitted
+    valid = slots.valid
+
+    # 3. Plan: who runs, how much prefill.
+    view = view.replace(slots=_slot_view(slots, is_new))
+    plan = policy.plan(k_plan, pp, pstate, view)
+    run = plan.run & valid
+    target = slots.prompt + slots.generated
+    pending = target - slots.cached
+    chunk = jnp.where(run, jnp.clip(plan.chunk, 0, pending), 0)
+    token = run & (slots.cached + chunk == target)
+    need = jnp.where(valid, slots.cached + chunk + token, 0)
+
+    # 4. Memory: overflow -> the policy evicts, then newest-first until it fits.
+    excess = jnp.sum(need).astype(jnp.float32) - sysp.capacity
+    overflow = excess > 0
+    evict, pstate = policy.evict(k_evict, pp, pstate, view.replace(excess=excess), need)
+    evict = evict & valid
+    still = excess - jnp.sum(jnp.where(evict, need, 0)).astype(jnp.float32)
+    evict = evict | evict_newest_first(need, valid & ~evict, still)
+    survive = valid & ~evict
+    num_evicted = jnp.sum(evict, dtype=jnp.int32)
+
+    # 5. Execution.
+    chunk = jnp.where(survive, chunk, 0)
+    token = token & survive
+    decoding = survive & run & (pending == 0)
+    prefill_tokens = jnp.sum(chunk, dtype=jnp.int32)
+    context_tokens = jnp.sum(jnp.where(decoding, slots.cached, 0), dtype=jnp.int32)
+    decode_tokens = jnp.sum(token, dtype=jnp.int32)
+    memory = jnp.sum(jnp.where(survive, need, 0), dtype=jnp.int32)
+    tau = sysp.d0 + sysp.d1 * (prefill_tokens + context_tokens).astype(jnp.float32)
+    t1 = t0 + tau
+    generated = slots.generated + token
+    cached = slots.cached + chunk + token
+
+    # 6. Completion and first tokens.
+    done = survive & (generated >= slots.output)
+    first_now = token & ~slots.first_done
+    latency = t1 - slots.arrival
+
+    # Evicted requests rejoin the queue at their arrival position.
+    restart = sysp.restart_on_evict
+    ev_idx = jnp.where(evict, slots.req, n)
+    kept_val = jnp.where(restart, 0, slots.generated)
+    discarded = jnp.sum(jnp.where(evict & restart, slots.generated, 0), dtype=jnp.int32)
+    recomputed = jnp.sum(jnp.where(evict, slots.cached, 0)).astype(jnp.float32)
+    taken = taken.at[ev_idx].set(False, mode="drop")
+    kept = reqs.kept.at[ev_idx].set(kept_val, mode="drop")
+    first_flag = reqs.first_done.at[ev_idx].set(slots.first_done | first_now, mode="drop")
+    num_completed_now = jnp.sum(done, dtype=jnp.int32)
+    num_waiting = num_waiting + num_evicted
+
+    # Head: skip taken positions at the front of the window; an eviction may move it back.
+    stop = ~in_range | ~taken[j]
+    head = jnp.where(jnp.any(stop), state.head + jnp.argmax(stop), state.head + w)
+    head = jnp.minimum(head, jnp.min(ev_idx)).astype(jnp.int32)
+
+    keep = survive & ~done
+    new_slots = _compact(
+        slots.replace(generated=generated, cached=cached, first_done=slots.first_done | first_now),
+        keep,
+    )
+    new_state = SimState(
+        time=t1,
+        iteration=state.iteration + 1,
+        arrived=arrived,
+        head=head,
+        num_waiting=num_waiting,
+        num_completed=state.num_completed + num_completed_now,
+        slots=new_slots,
+        requests=RequestState(taken=taken, kept=kept, first_done=first_flag),
+    )
+
+    # Accumulators (iterations k >= warmup).
+    on = state.iteration >= shape.warmup
+    lo = M.histogram_floor(sysp.d0, sysp.d1)
+    bins = jnp.where(done & on, M.bin_index(latency, lo), M.NUM_BINS)
+    tbins = jnp.where(first_now & on, M.bin_index(latency, lo), M.NUM_BINS)
+    acc = M.Accumulators(
+        completed=acc.completed + jnp.where(on, num_completed_now, 0),
+        completed_tokens=acc.completed_tokens
+        + jnp.where(on, jnp.sum(jnp.where(done, slots.output, 0)), 0).astype(jnp.float32),
+        latency_sum=acc.latency_sum + jnp.where(on, jnp.sum(jnp.where(done, latency, 0.0)), 0.0),
+        latency_hist=acc.latency_hist.at[bins].add(1, mode="drop"),
+        ttft_count=acc.ttft_count + jnp.where(on, jnp.sum(first_now, dtype=jnp.int32), 0),
+        ttft_sum=acc.ttft_sum + jnp.where(on, jnp.sum(jnp.where(first_now, latency, 0.0)), 0.0),
+        ttft_hist=acc.ttft_hist.at[tbins].add(1, mode="drop"),
+        evictions=acc.evictions + jnp.where(on, num_evicted, 0),
+        recomputed_tokens=acc.recomputed_tokens + jnp.where(on, recomputed, 0.0),
+        overflow_steps=acc.overflow_steps + jnp.where(on & overflow, 1, 0),
+        memory_time=acc.memory_time + jnp.where(on, memory.astype(jnp.float32) * tau, 0.0),
+        elapsed=acc.elapsed + jnp.where(on, tau, 0.0),
+        peak_memory=jnp.maximum(acc.peak_memory, jnp.where(on, memory, 0).astype(jnp.float32)),
+    )
+
+    out = None
+    if shape.record_trace:
+        out = StepOutput(
+            time=t0,
+            duration=tau,
+            memory=memory,
+            admitted=num_admitted,
+            evicted=num_evicted,
+            completed=num_completed_now,
+            overflow=overflow,
+            arrived=arrived,
+            num_waiting=num_waiting,
+            num_resident=jnp.sum(keep, dtype=jnp.int32),
+            num_completed=new_state.num_completed,
+            prefill_tokens=prefill_tokens,
+            decode_tokens=decode_tokens,
+            context_tokens=context_tokens,
+            discarded_tokens=discarded,
+        )
+    return (new_state, pstate, acc), out
+
+
+def make_rollout(policy: Policy, shape: SimShape):
+    """``rollout(key, workload, params) -> RolloutResult`` for one workload (pure, unjitted)."""
+
+    def rollout(key, workload: Workload, params: SimParams) -> RolloutResult:
+        state = initial_state(shape, workload)
+        pstate = policy.init(params.policy, shape)
+        acc = M.init_accumulators()
+        body = functools.partial(step, policy, shape, workload, params)
+        keys = jax.random.split(key, shape.horizon)
+        (state, pstate, acc), trace = jax.lax.scan(body, (state, pstate, acc), keys)
+        lo = M.histogram_floor(params.system.d0, params.system.d1)
+        return RolloutResult(
+            metrics=M.finalize(acc, state.num_waiting, params.system.capacity, lo),
+            trace=trace,
+            final_arrived=state.arrived,
+            final_completed=state.num_completed,
+            final_waiting=state.num_waiting,
+            final_resident=jnp.sum(state.slots.valid, dtype=jnp.int32),
+        )
+
+    return rollout
+
+
+@functools.lru_cache(maxsize=64)
+def compiled_simulator(policy: Policy, shape: SimShape, batched_params: bool = False):
+    """The jitted batch simulator for a policy and static shape (cached).
+
+    ``fn(keys (W,), workloads (W, N), params) -> RolloutResult`` with leading axis (W,), or
+    (P, W) when ``batched_params`` (params with a leading axis P).
+    """
+    per_workload = jax.vmap(make_rollout(policy, shape), in_axes=(0, 0, None))
+    if batched_params:
+        per_workload = jax.vmap(per_workload, in_axes=(None, None, 0))
+    return jax.jit(per_workload)
+
+
+def simulate(policy: Policy, shape: SimShape, keys, workloads: Workload, params: SimParams,
+             batched_params: bool = False) -> RolloutResult:
+    """Run the batch (see :func:`compiled_simulator`)."""
+    return compiled_simulator(policy, shape, batched_params)(keys, workloads, params)
