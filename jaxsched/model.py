@@ -25,9 +25,9 @@ Within iteration ``k``, in this order:
    set of arrived requests that are neither resident nor completed, ordered by arrival
    (ties by workload index). An evicted request rejoins the queue at its arrival position;
    for a FIFO or per-class FIFO policy that is the head of its (class) queue.
-2. **Admission.** The policy sees the first ``queue_size`` queue positions (its look-ahead
-   window, counted from the oldest waiting request) and the residents, and chooses requests
-   to admit. At most ``max_batch`` requests are resident; admissions beyond the free slots
+2. **Admission.** The policy sees the first ``queue_size`` waiting requests in queue order
+   (its look-ahead window; ``num_waiting`` counts them all) and the residents, and chooses
+   requests to admit. At most ``max_batch`` requests are resident; admissions beyond the free slots
    are dropped in queue order. An admitted request that kept ``g`` generated tokens from
    before an eviction must prefill ``l + g`` tokens.
 3. **Plan.** The policy says which residents run in this iteration and how many prefill

@@ -4,7 +4,11 @@ The step implements the six phases of an iteration exactly as written in
 :mod:`jaxsched.model`. Residents are kept compacted in admission order, so the newest are a
 suffix (LIFO eviction is a prefix sum, no sort); the waiting queue is the workload itself
 (sorted by arrival) minus the requests taken, seen through a window of ``queue_size``
-positions from the oldest waiting request. Per-step outputs exist only when
+positions from the oldest waiting request, compacted into the first ``queue_size`` waiting
+requests: the window is exact whenever at most ``2 max_batch`` taken requests lie among
+them, which always holds for first-come-first-served admission (the requests taken after the
+oldest waiting one were resident when it was evicted, at most ``max_batch``, plus at most
+``max_batch`` admitted in one iteration). Per-step outputs exist only when
 ``shape.record_trace`` is set; otherwise metrics come from running accumulators.
 
 Layout of a batch: ``simulate(keys (W,), workloads (W, N), params)`` vmaps over workloads;
@@ -163,11 +167,16 @@ def step(policy: Policy, shape: SimShape, workload: Workload, params: SimParams,
     arrived = jnp.searchsorted(workload.arrival, t0, side="right").astype(jnp.int32)
     num_waiting = state.num_waiting + (arrived - state.arrived)
 
-    # 2. Admission through the look-ahead window.
-    idx = state.head + jnp.arange(w, dtype=jnp.int32)
-    in_range = idx < n
-    j = jnp.minimum(idx, n - 1)
-    waiting = in_range & (idx < arrived) & ~reqs.taken[j]
+    # 2. Admission through the look-ahead window: the first W waiting requests, found among
+    #    the first W + 2B positions from the head (see module docstring).
+    r = w + 2 * b
+    ridx = state.head + jnp.arange(r, dtype=jnp.int32)
+    in_range = ridx < n
+    rj = jnp.minimum(ridx, n - 1)
+    waiting_r = in_range & (ridx < arrived) & ~reqs.taken[rj]
+    wpos = jnp.where(waiting_r, jnp.cumsum(waiting_r) - 1, w)
+    j = jnp.zeros((w,), jnp.int32).at[wpos].set(rj, mode="drop")
+    waiting = jnp.zeros((w,), bool).at[wpos].set(True, mode="drop")
     queue = QueueView(
         valid=waiting,
         prompt=workload.prompt[j],
@@ -259,8 +268,8 @@ def step(policy: Policy, shape: SimShape, workload: Workload, params: SimParams,
     num_waiting = num_waiting + num_evicted
 
     # Head: skip taken positions at the front of the window; an eviction may move it back.
-    stop = ~in_range | ~taken[j]
-    head = jnp.where(jnp.any(stop), state.head + jnp.argmax(stop), state.head + w)
+    stop = ~in_range | ~taken[rj]
+    head = jnp.where(jnp.any(stop), state.head + jnp.argmax(stop), state.head + r)
     head = jnp.minimum(head, jnp.min(ev_idx)).astype(jnp.int32)
 
     keep = survive & ~done

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsched.errors import JaxschedError
 from jaxsched.policies.base import Param, Policy
 
 __all__ = [
@@ -29,7 +30,7 @@ __all__ = [
 _FACTORIES: dict[str, Callable[..., Policy]] = {}
 
 
-class PolicyError(ValueError):
+class PolicyError(JaxschedError, ValueError):
     """A bad policy name, option or parameter; the message names the key."""
 
 

@@ -1,0 +1,119 @@
+"""Plain-Python twins of the policies, for the reference simulator.
+
+A reference policy is an object with three methods, called by ``jaxsched.reference`` in the
+order of the model (``jaxsched.model``): ``admit`` (phase 2), ``plan`` (phase 3), ``evict``
+(phase 4). It may keep plain Python state on ``self``. It is written from the policy's
+docstring, never by calling JAX code, so that the JAX policy is tested against it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+__all__ = [
+    "RefWaiting",
+    "RefResident",
+    "RefView",
+    "RefPolicy",
+    "REFERENCE_POLICIES",
+    "register_reference",
+    "reference_policy",
+    "evict_in_order",
+]
+
+
+@dataclasses.dataclass
+class RefWaiting:
+    index: int  # position in the workload (queue order = index order)
+    prompt: int
+    output: int
+    kept: int  # generated tokens kept from before an eviction
+    cls: int
+    arrival: float
+
+
+@dataclasses.dataclass
+class RefResident:
+    index: int
+    prompt: int
+    output: int
+    generated: int
+    cached: int
+    cls: int
+    arrival: float
+    is_new: bool  # admitted in this iteration
+
+
+@dataclasses.dataclass
+class RefView:
+    time: float
+    iteration: int
+    capacity: float
+    num_waiting: int  # the whole queue
+    queue: list[RefWaiting]  # the first queue_size waiting requests, in queue order
+    residents: list[RefResident]  # admission order, oldest first
+    excess: float = 0.0  # M_k - C, meaningful in evict
+
+
+class RefPolicy:
+    """Base class: admit nothing, run every resident with its whole prefill, evict nothing
+    (the simulator then evicts newest first until memory fits)."""
+
+    def admit(self, view: RefView) -> list[bool]:
+        return [False] * len(view.queue)
+
+    def plan(self, view: RefView) -> list[tuple[bool, int | None]]:
+        """Per resident: (runs in this iteration, prefill chunk cap or None for all)."""
+        return [(True, None) for _ in view.residents]
+
+    def evict(self, view: RefView, need: list[int]) -> list[bool]:
+        return [False] * len(view.residents)
+
+
+REFERENCE_POLICIES: dict[str, Callable[..., RefPolicy]] = {}
+
+
+def register_reference(name: str):
+    """Decorator: ``factory(params: dict, **options) -> RefPolicy`` under ``name``."""
+
+    def deco(factory):
+        REFERENCE_POLICIES[name] = factory
+        return factory
+
+    return deco
+
+
+def reference_policy(name: str, params: dict, **options) -> RefPolicy:
+    """Build the twin of policy ``name``; ``params`` are plain numbers (or lists per class)."""
+    return REFERENCE_POLICIES[name](params, **options)
+
+
+def evict_in_order(order: str, view: RefView, need: list[int]) -> list[bool]:
+    """Evict residents in the named order until the freed memory covers ``view.excess``.
+
+    ``newest``: latest admitted first. ``least_progressed``: fewest generated first, ties
+    newest first. ``fewest_generated``: fewest generated first, ties longest prompt first,
+    then newest first.
+    """
+    n = len(view.residents)
+    positions = list(range(n))
+    if order == "newest":
+        ranked = sorted(positions, key=lambda i: -i)
+    elif order == "least_progressed":
+        ranked = sorted(positions, key=lambda i: (view.residents[i].generated, -i))
+    elif order == "fewest_generated":
+        ranked = sorted(
+            positions,
+            key=lambda i: (view.residents[i].generated, -view.residents[i].prompt, -i),
+        )
+    else:
+        raise ValueError(f"unknown eviction order {order!r}")
+    out = [False] * n
+    freed = 0
+    for i in ranked:
+        if freed >= view.excess:
+            break
+        out[i] = True
+        freed += need[i]
+    return out
