@@ -116,6 +116,11 @@ class Policy:
     plan: Callable[..., Plan]
     evict: Callable[..., tuple[jax.Array, Any]]
     known_lengths: bool = False  # reads output lengths (needs them at admission)
+    # Optional: parameter defaults derived from the system and workload (e.g. WAIT thresholds
+    # from the fluid model). Called with a dict with keys capacity, d0, d1 (floats) and
+    # prompt_len, output_len, rate, weight (lists, one entry per class; rate may be None for
+    # saturated or trace workloads); returns {param name: value} for params the user left unset.
+    fit_defaults: Callable[[dict], dict] | None = None
 
 
 def no_state(params, shape: SimShape):
