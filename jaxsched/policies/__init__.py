@@ -1,6 +1,8 @@
 """Scheduling policies: the interface, the registry and the registered families."""
 
-from jaxsched.policies import greedy as _greedy  # noqa: F401  (registers "greedy")
+import importlib as _importlib
+import pkgutil as _pkgutil
+
 from jaxsched.policies.base import Param, Plan, Policy, QueueView, SchedView, SlotView
 from jaxsched.policies.registry import (
     PolicyError,
@@ -25,3 +27,10 @@ __all__ = [
     "policy_options",
     "register",
 ]
+
+
+# Importing a family module registers its policies; every module in this package but the
+# interface and the registry is a family.
+for _mod in _pkgutil.iter_modules(__path__):
+    if _mod.name not in ("base", "registry"):
+        _importlib.import_module(f"{__name__}.{_mod.name}")

@@ -1,6 +1,8 @@
 """Plain-Python twins of the registered policies (for the reference simulator's tests)."""
 
-from jaxsched.refpolicies import greedy as _greedy  # noqa: F401
+import importlib as _importlib
+import pkgutil as _pkgutil
+
 from jaxsched.refpolicies.base import (
     REFERENCE_POLICIES,
     RefPolicy,
@@ -20,3 +22,8 @@ __all__ = [
     "reference_policy",
     "register_reference",
 ]
+
+
+for _mod in _pkgutil.iter_modules(__path__):
+    if _mod.name != "base":
+        _importlib.import_module(f"{__name__}.{_mod.name}")
