@@ -87,6 +87,8 @@ class StepOutput:
 class RolloutResult:
     metrics: dict  # metric name -> () per workload
     trace: Any  # StepOutput with a leading (H,) axis, or None
+    latency_hist: Any  # (NUM_BINS,) int32 latency histogram when recording a trace, else None
+    final_time: jax.Array  # () float32, T_H
     final_arrived: jax.Array  # () int32
     final_completed: jax.Array  # () int32
     final_waiting: jax.Array  # () int32
@@ -346,6 +348,8 @@ def make_rollout(policy: Policy, shape: SimShape):
         return RolloutResult(
             metrics=M.finalize(acc, state.num_waiting, params.system.capacity, lo),
             trace=trace,
+            latency_hist=acc.latency_hist if shape.record_trace else None,
+            final_time=state.time,
             final_arrived=state.arrived,
             final_completed=state.num_completed,
             final_waiting=state.num_waiting,

@@ -1,0 +1,310 @@
+"""The Python API, mirroring the CLI: load a config, build a workload batch, simulate, read
+metrics.
+
+>>> import jaxsched
+>>> cfg = jaxsched.load_config(jaxsched.DEFAULT_CONFIG)
+>>> result = jaxsched.run(cfg)
+>>> result.summary["completed_per_time"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxsched import metrics as M
+from jaxsched.config import Config
+from jaxsched.errors import JaxschedError
+from jaxsched.model import SimShape, Workload, system_params
+from jaxsched.policies import Policy, get_policy, make_params
+from jaxsched.sim import RolloutResult, SimParams, compiled_simulator
+
+__all__ = [
+    "Experiment",
+    "SimulationResult",
+    "build_experiment",
+    "build_workloads",
+    "workload_context",
+    "run",
+    "run_experiment",
+]
+
+# Refuse workload batches whose request arrays alone would exceed this many bytes.
+_MAX_WORKLOAD_BYTES = 6 * 2**30
+_BYTES_PER_REQUEST = 4 * 4 + 1 + 4 + 4 + 1 + 1  # workload arrays + per-request state
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """Everything a config describes, built: static shape, policy, traced params."""
+
+    config: Config
+    shape: SimShape
+    policy: Policy
+    params: SimParams
+    duration: float  # span of arrival times (simulator time units)
+    num_requests: int  # N: padded requests per replica
+
+
+@dataclasses.dataclass
+class SimulationResult:
+    experiment: Experiment
+    per_workload: dict[str, np.ndarray]  # metric -> (W,) (or (P, W) for params batches)
+    summary: dict[str, float | np.ndarray]  # metric -> mean across workloads
+    compile_seconds: float
+    sim_seconds: float
+    trace: Any = None  # StepOutput of numpy arrays (W, H) when recorded
+    latency_hist: np.ndarray | None = None  # (W, NUM_BINS) when recorded
+    arrivals_ended: float = 0.0  # fraction of workloads whose clock passed the arrival span
+    final_completed: np.ndarray | None = None  # (W,) requests completed over all iterations
+
+    @property
+    def num_workloads(self) -> int:
+        return self.experiment.config.workload.num_workloads
+
+    @property
+    def horizon(self) -> int:
+        return self.experiment.shape.horizon
+
+    def to_json(self, per_workload: bool = False) -> dict:
+        out = {k: _jsonable(self.summary[k]) for k in M.METRIC_KEYS}
+        out.update(
+            num_workloads=self.num_workloads,
+            horizon=self.horizon,
+            sim_seconds=self.sim_seconds,
+            compile_seconds=self.compile_seconds,
+        )
+        if per_workload:
+            out["per_workload"] = {k: _jsonable(self.per_workload[k]) for k in M.METRIC_KEYS}
+        return out
+
+
+def _jsonable(x):
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim == 0:
+        v = float(arr)
+        return v if math.isfinite(v) else None
+    return [_jsonable(v) for v in arr]
+
+
+def _class_arrays(cfg: Config):
+    cl = cfg.workload.classes
+    return (
+        np.array([c.prompt_len for c in cl], np.int32),
+        np.array([c.output_len for c in cl], np.int32),
+        np.array([c.rate for c in cl], np.float32),
+        np.array([c.weight for c in cl], np.float32),
+    )
+
+
+def _tau_bound(cfg: Config) -> float:
+    """Longest possible iteration: prefill plus context tokens never exceed C."""
+    return cfg.d0 + cfg.d1 * cfg.capacity
+
+
+def _load_trace(cfg: Config):
+    from jaxsched import traces
+
+    wl = cfg.workload
+    path = Path(wl.path)
+    if not path.is_file():
+        base = Path(cfg.source).parent
+        if (base / wl.path).is_file():
+            path = base / wl.path
+        else:
+            try:
+                path = traces.shipped_trace_path(wl.path)
+            except (KeyError, FileNotFoundError, JaxschedError):
+                raise JaxschedError(f"{cfg.source}: workload.path: no trace file {wl.path!r}") from None
+    trace = traces.load_trace(str(path), wl.format)
+    too_long = np.asarray(trace.prompt) + np.asarray(trace.output) > cfg.capacity
+    if np.any(too_long):
+        i = int(np.argmax(too_long))
+        line = int(trace.line[i]) if getattr(trace, "line", None) is not None else i + 1
+        raise JaxschedError(
+            f"{path} line {line}: prompt + output = {int(trace.prompt[i] + trace.output[i])} "
+            f"tokens exceeds system.capacity = {cfg.capacity:g} (the request could never complete)"
+        )
+    return trace
+
+
+def _max_in_window(times: np.ndarray, span: float, window: float) -> int:
+    """Most trace requests in any window of length ``window`` (cyclic over ``span``)."""
+    t = np.sort(times)
+    reps = int(math.ceil(window / max(span, 1e-12))) + 1
+    ext = np.concatenate([t + r * span for r in range(reps + 1)])
+    ends = np.searchsorted(ext, ext[: len(t)] + window, side="left")
+    return int(np.max(ends - np.arange(len(t))))
+
+
+def workload_context(cfg: Config) -> dict:
+    """System and workload facts for a policy's ``fit_defaults`` and for the theory module."""
+    prompt, output, rate, weight = _class_arrays(cfg)
+    rates = None if cfg.workload.kind in ("saturated", "trace") else rate.tolist()
+    return {
+        "capacity": cfg.capacity,
+        "d0": cfg.d0,
+        "d1": cfg.d1,
+        "prompt_len": prompt.tolist(),
+        "output_len": output.tolist(),
+        "rate": rates,
+        "weight": weight.tolist(),
+        "horizon": cfg.workload.horizon,
+    }
+
+
+def _duration_and_size(cfg: Config, trace=None) -> tuple[float, int]:
+    wl = cfg.workload
+    duration = wl.duration or wl.horizon * _tau_bound(cfg)
+    if wl.kind == "poisson":
+        from jaxsched.workload import poisson_num_requests
+
+        n = poisson_num_requests(_class_arrays(cfg)[2], duration)
+    elif wl.kind == "bursty":
+        from jaxsched.workload import poisson_num_requests
+
+        b = wl.bursty or _default_bursty()
+        peak = _class_arrays(cfg)[2] * max(b.high_factor, b.low_factor)
+        n = poisson_num_requests(peak, duration)
+    elif wl.kind == "saturated":
+        prompt, output, _, _ = _class_arrays(cfg)
+        w = prompt * output + (output + output.astype(np.int64) ** 2) / 2
+        n = wl.horizon * cfg.capacity / float(np.min(w)) + 2 * cfg.capacity / (np.min(prompt) + 1)
+        n = int(math.ceil(n)) + 64
+    else:
+        span = float(trace.arrival[-1] - trace.arrival[0]) * wl.time_scale
+        span = max(span, 1e-9)
+        n = _max_in_window(np.asarray(trace.arrival) * wl.time_scale, span, duration) + 1
+    n = int(n)
+    if wl.max_requests is not None:
+        n = min(n, wl.max_requests)
+    n = max(n, 1)
+    total = n * wl.num_workloads * _BYTES_PER_REQUEST
+    if total > _MAX_WORKLOAD_BYTES:
+        raise JaxschedError(
+            f"{cfg.source}: workload: {wl.num_workloads} replicas x {n} requests would need "
+            f"{total / 2**30:.1f} GiB; set workload.duration or workload.max_requests, "
+            "or fewer num_workloads"
+        )
+    return float(duration), n
+
+
+def _default_bursty():
+    from jaxsched.config import BurstyConfig
+
+    return BurstyConfig()
+
+
+def build_workloads(cfg: Config, num_requests: int | None = None, duration: float | None = None,
+                    keys=None) -> tuple[jax.Array, Workload]:
+    """``(rollout keys (W,), workload batch (W, N))`` for the config; each replica has its own
+    key (derived from ``workload.seed``)."""
+    from jaxsched import workload as wlmod
+
+    wl = cfg.workload
+    trace = _load_trace(cfg) if wl.kind == "trace" else None
+    if num_requests is None or duration is None:
+        duration, num_requests = _duration_and_size(cfg, trace)
+    if keys is None:
+        keys = jax.random.split(jax.random.key(wl.seed), wl.num_workloads)
+    gen_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+    roll_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys)
+    prompt, output, rate, weight = (jnp.asarray(a) for a in _class_arrays(cfg)) if wl.classes else (None,) * 4
+    n = int(num_requests)
+    if wl.kind == "poisson":
+        fn = lambda k: wlmod.poisson(k, prompt, output, rate, duration, n)  # noqa: E731
+    elif wl.kind == "saturated":
+        fn = lambda k: wlmod.saturated(k, prompt, output, weight, n)  # noqa: E731
+    elif wl.kind == "bursty":
+        b = wl.bursty or _default_bursty()
+        fn = lambda k: wlmod.bursty(  # noqa: E731
+            k, prompt, output, rate, duration, n,
+            high_factor=b.high_factor, low_factor=b.low_factor,
+            mean_high=b.mean_high, mean_low=b.mean_low,
+        )
+    else:
+        ta = jnp.asarray(np.asarray(trace.arrival, np.float64) - float(trace.arrival[0]), jnp.float32)
+        tp = jnp.asarray(trace.prompt, jnp.int32)
+        to = jnp.asarray(trace.output, jnp.int32)
+        fn = lambda k: wlmod.trace_replay(  # noqa: E731
+            k, ta, tp, to, duration, wl.time_scale, n, random_offset=wl.random_offset
+        )
+    workloads = jax.jit(jax.vmap(fn))(gen_keys)
+    return roll_keys, workloads
+
+
+def build_experiment(cfg: Config, record_trace: bool = False) -> Experiment:
+    """Shape, policy and params for a config (policy options/params validated)."""
+    settings = cfg.policy.settings()
+    from jaxsched.policies import policy_options
+
+    options = {k: v for k, v in settings.items() if k in policy_options(cfg.policy.name)}
+    values = {k: v for k, v in settings.items() if k not in options}
+    policy = get_policy(cfg.policy.name, **options)
+    if policy.fit_defaults is not None:
+        missing = {k for k in policy.params if k not in values}
+        if missing:
+            fitted = policy.fit_defaults(workload_context(cfg))
+            values.update({k: v for k, v in fitted.items() if k in missing})
+    pparams = make_params(policy, values, cfg.num_classes, where=f"{cfg.source}: policy.")
+    shape = SimShape(
+        max_batch=cfg.system.max_batch,
+        queue_size=cfg.system.queue_size,
+        horizon=cfg.workload.horizon,
+        num_classes=cfg.num_classes,
+        warmup=cfg.workload.warmup,
+        record_trace=record_trace,
+    )
+    params = SimParams(
+        system=system_params(cfg.capacity, cfg.d0, cfg.d1, cfg.system.restart_on_evict),
+        policy=pparams,
+    )
+    trace = _load_trace(cfg) if cfg.workload.kind == "trace" else None
+    duration, n = _duration_and_size(cfg, trace)
+    return Experiment(cfg, shape, policy, params, duration, n)
+
+
+def run_experiment(exp: Experiment, keys=None, workloads: Workload | None = None,
+                   params: SimParams | None = None, batched_params: bool = False) -> SimulationResult:
+    """Compile (timed separately), run, and summarize."""
+    if workloads is None:
+        keys, workloads = build_workloads(exp.config, exp.num_requests, exp.duration, keys)
+    params = exp.params if params is None else params
+    fn = compiled_simulator(exp.policy, exp.shape, batched_params)
+    t0 = time.perf_counter()
+    compiled = fn.lower(keys, workloads, params).compile()
+    t1 = time.perf_counter()
+    res: RolloutResult = compiled(keys, workloads, params)
+    res = jax.block_until_ready(res)
+    t2 = time.perf_counter()
+    per_workload = {k: np.asarray(v) for k, v in res.metrics.items()}
+    summary = {k: np.asarray(jnp.nanmean(jnp.asarray(v), axis=-1)) for k, v in per_workload.items()}
+    summary = {k: (float(v) if v.ndim == 0 else v) for k, v in summary.items()}
+    trace = jax.tree.map(np.asarray, res.trace) if res.trace is not None else None
+    hist = np.asarray(res.latency_hist) if res.latency_hist is not None else None
+    ended = 0.0
+    if exp.config.workload.kind in ("poisson", "bursty", "trace"):
+        ended = float(np.mean(np.asarray(res.final_time) > exp.duration))
+    return SimulationResult(
+        experiment=exp,
+        per_workload=per_workload,
+        summary=summary,
+        compile_seconds=t1 - t0,
+        sim_seconds=t2 - t1,
+        trace=trace,
+        latency_hist=hist,
+        arrivals_ended=ended,
+        final_completed=np.asarray(res.final_completed),
+    )
+
+
+def run(cfg: Config, record_trace: bool = False) -> SimulationResult:
+    """Build everything from a config and simulate its workload batch."""
+    return run_experiment(build_experiment(cfg, record_trace=record_trace))

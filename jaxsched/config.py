@@ -1,0 +1,331 @@
+"""Experiment configs: TOML files validated with pydantic schemas.
+
+A config has four tables::
+
+    [system]      capacity (tokens) or profile (hardware profile TOML), d0, d1,
+                  max_batch, queue_size, restart_on_evict
+    [workload]    kind = poisson | saturated | bursty | trace, horizon, warmup,
+                  num_workloads, seed, [[workload.classes]] prompt_len, output_len, rate, weight;
+                  for traces path, format (azure | mooncake), time_scale
+    [policy]      name, then the policy's options and parameters
+    [tune]        tuning settings (read by the tuners)
+
+Unknown keys, wrong types and out-of-range values are refused with one line naming the file
+and the key. ``--set section.key=value`` overrides are applied before validation.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from jaxsched.errors import JaxschedError
+
+__all__ = [
+    "ClassConfig",
+    "BurstyConfig",
+    "SystemConfig",
+    "WorkloadConfig",
+    "PolicyConfig",
+    "Config",
+    "HardwareProfile",
+    "load_config",
+    "config_from_dict",
+    "apply_overrides",
+    "load_profile",
+    "CONFIG_DIR",
+    "DEFAULT_CONFIG",
+]
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+"""The repository's ``configs/`` folder (a bare config name such as ``flow-control`` is looked
+up there)."""
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "data" / "default.toml"
+"""The small embedded default that ``jaxsched simulate`` runs without a config."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClassConfig(_Strict):
+    """One request class: deterministic prompt and output lengths (the papers' setting)."""
+
+    prompt_len: int = Field(gt=0, description="l: prompt tokens")
+    output_len: int = Field(gt=0, description="o: output tokens")
+    rate: float = Field(default=0.0, ge=0, description="arrivals per unit time (poisson, bursty)")
+    weight: float = Field(default=1.0, gt=0, description="class share (saturated)")
+
+
+class BurstyConfig(_Strict):
+    """Two-state Markov-modulated Poisson arrivals: every class's rate is multiplied by
+    ``high_factor`` or ``low_factor``; sojourn times are exponential with the given means."""
+
+    high_factor: float = Field(default=2.0, gt=0)
+    low_factor: float = Field(default=0.5, ge=0)
+    mean_high: float = Field(default=50.0, gt=0)
+    mean_low: float = Field(default=50.0, gt=0)
+
+
+class SystemConfig(_Strict):
+    capacity: float | None = Field(default=None, gt=0, description="C: KV tokens")
+    profile: str | None = Field(default=None, description="hardware profile TOML")
+    d0: float | None = Field(default=None, ge=0, description="time per iteration")
+    d1: float | None = Field(default=None, ge=0, description="time per batched token")
+    max_batch: int = Field(default=256, ge=1, description="resident request slots")
+    queue_size: int = Field(default=64, ge=1, description="scheduler look-ahead window")
+    restart_on_evict: bool = Field(default=False, description="evicted requests lose progress")
+
+
+class WorkloadConfig(_Strict):
+    kind: Literal["poisson", "saturated", "bursty", "trace"]
+    horizon: int = Field(gt=0, description="iterations per rollout")
+    warmup: int = Field(default=0, ge=0, description="iterations before metrics count")
+    num_workloads: int = Field(default=8, ge=1)
+    seed: int = 0
+    classes: list[ClassConfig] = Field(default_factory=list)
+    duration: float | None = Field(default=None, gt=0, description="span of arrival times")
+    max_requests: int | None = Field(default=None, gt=0, description="cap on requests/replica")
+    bursty: BurstyConfig | None = None
+    path: str | None = None
+    format: Literal["azure", "mooncake"] | None = None
+    time_scale: float = Field(default=1.0, gt=0, description="trace seconds -> time units")
+    random_offset: bool = True
+
+    @model_validator(mode="after")
+    def _kind_fields(self):
+        if self.warmup >= self.horizon:
+            raise ValueError(f"warmup ({self.warmup}) must be smaller than horizon ({self.horizon})")
+        if self.kind == "trace":
+            if not self.path:
+                raise ValueError("path is required when kind = 'trace'")
+            if self.format is None:
+                raise ValueError("format (azure | mooncake) is required when kind = 'trace'")
+        else:
+            if not self.classes:
+                raise ValueError(f"at least one [[workload.classes]] is required for kind = '{self.kind}'")
+            if self.kind in ("poisson", "bursty") and sum(c.rate for c in self.classes) <= 0:
+                raise ValueError(f"kind = '{self.kind}' needs a positive rate in some class")
+        return self
+
+
+class PolicyConfig(BaseModel):
+    """``name`` plus the policy's options and parameters (checked by the policy registry)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str = "greedy"
+
+    def settings(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Config(_Strict):
+    system: SystemConfig
+    workload: WorkloadConfig
+    policy: PolicyConfig = PolicyConfig()
+    tune: dict[str, Any] = Field(default_factory=dict)
+    source: str = Field(default="<config>", exclude=True)
+    # resolved from a profile: (capacity, d0, d1, hardware name)
+    resolved: dict[str, Any] = Field(default_factory=dict, exclude=True)
+
+    @property
+    def capacity(self) -> float:
+        return float(self.resolved["capacity"])
+
+    @property
+    def d0(self) -> float:
+        return float(self.resolved["d0"])
+
+    @property
+    def d1(self) -> float:
+        return float(self.resolved["d1"])
+
+    @property
+    def num_classes(self) -> int:
+        return max(1, len(self.workload.classes))
+
+
+class HardwareProfile(_Strict):
+    """A GPU + model pair. KV capacity in tokens:
+
+    ``C = floor((gpu_memory_gib * 2**30 * memory_utilization - weight_bytes) / kv_bytes_per_token)``
+    with ``weight_bytes = num_params_billion * 1e9 * bytes_per_param`` and
+    ``kv_bytes_per_token = 2 * num_layers * num_kv_heads * head_dim * kv_bytes`` (K and V
+    for every layer and KV head), divided by ``tensor_parallel`` GPUs' worth of weights and
+    multiplied by their memory.
+    """
+
+    name: str
+    gpu: str
+    gpu_memory_gib: float = Field(gt=0)
+    num_gpus: int = Field(default=1, ge=1)
+    memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    model: str
+    num_params_billion: float = Field(gt=0)
+    bytes_per_param: float = Field(default=2.0, gt=0)
+    num_layers: int = Field(gt=0)
+    num_kv_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    kv_bytes: float = Field(default=2.0, gt=0)
+    d0: float = Field(ge=0, description="fitted time per iteration")
+    d1: float = Field(ge=0, description="fitted time per batched token")
+    time_unit: str = "s"
+    note: str = ""
+
+    @property
+    def kv_bytes_per_token(self) -> float:
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.kv_bytes
+
+    @property
+    def capacity(self) -> int:
+        total = self.gpu_memory_gib * 2**30 * self.num_gpus * self.memory_utilization
+        free = total - self.num_params_billion * 1e9 * self.bytes_per_param
+        if free <= 0:
+            raise JaxschedError(
+                f"hardware profile {self.name!r}: the weights "
+                f"({self.num_params_billion}B params) do not fit in GPU memory"
+            )
+        return int(math.floor(free / self.kv_bytes_per_token))
+
+
+def _format_validation(where: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if p not in ("function-after",))
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if "input" in first and first["type"] not in ("extra_forbidden", "missing", "value_error"):
+        msg += f" (got {first['input']!r})"
+    return f"{where}: {loc}: {msg}" if loc else f"{where}: {msg}"
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise JaxschedError(f"{path}: no such file") from None
+    except OSError as err:
+        raise JaxschedError(f"{path}: cannot read: {err.strerror}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise JaxschedError(f"{path}: invalid TOML: {err}") from None
+
+
+def load_profile(ref: str, base_dir: Path) -> HardwareProfile:
+    """A hardware profile by path (relative to the config's folder) or shipped name."""
+    candidates = [base_dir / ref, Path(ref), CONFIG_DIR / "hardware" / f"{ref}.toml",
+                  CONFIG_DIR / "hardware" / ref]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise JaxschedError(f"system.profile: no hardware profile {ref!r}")
+    data = _read_toml(path)
+    table = data.get("hardware", data)
+    try:
+        return HardwareProfile(**table)
+    except ValidationError as err:
+        raise JaxschedError(_format_validation(str(path), err)) from None
+    except TypeError as err:
+        raise JaxschedError(f"{path}: {err}") from None
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """Apply ``section.key=value`` overrides (TOML values; list indices allowed:
+    ``workload.classes.0.rate=2``)."""
+    for item in overrides:
+        if "=" not in item:
+            raise JaxschedError(f"--set {item!r}: expected section.key=value")
+        dotted, raw = item.split("=", 1)
+        parts = [p for p in dotted.strip().split(".") if p]
+        if len(parts) < 2:
+            raise JaxschedError(f"--set {item!r}: expected section.key=value")
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                try:
+                    node = node[int(part)]
+                except (ValueError, IndexError):
+                    raise JaxschedError(f"--set {dotted}: no item {part!r}") from None
+                continue
+            if part not in node or not isinstance(node[part], (dict, list)):
+                node[part] = {}
+            node = node[part]
+        last = parts[-1]
+        if isinstance(node, list):
+            try:
+                node[int(last)] = _parse_value(raw)
+            except (ValueError, IndexError):
+                raise JaxschedError(f"--set {dotted}: no item {last!r}") from None
+        else:
+            node[last] = _parse_value(raw)
+    return data
+
+
+def config_from_dict(data: dict, source: str = "<config>", base_dir: Path | None = None) -> Config:
+    """Validate a config dict; resolve the hardware profile."""
+    base_dir = base_dir or Path.cwd()
+    for section in ("system", "workload"):
+        if section not in data:
+            raise JaxschedError(f"{source}: missing [{section}] table")
+    try:
+        cfg = Config(**data, source=source)
+    except ValidationError as err:
+        raise JaxschedError(_format_validation(source, err)) from None
+    sysc = cfg.system
+    resolved: dict[str, Any] = {"hardware": None}
+    if sysc.profile is not None:
+        prof = load_profile(sysc.profile, base_dir)
+        resolved.update(capacity=prof.capacity, d0=prof.d0, d1=prof.d1,
+                        hardware=f"{prof.model} on {prof.num_gpus}x {prof.gpu}")
+    for key, default in (("capacity", None), ("d0", 1.0), ("d1", 0.0)):
+        value = getattr(sysc, key)
+        if value is not None:
+            resolved[key] = value
+        elif key not in resolved:
+            if default is None:
+                raise JaxschedError(f"{source}: system.capacity: set capacity or profile")
+            resolved[key] = default
+    if resolved["d0"] + resolved["d1"] <= 0:
+        raise JaxschedError(f"{source}: system.d0: d0 + d1 must be positive")
+    cap = resolved["capacity"]
+    for i, c in enumerate(cfg.workload.classes):
+        if c.prompt_len >= cap:
+            raise JaxschedError(
+                f"{source}: workload.classes.{i}.prompt_len: {c.prompt_len} does not fit in "
+                f"system.capacity = {cap:g} tokens"
+            )
+        if c.prompt_len + c.output_len > cap:
+            raise JaxschedError(
+                f"{source}: workload.classes.{i}.output_len: prompt + output = "
+                f"{c.prompt_len + c.output_len} exceeds system.capacity = {cap:g} tokens "
+                "(the request could never complete)"
+            )
+    return cfg.model_copy(update={"resolved": resolved})
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read, override and validate a TOML config. A bare name (``flow-control``) finds a
+    config shipped with the package."""
+    path = Path(path)
+    if not path.is_file() and not path.suffix:
+        shipped = CONFIG_DIR / f"{path.name}.toml"
+        if shipped.is_file():
+            path = shipped
+    data = _read_toml(path)
+    data = apply_overrides(data, list(overrides))
+    source = "embedded default config" if path == DEFAULT_CONFIG else str(path)
+    return config_from_dict(data, source=source, base_dir=path.parent)
