@@ -15,10 +15,13 @@ __all__ = ["app", "bench_app", "main"]
 
 
 def _register_commands() -> None:
+    """Import every command module of this package (each registers its commands)."""
     import importlib
+    import pkgutil
 
-    for module in ("simulate", "bench"):
-        importlib.import_module(f"jaxsched.cli.{module}")
+    for mod in pkgutil.iter_modules(__path__):
+        if mod.name not in ("app", "tables"):
+            importlib.import_module(f"{__name__}.{mod.name}")
 
 
 def main(argv: list[str] | None = None) -> int:
