@@ -80,8 +80,9 @@ def get_policy(name: str, **options) -> Policy:
             raise PolicyError(
                 f"policy {name!r} has no option {key!r}; options: {', '.join(known) or 'none'}"
             )
+    full = {**known, **options}  # defaults made explicit: one cached object per behaviour
     try:
-        return _build(name, tuple(sorted(options.items())))
+        return _build(name, tuple(sorted(full.items())))
     except ValueError as err:
         raise PolicyError(f"policy {name!r}: {err}") from None
 
