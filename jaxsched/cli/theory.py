@@ -14,10 +14,10 @@ __all__ = ["theory"]
 
 # Policy parameters that the theory report reads, by policy.
 _POLICY_KNOBS = {
-    "flow_control_known": ("b", "budgets"),
+    "flow_control_known": ("budget", "budgets"),
     "flow_control": ("budget", "global_budget"),
-    "wait": ("thresholds", "thresholds"),
-    "nested_wait": ("thresholds", "nested_thresholds"),
+    "wait": ("threshold", "thresholds"),
+    "nested_wait": ("threshold", "nested_thresholds"),
 }
 
 
