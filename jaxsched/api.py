@@ -251,7 +251,7 @@ def build_experiment(cfg: Config, record_trace: bool = False) -> Experiment:
     if policy.fit_defaults is not None:
         missing = {k for k in policy.params if k not in values}
         if missing:
-            fitted = policy.fit_defaults(workload_context(cfg))
+            fitted = policy.fit_defaults({**workload_context(cfg), "params": dict(values)})
             values.update({k: v for k, v in fitted.items() if k in missing})
     pparams = make_params(policy, values, cfg.num_classes, where=f"{cfg.source}: policy.")
     shape = SimShape(
@@ -262,6 +262,8 @@ def build_experiment(cfg: Config, record_trace: bool = False) -> Experiment:
         warmup=cfg.workload.warmup,
         record_trace=record_trace,
     )
+    if policy.check_shape is not None:
+        policy.check_shape(pparams, shape, f"{cfg.source}: policy.")
     params = SimParams(
         system=system_params(cfg.capacity, cfg.d0, cfg.d1, cfg.system.restart_on_evict),
         policy=pparams,

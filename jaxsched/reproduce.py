@@ -69,8 +69,10 @@ def _scaled(cfg: Config, scale: float, **overrides) -> Config:
 
 
 def _with_policy(cfg: Config, settings: dict) -> Config:
+    """The config with another [policy]; the value "max_batch" stands for system.max_batch."""
     data = cfg.model_dump(exclude={"source", "resolved"})
-    data["policy"] = dict(settings)
+    data["policy"] = {k: (cfg.system.max_batch if v == "max_batch" else v)
+                      for k, v in settings.items()}
     for key in [k for k, v in data["system"].items() if v is None]:
         del data["system"][key]
     return config_from_dict(data, source=cfg.source, base_dir=CONFIG_DIR)
@@ -93,6 +95,19 @@ def _wait_bound(cfg: Config) -> tuple[float, str]:
     return float(fluid.token_throughput), "tokens_per_time"
 
 
+def _wait_contenders() -> list[Contender]:
+    """WAIT, Nested WAIT and the servers, resident caps lifted to the config's max_batch."""
+    cap = {"max_num_seqs": "max_batch"}
+    return [
+        Contender("wait", {"name": "wait", "batch_limit": "max_batch"}),
+        Contender("nested_wait", {"name": "nested_wait"}),
+        Contender("vllm", {"name": "vllm", **cap}),
+        Contender("sarathi (chunk 512)", {"name": "sarathi", **cap}),
+        Contender("sglang", {"name": "sglang"}),
+        Contender("greedy", {"name": "greedy"}),
+    ]
+
+
 _STUDIES = {
     "flow-control": dict(
         config="flow-control",
@@ -111,27 +126,13 @@ _STUDIES = {
         config="wait-low",
         bound=_wait_bound,
         bound_note="fluid throughput sum_j lambda_j l'_j (tokens per second)",
-        contenders=[
-            Contender("wait", {"name": "wait"}),
-            Contender("nested_wait", {"name": "nested_wait"}),
-            Contender("vllm", {"name": "vllm"}),
-            Contender("sarathi", {"name": "sarathi"}),
-            Contender("sglang", {"name": "sglang"}),
-            Contender("greedy", {"name": "greedy"}),
-        ],
+        contenders=_wait_contenders(),
     ),
     "wait-high": dict(
         config="wait-high",
         bound=_wait_bound,
         bound_note="fluid throughput sum_j lambda_j l'_j (tokens per second)",
-        contenders=[
-            Contender("wait", {"name": "wait"}),
-            Contender("nested_wait", {"name": "nested_wait"}),
-            Contender("vllm", {"name": "vllm"}),
-            Contender("sarathi", {"name": "sarathi"}),
-            Contender("sglang", {"name": "sglang"}),
-            Contender("greedy", {"name": "greedy"}),
-        ],
+        contenders=_wait_contenders(),
     ),
 }
 
@@ -154,8 +155,12 @@ def _policy_study(name: str, out: Path, scale: float, say: Callable[[str], None]
     rows, prows, traces = [], [], {}
     for c in study["contenders"]:
         say(f"{name}: {c.label}")
-        cfg = _with_policy(base, c.settings)
-        res = api.run(cfg, record_trace=True)
+        try:
+            cfg = _with_policy(base, c.settings)
+            res = api.run(cfg, record_trace=True)
+        except JaxschedError as err:  # e.g. no feasible thresholds for this setting
+            rows.append([f"{c.label}: not run ({err})"] + [float("nan")] * (len(TABLE_KEYS) + 1))
+            continue
         m = {k: float(res.summary[k]) for k in TABLE_KEYS}
         ratio = m[bound_key] / bound if bound > 0 else float("nan")
         prows.append(PolicyRow(c.label, m, ratio))

@@ -121,6 +121,10 @@ class Policy:
     # prompt_len, output_len, rate, weight (lists, one entry per class; rate may be None for
     # saturated or trace workloads); returns {param name: value} for params the user left unset.
     fit_defaults: Callable[[dict], dict] | None = None
+    # Optional: refuse parameter values a static shape can never satisfy (e.g. a WAIT threshold
+    # longer than the look-ahead window). Called as check_shape(values, shape, where) with the
+    # parameter dict; raises PolicyError naming the key.
+    check_shape: Callable[[Mapping[str, Any], SimShape, str], None] | None = None
 
 
 def no_state(params, shape: SimShape):

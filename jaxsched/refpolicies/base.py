@@ -54,6 +54,7 @@ class RefView:
     queue: list[RefWaiting]  # the first queue_size waiting requests, in queue order
     residents: list[RefResident]  # admission order, oldest first
     excess: float = 0.0  # M_k - C, meaningful in evict
+    max_batch: int | None = None  # resident slots of the server (SimShape.max_batch)
 
 
 class RefPolicy:

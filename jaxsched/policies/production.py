@@ -1,0 +1,363 @@
+"""The production schedulers people run today: vLLM, SGLang and Sarathi-Serve.
+
+Each is the server's admission rule written in the iteration model of :mod:`jaxsched.model`,
+with its real knobs as traced parameters. None reads output lengths (a server does not know
+them); SGLang sees only its own ``max_new_tokens`` cap.
+
+Token budgets (``vllm`` and ``sarathi``)
+----------------------------------------
+Both schedule an iteration under a budget of ``K`` computed tokens (vLLM's
+``max_num_batched_tokens``, Sarathi-Serve's chunk size), with chunked prefill
+(:func:`budget_plan`). With residents in admission order and ``p_i = l_i + s_i - cached_i``
+the prefill tokens resident ``i`` still has to compute:
+
+1. *Decodes first.* Residents with ``p_i = 0`` decode, one token each; the oldest ``K`` of
+   them run (the servers require ``K >= max_num_seqs``, so normally all do).
+   ``R = K - #running decodes``.
+2. *Partial prefills, oldest first.* Resident ``i`` with ``p_i > 0`` gets the chunk
+   ``c_i = clip(R - sum_{k < i, p_k > 0} p_k, 0, p_i)`` and runs iff ``c_i > 0``.
+3. *New prefills.* What is left, ``R' = max(R - sum_i p_i, 0)``, goes to admitted requests in
+   queue order: window position ``q`` with ``p_q = l_q + g_q`` (prompt plus kept tokens) and
+   ``e_q = sum_{r < q} p_r`` may be admitted only if ``e_q < R'``; its first chunk is
+   ``min(p_q, R' - e_q)`` (a prompt longer than the budget is chunked over later iterations,
+   as in vLLM v1 and Sarathi-Serve). Admitted requests are the newest residents, so the plan
+   of step 2 (run again after admission) gives them exactly these chunks.
+
+Admission is called before the plan, so it evaluates steps 1-2 on the current residents to
+know ``R'``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxsched.policies.base import (
+    EVICTION_ORDERS,
+    Param,
+    Plan,
+    Policy,
+    SlotView,
+    evict_in_order,
+    fcfs_prefix,
+    full_need,
+    no_state,
+    run_all,
+)
+from jaxsched.policies.registry import register
+
+__all__ = ["vllm", "sglang", "sarathi", "budget_plan"]
+
+_MAX_INT = 1 << 30
+
+
+def _as_int(x) -> jax.Array:
+    """A float parameter as an int32 count (clamped to 2^30, which means 'unlimited')."""
+    return jnp.minimum(x, float(_MAX_INT)).astype(jnp.int32)
+
+
+def _check_eviction(eviction: str) -> None:
+    if eviction not in EVICTION_ORDERS:
+        raise ValueError(f"eviction must be one of {EVICTION_ORDERS}, got {eviction!r}")
+
+
+def budget_plan(slots: SlotView, budget: jax.Array):
+    """Steps 1-2 of the module docstring on ``slots`` under ``budget`` (int32) tokens.
+
+    Returns ``(run (B,) bool, chunk (B,) int32, need (B,) int32, left () int32)``: who runs,
+    their prefill chunks, each resident's memory in this iteration if the plan is executed
+    (``cached + chunk + token``; ``cached`` for one that does not run) and ``R'``, the budget
+    left for new prefills.
+    """
+    valid = slots.valid
+    target = slots.prompt + slots.generated
+    pending = jnp.where(valid, target - slots.cached, 0)
+    decode = valid & (pending == 0)
+    decode_run = decode & (jnp.cumsum(decode) <= budget)
+    rem = budget - jnp.sum(decode_run, dtype=jnp.int32)
+    before = jnp.cumsum(pending) - pending
+    chunk = jnp.clip(rem - before, 0, pending)
+    run = decode_run | (chunk > 0)
+    token = run & (slots.cached + chunk == target)
+    need = jnp.where(valid, slots.cached + chunk + token, 0)
+    left = jnp.maximum(rem - jnp.sum(pending), 0)
+    return run, chunk, need, left
+
+
+def _budget_admission_common(params, view, budget_key: str):
+    """Shared pieces of the budgeted admissions, per window position: prefill tokens
+    ``p = l + g``, first chunk, budget and seat tests; and the residents' planned memory."""
+    q, s = view.queue, view.slots
+    _, _, need_old, left = budget_plan(s, _as_int(params[budget_key]))
+    p = jnp.where(q.valid, q.prompt + q.kept, 0)
+    before = jnp.cumsum(p) - p
+    budget_ok = before < left
+    first_chunk = jnp.clip(left - before, 0, p)
+    seats = _as_int(params["max_num_seqs"]) - jnp.sum(s.valid, dtype=jnp.int32)
+    seat_ok = jnp.cumsum(q.valid) <= seats
+    return p, first_chunk, budget_ok & seat_ok, need_old
+
+
+def _budget_plan_fn(key_name: str):
+    def plan(key, params, pstate, view):
+        del key, pstate
+        run, chunk, _, _ = budget_plan(view.slots, _as_int(params[key_name]))
+        return Plan(run=run, chunk=chunk)
+
+    return plan
+
+
+def _evict_fn(eviction: str):
+    def evict(key, params, pstate, view, need):
+        del key, params
+        return evict_in_order(eviction, view.slots, need, view.excess), pstate
+
+    return evict
+
+
+# --------------------------------------------------------------------------------------------
+# vLLM
+
+
+@register("vllm")
+def vllm(eviction: str = "newest") -> Policy:
+    """vLLM (v1 scheduler with chunked prefill, the default since vLLM 0.8).
+
+    Per iteration, under the token budget ``K = max_num_batched_tokens`` (module docstring):
+    decodes first, then partial prefills oldest first, then new requests FCFS with a first
+    chunk of what is left. A waiting request ``q`` (in queue order, the first refusal blocks
+    the rest, as vLLM's waiting queue does) is admitted iff
+
+    * ``e_q < R'`` (some budget is left for its first chunk),
+    * ``n_resident + #admitted <= max_num_seqs``,
+    * ``C - sum_i (l_i + s_i + 1) - sum_{r <= q} (l_r + g_r + 1) >= watermark * C``.
+
+    The memory test reserves each request's whole prompt (plus kept tokens and the first new
+    token) at admission, as vLLM's block manager allocates a prompt's blocks and keeps
+    ``watermark`` of the blocks free (``can_allocate``: free - required >= watermark blocks);
+    residents count at ``l + s + 1`` (their size after this iteration's token) even while
+    their prefill is still chunked. Growth is not reserved: when decodes outgrow ``C`` the
+    newest resident is preempted by recompute (``eviction="newest"``, vLLM's rule; other
+    orders in ``EVICTION_ORDERS``) and readmitted later with ``l + g`` tokens to prefill.
+
+    Not modelled: vLLM skips admission in an iteration that preempted (our admission comes
+    before the memory phase), prefix caching, ``long_prefill_token_threshold``.
+    """
+    _check_eviction(eviction)
+
+    def admit(key, params, pstate, view):
+        del key
+        q, s = view.queue, view.slots
+        p, _, ok, _ = _budget_admission_common(params, view, "max_num_batched_tokens")
+        used = jnp.sum(full_need(s)) + jnp.cumsum(jnp.where(q.valid, p + 1, 0))
+        mem_ok = view.capacity - used.astype(jnp.float32) >= params["watermark"] * view.capacity
+        return fcfs_prefix(ok & mem_ok, q.valid), pstate
+
+    return Policy(
+        name="vllm",
+        params={
+            "max_num_seqs": Param(
+                default=256, low=1, high=float(_MAX_INT), integer=True, log=True,
+                doc="vLLM max_num_seqs: cap on running (resident) requests; vLLM default 256",
+            ),
+            "max_num_batched_tokens": Param(
+                default=2048, low=1, high=float(_MAX_INT), integer=True, log=True,
+                doc="vLLM max_num_batched_tokens: tokens computed per iteration (decodes count "
+                    "1, prefill chunks their length); vLLM v1 online-serving default 2048",
+            ),
+            "watermark": Param(
+                default=0.01, low=0.0, high=1.0,
+                doc="vLLM block-manager watermark: fraction of C left free at admission; "
+                    "vLLM default 0.01",
+            ),
+        },
+        init=no_state,
+        admit=admit,
+        plan=_budget_plan_fn("max_num_batched_tokens"),
+        evict=_evict_fn(eviction),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Sarathi-Serve
+
+
+@register("sarathi")
+def sarathi(eviction: str = "newest") -> Policy:
+    """Sarathi-Serve: stall-free batching with chunked prefill (Agrawal et al., OSDI 2024), the
+    baseline of the WAIT paper (chunk 512).
+
+    Per iteration, under the token budget ``K = chunk_size`` (module docstring): decodes first,
+    then partial prefills oldest first, then new requests FCFS, each with a first chunk of what
+    is left. A waiting request ``q`` (queue order, the first refusal blocks the rest) is
+    admitted iff ``e_q < R'``, ``n_resident + #admitted <= max_num_seqs`` and the memory of
+    *this iteration* fits:
+
+        ``sum_i need_i + sum_{r <= q} (c_r + [c_r = p_r]) <= C``
+
+    where ``need_i = cached_i + c_i + t_i`` is resident ``i``'s memory under the plan (``t_i``
+    its new token) and ``c_r = min(p_r, R' - e_r)`` the first chunk of new request ``r``
+    (plus the slot of its first token when the chunk completes its prefill). Nothing is
+    reserved for the rest of a chunked prompt or for decode growth: on overflow the newest
+    resident is preempted (``eviction="newest"``, LIFO).
+    """
+    _check_eviction(eviction)
+
+    def admit(key, params, pstate, view):
+        del key
+        q = view.queue
+        p, first, ok, need_old = _budget_admission_common(params, view, "chunk_size")
+        mem_new = jnp.where(q.valid & (first > 0), first + (first == p), 0)
+        used = jnp.sum(need_old) + jnp.cumsum(mem_new)
+        mem_ok = used.astype(jnp.float32) <= view.capacity
+        return fcfs_prefix(ok & mem_ok, q.valid), pstate
+
+    return Policy(
+        name="sarathi",
+        params={
+            "chunk_size": Param(
+                default=512, low=1, high=float(_MAX_INT), integer=True, log=True,
+                doc="Sarathi-Serve token budget per iteration (chunk size); the WAIT paper's "
+                    "baseline uses 512",
+            ),
+            "max_num_seqs": Param(
+                default=256, low=1, high=float(_MAX_INT), integer=True, log=True,
+                doc="cap on resident requests (Sarathi-Serve inherits vLLM's max_num_seqs, 256)",
+            ),
+        },
+        init=no_state,
+        admit=admit,
+        plan=_budget_plan_fn("chunk_size"),
+        evict=_evict_fn(eviction),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# SGLang
+
+
+def _sglang_ratio(params, pstate):
+    """The ratio of this iteration: ``init`` after a reset, else one linear decay step."""
+    init = params["new_token_ratio_init"]
+    low = params["new_token_ratio_min"]
+    decay = jnp.maximum((init - low) / params["new_token_ratio_decay_steps"], 0.0)
+    decayed = jnp.maximum(pstate["ratio"] - decay, low)
+    return jnp.where(pstate["reset"], init, decayed)
+
+
+@register("sglang")
+def sglang(eviction: str = "fewest_generated") -> Policy:
+    """SGLang's scheduler: admission against an estimate of future growth, retraction on
+    shortage (SGLang ``schedule_policy.PrefillAdder`` and ``ScheduleBatch.retract_decode``).
+
+    *Estimate ratio.* ``r_0 = new_token_ratio_init``; after iteration ``k``,
+    ``r_{k+1} = new_token_ratio_init`` if iteration ``k`` overflowed (a retraction), else
+    ``r_{k+1} = max(r_k - delta, new_token_ratio_min)`` with
+    ``delta = max((init - min) / new_token_ratio_decay_steps, 0)`` (float32, in this order).
+
+    *Admission* (FCFS, the first refusal blocks the rest). With ``N = max_new_tokens`` (the
+    cap the server sees; the real output length is unknown to it) and ``x^+ = max(x, 0)``,
+    window position ``q`` is admitted iff
+
+        ``r_k * (sum_i (N - s_i)^+ + sum_{p <= q} (N - g_p)^+)
+          <= C - sum_i (l_i + s_i + 1) - sum_{p <= q} (l_p + g_p + 1)``
+
+    (residents ``i`` at their size after this iteration's token; new requests with their
+    prompt, kept tokens and first token; the product is rounded once in float32).
+    SGLang charges a new request ``min(max_new_tokens, 4096)`` undiscounted in one of its
+    checks; this rule discounts it by ``r_k`` like the residents' growth.
+
+    *Retraction* (``eviction="fewest_generated"``). If the iteration overflows
+    (``M_k > C``), residents are retracted in order of fewest generated tokens, ties longest
+    prompt, then newest, until the remaining ``R`` satisfy
+    ``sum_{i in R} need_i + retract_steps * |R| <= C`` (room for ``retract_steps`` more
+    decode steps of each), never retracting the last remaining resident (SGLang keeps one;
+    the simulator still evicts it if it alone exceeds ``C``). Another ``eviction`` order
+    replaces retraction by plain eviction of what overflows. Either way, an overflowing
+    iteration resets the ratio. SGLang instead resets it to an estimate computed from the
+    batch; resetting to ``init`` is the rule of PAPERS.md.
+    """
+    _check_eviction(eviction)
+
+    def init(params, shape):
+        del shape
+        return {"ratio": params["new_token_ratio_init"], "reset": jnp.array(True)}
+
+    def admit(key, params, pstate, view):
+        del key
+        q, s = view.queue, view.slots
+        ratio = _sglang_ratio(params, pstate)
+        cap = _as_int(params["max_new_tokens"])
+        grow_old = jnp.sum(jnp.where(s.valid, jnp.maximum(cap - s.generated, 0), 0))
+        grow_new = jnp.where(q.valid, jnp.maximum(cap - q.kept, 0), 0)
+        size_new = jnp.where(q.valid, q.prompt + q.kept + 1, 0)
+        reserve = ratio * (grow_old + jnp.cumsum(grow_new)).astype(jnp.float32)
+        used = jnp.sum(full_need(s)) + jnp.cumsum(size_new)
+        ok = reserve <= view.capacity - used.astype(jnp.float32)
+        return fcfs_prefix(ok, q.valid), {"ratio": ratio, "reset": jnp.array(False)}
+
+    def evict(key, params, pstate, view, need):
+        del key
+        s = view.slots
+        overflow = view.excess > 0
+        if eviction == "fewest_generated":
+            out = retract(s, need, view.excess, _as_int(params["retract_steps"])) & overflow
+        else:
+            out = evict_in_order(eviction, s, need, view.excess)
+        return out, {"ratio": pstate["ratio"], "reset": pstate["reset"] | overflow}
+
+    return Policy(
+        name="sglang",
+        params={
+            "new_token_ratio_init": Param(
+                default=0.7, low=0.0, high=1.0,
+                doc="SGLang init_new_token_ratio (0.7 x schedule_conservativeness)",
+            ),
+            "new_token_ratio_min": Param(
+                default=0.098, low=0.0, high=1.0,
+                doc="SGLang min_new_token_ratio = init x 0.14 (default_min_new_token_ratio_factor)",
+            ),
+            "new_token_ratio_decay_steps": Param(
+                default=600, low=1, high=1e7, log=True,
+                doc="SGLang default_new_token_ratio_decay_steps: iterations of linear decay "
+                    "from init to min",
+            ),
+            "max_new_tokens": Param(
+                default=4096, low=1, high=1e6, integer=True, log=True,
+                doc="per-request output cap the server sees (SGLang clips its estimate at "
+                    "SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION = 4096)",
+            ),
+            "retract_steps": Param(
+                default=20, low=0, high=1e6, integer=True,
+                doc="SGLang retract_decode_steps: decode steps of room kept for the residents "
+                    "that remain after a retraction",
+            ),
+        },
+        init=init,
+        admit=admit,
+        plan=run_all,
+        evict=evict,
+    )
+
+
+def retract(slots: SlotView, need: jax.Array, excess: jax.Array, steps: jax.Array) -> jax.Array:
+    """SGLang's retraction set (see :func:`sglang`), by one sort and a prefix sum.
+
+    In the order fewest generated, longest prompt, newest, retract position ``k`` iff
+    ``sum_{j < k} (need_j + steps) < excess + steps * n`` (the residents after the first ``k``
+    still lack room for ``steps`` more tokens each) and ``k < n - 1``.
+    """
+    b = need.shape[0]
+    valid = slots.valid
+    big = jnp.iinfo(jnp.int32).max
+    # jnp.lexsort sorts by the last key first: free slots last, then fewest generated, then
+    # longest prompt, then newest.
+    keys = (-jnp.arange(b), jnp.where(valid, -slots.prompt, big),
+            jnp.where(valid, slots.generated, big), ~valid)
+    order = jnp.lexsort(keys)
+    cost = jnp.where(valid, need + steps, 0)[order]
+    before = (jnp.cumsum(cost) - cost).astype(jnp.float32)
+    n = jnp.sum(valid, dtype=jnp.int32)
+    target = excess + (steps * n).astype(jnp.float32)
+    take = (before < target) & (jnp.arange(b) < n - 1)
+    return valid & jnp.zeros((b,), bool).at[order].set(take)
