@@ -5,11 +5,12 @@ The step implements the six phases of an iteration exactly as written in
 suffix (LIFO eviction is a prefix sum, no sort); the waiting queue is the workload itself
 (sorted by arrival) minus the requests taken, seen through a window of ``queue_size``
 positions from the oldest waiting request, compacted into the first ``queue_size`` waiting
-requests: the window is exact whenever at most ``2 max_batch`` taken requests lie among
-them, which always holds for first-come-first-served admission (the requests taken after the
-oldest waiting one were resident when it was evicted, at most ``max_batch``, plus at most
-``max_batch`` admitted in one iteration). Per-step outputs exist only when
-``shape.record_trace`` is set; otherwise metrics come from running accumulators.
+requests. The positions are searched in blocks of ``queue_size + 2 max_batch`` (a
+``while_loop``) until the window is full or the arrived requests are exhausted, so the window
+is always exact; one block suffices unless many taken requests (resident, or completed while
+an older request waited, e.g. after that one was evicted) lie among the first waiting ones.
+Per-step outputs exist only when ``shape.record_trace`` is set; otherwise metrics come from
+running accumulators.
 
 Layout of a batch: ``simulate(keys (W,), workloads (W, N), params)`` vmaps over workloads;
 with ``batched_params=True`` the params pytree has a leading axis P and the result has shape
@@ -169,16 +170,33 @@ def step(policy: Policy, shape: SimShape, workload: Workload, params: SimParams,
     arrived = jnp.searchsorted(workload.arrival, t0, side="right").astype(jnp.int32)
     num_waiting = state.num_waiting + (arrived - state.arrived)
 
-    # 2. Admission through the look-ahead window: the first W waiting requests, found among
-    #    the first W + 2B positions from the head (see module docstring).
+    # 2. Admission through the look-ahead window: the first W waiting requests, searched in
+    #    blocks of W + 2B positions from the head until W are found or the arrived requests
+    #    are exhausted (see module docstring).
     r = w + 2 * b
     ridx = state.head + jnp.arange(r, dtype=jnp.int32)
     in_range = ridx < n
     rj = jnp.minimum(ridx, n - 1)
-    waiting_r = in_range & (ridx < arrived) & ~reqs.taken[rj]
-    wpos = jnp.where(waiting_r, jnp.cumsum(waiting_r) - 1, w)
-    j = jnp.zeros((w,), jnp.int32).at[wpos].set(rj, mode="drop")
-    waiting = jnp.zeros((w,), bool).at[wpos].set(True, mode="drop")
+
+    def search_more(carry):
+        start, found, _, _ = carry
+        return (found < w) & (start < arrived)
+
+    def search_block(carry):
+        start, found, j, waiting = carry
+        idx = start + jnp.arange(r, dtype=jnp.int32)
+        jj = jnp.minimum(idx, n - 1)
+        waiting_r = (idx < arrived) & ~reqs.taken[jj]
+        wpos = jnp.where(waiting_r, found + jnp.cumsum(waiting_r) - 1, w)
+        j = j.at[wpos].set(jj, mode="drop")
+        waiting = waiting.at[wpos].set(True, mode="drop")
+        return start + r, found + jnp.sum(waiting_r, dtype=jnp.int32), j, waiting
+
+    _, _, j, waiting = jax.lax.while_loop(
+        search_more, search_block,
+        (state.head, jnp.zeros((), jnp.int32), jnp.zeros((w,), jnp.int32),
+         jnp.zeros((w,), bool)),
+    )
     queue = QueueView(
         valid=waiting,
         prompt=workload.prompt[j],
