@@ -33,6 +33,7 @@ __all__ = [
     "PolicyConfig",
     "Config",
     "HardwareProfile",
+    "SystemProfile",
     "load_config",
     "config_from_dict",
     "apply_overrides",
@@ -193,6 +194,32 @@ class HardwareProfile(_Strict):
         return int(math.floor(free / self.kv_bytes_per_token))
 
 
+class SystemProfile(_Strict):
+    """A measured system (``jaxsched calibrate`` writes one): a profile TOML with a
+    ``[system]`` table giving the KV capacity in tokens directly, the fitted ``d0, d1`` and
+    the fit's error. Other tables of the file (``[engine]``) are ignored here."""
+
+    name: str
+    model: str
+    device: str
+    capacity: int = Field(gt=0, description="C: KV tokens")
+    d0: float = Field(ge=0, description="fitted time per iteration")
+    d1: float = Field(ge=0, description="fitted time per batched token")
+    time_unit: str = "s"
+    fit_rms: float | None = Field(default=None, ge=0)
+    fit_rel_error: float | None = Field(default=None, ge=0)
+    samples: int | None = Field(default=None, ge=0)
+    note: str = ""
+
+    @property
+    def gpu(self) -> str:
+        return self.device
+
+    @property
+    def num_gpus(self) -> int:
+        return 1
+
+
 def _format_validation(where: str, err: ValidationError) -> str:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"] if p not in ("function-after",))
@@ -219,17 +246,23 @@ def _read_toml(path: Path) -> dict:
         raise JaxschedError(f"{path}: invalid TOML: {err}") from None
 
 
-def load_profile(ref: str, base_dir: Path) -> HardwareProfile:
-    """A hardware profile by path (relative to the config's folder) or shipped name."""
+def load_profile(ref: str, base_dir: Path) -> HardwareProfile | SystemProfile:
+    """A hardware profile by path (relative to the config's folder) or shipped name: a
+    ``[hardware]`` table (:class:`HardwareProfile`) or a measured ``[system]`` table
+    (:class:`SystemProfile`)."""
     candidates = [base_dir / ref, Path(ref), CONFIG_DIR / "hardware" / f"{ref}.toml",
                   CONFIG_DIR / "hardware" / ref]
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
         raise JaxschedError(f"system.profile: no hardware profile {ref!r}")
     data = _read_toml(path)
-    table = data.get("hardware", data)
+    kind = HardwareProfile
+    if "hardware" not in data and isinstance(data.get("system"), dict):
+        kind, table = SystemProfile, data["system"]
+    else:
+        table = data.get("hardware", data)
     try:
-        return HardwareProfile(**table)
+        return kind(**table)
     except ValidationError as err:
         raise JaxschedError(_format_validation(str(path), err)) from None
     except TypeError as err:

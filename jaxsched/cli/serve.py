@@ -1,0 +1,296 @@
+"""Engine commands: ``jaxsched serve``, ``calibrate``, ``compare-sim`` and ``bench engine``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from jaxsched.cli.app import app, bench_app
+from jaxsched.errors import JaxschedError
+
+__all__ = ["serve", "calibrate", "compare_sim", "bench_engine", "resolve_policy"]
+
+
+def resolve_policy(policy: Optional[str]) -> tuple[Any, dict, int]:
+    """``(Policy, raw parameter values, num_classes)`` for ``--policy``: an exported policy
+    file (``*.json`` or an existing file, read by :func:`jaxsched.export.load_policy`), a
+    registered policy name, or None (greedy)."""
+    from jaxsched.policies import get_policy
+
+    if policy is None:
+        return get_policy("greedy"), {}, 1
+    path = Path(policy)
+    if path.suffix == ".json" or path.exists():
+        if not path.is_file():
+            raise JaxschedError(f"--policy {policy}: no such policy file")
+        try:
+            from jaxsched.export import load_policy
+        except ImportError:  # pragma: no cover - the export module is optional
+            raise JaxschedError("--policy: policy files need jaxsched.export; pass a policy "
+                                "name instead") from None
+        pol, _params, doc = load_policy(path)
+        return pol, dict(doc.policy.params), int(doc.system.num_classes)
+    try:
+        return get_policy(policy), {}, 1
+    except JaxschedError as err:
+        raise JaxschedError(f"--policy {policy}: {err}") from None
+
+
+def _engine_cfg(table: dict | None = None, num_classes: int = 1, max_batch: int | None = None):
+    from jaxsched.engine.config import EngineConfig, EngineConfigError
+
+    values = dict(table or {})
+    values["num_classes"] = max(1, int(num_classes))
+    if max_batch is not None:
+        values["max_batch"] = max_batch
+    known = {f.name for f in dataclasses.fields(EngineConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise JaxschedError(f"profile [engine]: unknown setting {unknown[0]!r}")
+    try:
+        return EngineConfig(**values)
+    except EngineConfigError as err:
+        raise JaxschedError(str(err)) from None
+
+
+@app.command()
+def serve(
+    policy: Optional[str] = typer.Option(None, "--policy", help="exported policy.json (or a "
+                                         "registered policy name; default greedy)"),
+    model: Optional[str] = typer.Option(None, "--model", help="model TOML/name, or a folder "
+                                        "with safetensors + config.json (default: tiny)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="interface to bind (loopback default)"),
+    port: int = typer.Option(8000, "--port", help="TCP port"),
+    name: Optional[str] = typer.Option(None, "--name", help="served model name"),
+    seed: int = typer.Option(0, "--seed", help="seed of random weights (no checkpoint)"),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level"),
+):
+    """Serve the engine over an OpenAI-compatible HTTP API, scheduled by a policy."""
+    from jaxsched.engine.calibrate import model_label, open_engine
+    from jaxsched.engine.server import serve as run_server
+
+    if not 0 <= port < 65536:
+        raise JaxschedError(f"--port {port}: must be in [0, 65535]")
+    pol, params, k = resolve_policy(policy)
+    engine = open_engine(model, _engine_cfg(num_classes=k), pol, params, seed)
+    served = name or f"jaxsched-{model_label(model)}"
+    typer.echo(f"serving {served} with policy {pol.name} on http://{host}:{port}", err=True)
+    run_server(engine, host=host, port=port, model_name=served, log_level=log_level)
+
+
+@app.command()
+def calibrate(
+    out: Path = typer.Option(..., "--out", help="system profile TOML to write"),
+    model: Optional[str] = typer.Option(None, "--model", help="model TOML/name or checkpoint "
+                                        "folder (default: tiny)"),
+    batches: str = typer.Option("1,2,4,8", "--batches", help="batch sizes, comma-separated"),
+    prompts: str = typer.Option("8,32,96,192", "--prompts", help="prompt lengths, comma-separated"),
+    output_len: int = typer.Option(8, "--output-len", help="tokens generated per request"),
+    repeats: int = typer.Option(1, "--repeats", help="measured passes over the grid"),
+    max_batch: Optional[int] = typer.Option(None, "--max-batch", help="engine slots (default 8)"),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
+):
+    """Fit the simulator's iteration time d0 + d1 (P + D) on the engine; write a profile."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from jaxsched.engine.calibrate import (calibrate as run_calibration, model_label,
+                                           open_engine, parse_int_list, write_profile)
+
+    err = Console(stderr=True)
+    bs = parse_int_list(batches, "--batches")
+    ls = parse_int_list(prompts, "--prompts")
+    if repeats < 1:
+        raise JaxschedError(f"--repeats {repeats}: must be >= 1")
+    engine = open_engine(model, _engine_cfg(max_batch=max_batch), "greedy", None, seed)
+    with err.status("calibrating…") as status:
+        result = run_calibration(engine, bs, ls, output_len, repeats, model_label(model), seed,
+                                 progress=lambda m: status.update(m))
+    write_profile(result, out)
+    if as_json:
+        d = dataclasses.asdict(result)
+        d["rows"] = [dict(dataclasses.asdict(r), rel_error=r.rel_error) for r in result.rows]
+        d["profile"] = str(out)
+        typer.echo(json.dumps(d))
+        return
+    console = Console(width=140)
+    console.print(f"jaxsched calibrate: {result.model} on {result.device}, "
+                  f"C = {result.capacity} tokens")
+    table = Table()
+    for col in ("batch", "prompt", "iterations", "mean P+D", "measured ms", "fit ms",
+                "rel error", "overhead ms"):
+        table.add_column(col, justify="right")
+    for r in result.rows:
+        table.add_row(str(r.batch_size), str(r.prompt_len), str(r.iterations),
+                      f"{r.mean_tokens:.1f}", f"{r.measured_ms:.3f}", f"{r.predicted_ms:.3f}",
+                      f"{r.rel_error:.1%}", f"{r.overhead_ms:.3f}")
+    console.print(table)
+    console.print(
+        f"d0 = {1e3 * result.d0:.4f} ms, d1 = {1e6 * result.d1:.4f} us/token over "
+        f"{result.samples} iterations; fit error: RMS {1e3 * result.fit_rms:.4f} ms "
+        f"({result.fit_rel_error:.1%} of the mean), mean |rel| {result.mean_abs_rel_error:.1%}; "
+        f"scheduling overhead {1e3 * result.overhead_mean:.3f} ms/iteration (not fitted); "
+        f"wrote {out}")
+
+
+@app.command("compare-sim")
+def compare_sim(
+    policy: str = typer.Option(..., "--policy", help="exported policy.json (or a policy name)"),
+    workload: Optional[Path] = typer.Option(None, "--workload", help="config whose workload is "
+                                            "replayed (default: a synthetic Poisson list)"),
+    profile: Optional[Path] = typer.Option(None, "--profile", help="system profile from "
+                                           "jaxsched calibrate (default: calibrate now)"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of both memory trajectories"),
+    model: Optional[str] = typer.Option(None, "--model", help="model TOML/name or folder"),
+    num_requests: int = typer.Option(48, "--num-requests", help="requests replayed"),
+    max_output: int = typer.Option(32, "--max-output", help="cap on scaled output lengths"),
+    time_scale: float = typer.Option(1.0, "--time-scale", help="stretch (>1) the arrivals"),
+    rate: float = typer.Option(300.0, "--rate", help="synthetic arrivals per second"),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
+):
+    """Replay the same requests through the engine and the calibrated simulator."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from jaxsched.engine import compare as C
+    from jaxsched.engine.calibrate import (calibrate as run_calibration, model_label,
+                                           open_engine, read_engine_section)
+    from jaxsched.policies import make_params
+
+    err = Console(stderr=True)
+    if num_requests < 1:
+        raise JaxschedError(f"--num-requests {num_requests}: must be >= 1")
+    if not time_scale > 0 or not rate > 0:
+        raise JaxschedError("--time-scale and --rate must be > 0")
+    pol, raw_params, k = resolve_policy(policy)
+    if profile is not None:
+        system, engine_table = read_engine_section(profile)
+    else:
+        engine_table = {}
+        with err.status("no --profile: calibrating the engine…"):
+            cal_engine = open_engine(model, _engine_cfg(), "greedy", None, seed)
+            cal = run_calibration(cal_engine, (1, 4, 8), (8, 64, 120), 6, 1,
+                                  model_label(model), seed)
+        system = cal.profile_dict()
+        engine_table = cal.engine
+    ec = _engine_cfg(engine_table, num_classes=k)
+    if int(system["capacity"]) != ec.capacity:
+        err.print(f"[yellow]warning:[/] profile capacity {system['capacity']} differs from the "
+                  f"engine's {ec.capacity}; the simulator uses the profile's")
+    with err.status("compiling the engine…"):
+        C.warm_up(open_engine(model, ec, pol, raw_params, seed), seed)
+    clock = C.VirtualClock()
+    engine = open_engine(model, ec, pol, raw_params, seed, clock=clock)
+    limit = ec.max_request_tokens
+    if workload is not None:
+        from jaxsched.config import load_config
+
+        cfg = load_config(workload)
+        requests = C.requests_from_config(cfg, limit, float(system["d0"]) or 1e-3, num_requests,
+                                          max_output, time_scale, k)
+        source = str(workload)
+    else:
+        requests = C.poisson_requests(num_requests, rate / time_scale,
+                                      (8, min(96, limit - 33)), (4, min(max_output, 32)), seed)
+        source = f"synthetic Poisson, {rate / time_scale:g}/s"
+    params = make_params(pol, raw_params, ec.num_classes)
+    with err.status(f"replaying {len(requests)} requests through the engine and simulator…"):
+        result = C.compare(engine, clock, requests, pol, params, system, seed)
+    if plot is not None:
+        C.plot_memory(result, plot, float(system["capacity"]))
+        err.print(f"wrote {plot}")
+    if as_json:
+        d = result.to_json()
+        d["source"] = source
+        typer.echo(json.dumps(d))
+        return
+    rel = result.rel_errors()
+    console = Console(width=140)
+    console.print(f"jaxsched compare-sim: {pol.name}, {len(requests)} requests from {source}; "
+                  f"C = {system['capacity']}, d0 = {1e3 * system['d0']:.4f} ms, "
+                  f"d1 = {1e6 * system['d1']:.4f} us/token")
+    table = Table()
+    for col in ("metric", "engine", "simulator", "rel error"):
+        table.add_column(col, justify="right")
+    for key in C.COMPARE_KEYS:
+        e, s = result.engine[key], result.sim[key]
+        fmt = (lambda x: f"{x:.0f}") if key in ("completed", "evictions", "peak_kv_tokens") \
+            else (lambda x: f"{x:.4g}")
+        table.add_row(key, fmt(e), fmt(s), "n/a" if rel[key] != rel[key] else f"{rel[key]:.1%}")
+    console.print(table)
+    console.print(f"engine: {result.engine_iterations} iterations on a virtual clock advanced by "
+                  f"measured compute time; simulator: {result.sim_iterations} busy iterations; "
+                  "latency and time in seconds")
+
+
+@bench_app.command("engine")
+def bench_engine(
+    model: Optional[str] = typer.Option(None, "--model", help="model TOML/name or folder"),
+    batches: str = typer.Option("1,2,4,8", "--batches", help="batch sizes, comma-separated"),
+    prompt_len: int = typer.Option(16, "--prompt-len", help="prompt tokens per request"),
+    output_len: int = typer.Option(32, "--output-len", help="tokens generated per request"),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
+):
+    """Engine decode throughput and iteration time vs batch size."""
+    import time
+
+    import jax
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    from jaxsched.engine.batching import SamplingParams
+    from jaxsched.engine.calibrate import device_description, open_engine, parse_int_list
+
+    bs = parse_int_list(batches, "--batches")
+    has_gpu = any(d.platform == "gpu" for d in jax.devices())
+    engine = open_engine(model, _engine_cfg(max_batch=max(8, max(bs))), "greedy", None, seed)
+    if prompt_len < 1 or output_len < 1 or prompt_len + output_len > engine.engine_cfg.max_request_tokens:
+        raise JaxschedError(f"--prompt-len + --output-len must be in [2, "
+                            f"{engine.engine_cfg.max_request_tokens}]")
+    rs = np.random.RandomState(seed)
+    sp = SamplingParams(max_tokens=output_len, ignore_eos=True)
+    rows = []
+    for b in bs:
+        for warm in (True, False):
+            sp_run = SamplingParams(max_tokens=2, ignore_eos=True) if warm else sp
+            start = len(engine.records)
+            for _ in range(b):
+                engine.submit([int(t) for t in rs.randint(0, 256, size=prompt_len)], sp_run)
+            t0 = time.perf_counter()
+            engine.run_until_idle()
+            wall = time.perf_counter() - t0
+        recs = [r for r in list(engine.records)[start:] if r.prefill_tokens == 0
+                and r.decode_tokens > 0]
+        tokens = sum(r.decode_tokens for r in recs)
+        dec_time = sum(r.duration for r in recs)
+        rows.append({
+            "batch": b, "decode_iterations": len(recs),
+            "decode_tokens_per_s": tokens / dec_time if dec_time > 0 else 0.0,
+            "iteration_ms": 1e3 * dec_time / max(len(recs), 1),
+            "compute_ms": 1e3 * sum(r.compute_time for r in recs) / max(len(recs), 1),
+            "wall_s": wall,
+        })
+    device = device_description()
+    if as_json:
+        typer.echo(json.dumps({"device": device, "gpu": has_gpu, "rows": rows}))
+        return
+    table = Table(title=f"jaxsched bench engine: {device}, prompt {prompt_len}, "
+                        f"output {output_len}", title_justify="left")
+    for col in ("batch", "decode iterations", "decode tokens/s", "iteration ms", "compute ms",
+                "wall s"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r["batch"]), str(r["decode_iterations"]),
+                      f"{r['decode_tokens_per_s']:,.0f}", f"{r['iteration_ms']:.3f}",
+                      f"{r['compute_ms']:.3f}", f"{r['wall_s']:.2f}")
+    if not has_gpu:
+        table.caption = "no GPU available: measured on CPU"
+    Console(width=140).print(table)

@@ -1,0 +1,185 @@
+"""The engine commands through the real entry point: serve (a real subprocess on 127.0.0.1),
+calibrate (profile fields, simulate with it), compare-sim (table keys, PNG), bench engine, and
+one-line errors for bad policy files."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+
+import httpx
+import pytest
+
+from jaxsched.cli import main
+from jaxsched.engine.compare import COMPARE_KEYS
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory):
+    """A profile from a small calibration grid (shared by the tests below)."""
+    out = tmp_path_factory.mktemp("cal") / "profile.toml"
+    rc = main(["calibrate", "--out", str(out), "--batches", "1,4", "--prompts", "8,48",
+               "--output-len", "4"])
+    assert rc == 0
+    return out
+
+
+def test_calibrate_writes_profile(profile, tmp_path, capsys):
+    data = tomllib.loads(profile.read_text())
+    system = data["system"]
+    for key in ("name", "model", "device", "capacity", "d0", "d1", "fit_rms", "fit_rel_error",
+                "samples"):
+        assert key in system, key
+    assert system["capacity"] == 1024  # the default EngineConfig's C
+    assert system["d0"] >= 0 and system["d1"] >= 0
+    assert system["fit_rms"] >= 0 and system["samples"] >= 2
+    assert data["engine"]["max_batch"] == 8
+
+    # A config includes it and simulate runs with it.
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text(
+        f'[system]\nprofile = "{profile.name}"\nmax_batch = 8\nqueue_size = 16\n'
+        '[workload]\nkind = "poisson"\nhorizon = 200\nnum_workloads = 2\n'
+        '[[workload.classes]]\nprompt_len = 32\noutput_len = 8\nrate = 50.0\n'
+        '[policy]\nname = "greedy"\n')
+    (tmp_path / profile.name).write_text(profile.read_text())
+    capsys.readouterr()
+    assert main(["simulate", str(cfg), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["completed_per_time"] > 0
+
+    from jaxsched.config import load_config
+
+    loaded = load_config(cfg)
+    assert loaded.capacity == 1024 and loaded.d1 == pytest.approx(system["d1"])
+
+
+def test_calibrate_table_reports_fit_error(tmp_path, capsys):
+    out = tmp_path / "p.toml"
+    assert main(["calibrate", "--out", str(out), "--batches", "2", "--prompts", "8",
+                 "--output-len", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "fit error" in text and "RMS" in text and "d1 =" in text
+    assert out.is_file()
+
+
+def test_compare_sim_table_and_plot(profile, tmp_path, capsys):
+    png = tmp_path / "mem.png"
+    capsys.readouterr()
+    rc = main(["compare-sim", "--policy", "greedy", "--profile", str(profile), "--plot",
+               str(png), "--num-requests", "10", "--max-output", "8", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) >= {"engine", "sim", "rel_error"}
+    for side in ("engine", "sim", "rel_error"):
+        assert set(out[side]) == set(COMPARE_KEYS)
+    assert out["engine"]["completed"] == out["sim"]["completed"] == 10
+    assert png.is_file() and png.stat().st_size > 1000
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_sim_from_workload_config(profile, tmp_path, capsys):
+    capsys.readouterr()
+    rc = main(["compare-sim", "--policy", "greedy", "--profile", str(profile), "--workload",
+               "saturated", "--num-requests", "8", "--max-output", "6"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    for key in COMPARE_KEYS:
+        assert key in text
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"schema_version": 99}'])
+def test_bad_policy_file_is_one_line(tmp_path, capsys, content):
+    bad = tmp_path / "policy.json"
+    bad.write_text(content)
+    rc = main(["compare-sim", "--policy", str(bad), "--num-requests", "2"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith("error:") and "\n" not in err
+
+
+def test_missing_policy_file_is_one_line(tmp_path, capsys):
+    rc = main(["serve", "--policy", str(tmp_path / "nope.json"), "--port", "1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error:") and "\n" not in err
+
+
+def test_bench_engine(capsys):
+    assert main(["bench", "engine", "--batches", "1,2", "--output-len", "4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["batch"] for r in out["rows"]] == [1, 2]
+    assert all(r["decode_tokens_per_s"] > 0 for r in out["rows"])
+    assert main(["bench", "engine", "--batches", "1", "--output-len", "3"]) == 0
+    text = capsys.readouterr().out
+    if not out["gpu"]:
+        assert "no GPU available" in text
+
+
+def test_serve_subprocess():
+    port = _free_port()
+    code = "import sys; from jaxsched.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "serve", "--port", str(port), "--host", "127.0.0.1",
+         "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode(errors="replace")
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not become healthy"
+            time.sleep(0.2)
+        r = httpx.post(f"{base}/v1/completions", json={"prompt": "hello", "max_tokens": 4,
+                                                       "temperature": 0, "ignore_eos": True},
+                       timeout=60)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["usage"]["completion_tokens"] == 4
+        assert body["choices"][0]["finish_reason"] == "length"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    assert proc.returncode is not None
+
+
+def test_compare_sim_with_exported_policy_file(profile, tmp_path, capsys):
+    ex = pytest.importorskip("jaxsched.export")
+    snapshot = {
+        "system": {"capacity": 1024.0, "d0": 0.002, "d1": 3e-6, "max_batch": 8,
+                   "queue_size": 16, "restart_on_evict": False},
+        "workload": {"kind": "poisson", "horizon": 100, "warmup": 10, "num_workloads": 2,
+                     "seed": 0, "classes": [{"prompt_len": 16, "output_len": 8, "rate": 50.0}]},
+        "policy": {"name": "vllm"},
+    }
+    doc = ex.policy_document(snapshot, {"max_num_seqs": 4, "max_num_batched_tokens": 128,
+                                        "watermark": 0.05},
+                             {k: 1.0 for k in ex.REQUIRED_METRICS}, source="t.toml",
+                             hardware=None, fingerprint="sha256:" + "0" * 64)
+    path = ex.write_policy(doc, tmp_path / "policy.json")
+    capsys.readouterr()
+    rc = main(["compare-sim", "--policy", str(path), "--profile", str(profile),
+               "--num-requests", "6", "--max-output", "6", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["policy"] == "vllm"
+    assert out["engine"]["completed"] == out["sim"]["completed"] == 6
