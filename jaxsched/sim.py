@@ -127,10 +127,21 @@ def initial_state(shape: SimShape, workload: Workload) -> SimState:
 
 
 def _compact(slots: SlotState, keep: jax.Array) -> SlotState:
-    """Move the kept slots to the front, preserving their order; free the rest."""
+    """Move the kept slots to the front, preserving their order; free the rest.
+
+    One scatter of source indices, then a gather per field: on CPU this is about a quarter
+    faster than scattering every field (measured in one run, 256 workloads of the default).
+    """
     b = keep.shape[0]
     pos = jnp.where(keep, jnp.cumsum(keep) - 1, b)
-    empty = SlotState(
+    src = jnp.zeros((b,), jnp.int32).at[pos].set(jnp.arange(b, dtype=jnp.int32), mode="drop")
+    live = jnp.arange(b) < jnp.sum(keep)
+    empty = _empty_slots(b)
+    return jax.tree.map(lambda x, e: jnp.where(live, x[src], e), slots, empty)
+
+
+def _empty_slots(b: int) -> SlotState:
+    return SlotState(
         req=jnp.full((b,), -1, jnp.int32),
         prompt=jnp.zeros((b,), jnp.int32),
         output=jnp.zeros((b,), jnp.int32),
@@ -140,7 +151,6 @@ def _compact(slots: SlotState, keep: jax.Array) -> SlotState:
         arrival=jnp.zeros((b,), jnp.float32),
         first_done=jnp.zeros((b,), bool),
     )
-    return jax.tree.map(lambda e, x: e.at[pos].set(x, mode="drop"), empty, slots)
 
 
 def _slot_view(slots: SlotState, is_new) -> SlotView:
@@ -221,18 +231,21 @@ def step(policy: Policy, shape: SimShape, workload: Workload, params: SimParams,
     admit = admit & (jnp.cumsum(admit) <= b - num_resident)
     num_admitted = jnp.sum(admit, dtype=jnp.int32)
     pos = jnp.where(admit, num_resident + jnp.cumsum(admit) - 1, b)
-    put = lambda dst, src: dst.at[pos].set(src, mode="drop")  # noqa: E731
-    slots = SlotState(
-        req=put(slots.req, j),
-        prompt=put(slots.prompt, queue.prompt),
-        output=put(slots.output, queue.output),
-        generated=put(slots.generated, queue.kept),
-        cached=put(slots.cached, jnp.zeros_like(queue.kept)),
-        cls=put(slots.cls, queue.cls),
-        arrival=put(slots.arrival, queue.arrival),
-        first_done=put(slots.first_done, reqs.first_done[j]),
+    # Admitted requests fill slots [n, n + a) in queue order: one scatter of window indices,
+    # then a gather per field.
+    src = jnp.zeros((b,), jnp.int32).at[pos].set(jnp.arange(w, dtype=jnp.int32), mode="drop")
+    is_new = jnp.zeros((b,), bool).at[pos].set(True, mode="drop")
+    incoming = SlotState(
+        req=j[src],
+        prompt=queue.prompt[src],
+        output=queue.output[src],
+        generated=queue.kept[src],
+        cached=jnp.zeros((b,), jnp.int32),
+        cls=queue.cls[src],
+        arrival=queue.arrival[src],
+        first_done=reqs.first_done[j][src],
     )
-    is_new = put(no_new, jnp.ones((w,), bool))
+    slots = jax.tree.map(lambda new, old: jnp.where(is_new, new, old), incoming, slots)
     taken = reqs.taken.at[jnp.where(admit, j, n)].set(True, mode="drop")
     num_waiting = num_waiting - num_admitted
     valid = slots.valid
