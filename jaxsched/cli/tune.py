@@ -1,0 +1,312 @@
+"""``jaxsched tune``, ``jaxsched export``, ``jaxsched validate`` and ``jaxsched bench tune``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from jaxsched.cli.app import app, bench_app
+from jaxsched.errors import JaxschedError
+
+__all__ = ["tune", "export", "validate", "bench_tune_command"]
+
+
+def _fmt(x) -> str:
+    from jaxsched.cli.tables import fmt
+
+    if x is None:
+        return "-"
+    return fmt(x)
+
+
+def _best_table(outcome, title: str):
+    from rich.table import Table
+
+    obj = outcome.objective
+    table = Table(title=title, title_justify="left")
+    table.add_column("trial", justify="right")
+    for n in obj.names:
+        table.add_column(n, justify="right")
+    dims = outcome.space.names
+    for d in dims:
+        table.add_column(d, justify="right")
+    shown = [m for m in ("completed_per_time", "latency_p95", "evictions_per_request")
+             if m not in obj.names]
+    for m in shown:
+        table.add_column(m, justify="right")
+    for c in obj.constraints:
+        table.add_column(c.name, justify="right")
+    for t in outcome.best:
+        m = t.user_attrs.get("metrics", {})
+        row = [str(t.number)] + [_fmt(v) for v in t.values]
+        row += [_fmt(t.params.get(d)) for d in dims]
+        row += [_fmt(m.get(k)) for k in shown]
+        row += ["ok" if t.constraints.get(c.name, 0) <= 0 else "violated" for c in obj.constraints]
+        table.add_row(*row)
+    return table
+
+
+@app.command()
+def tune(
+    config: Path = typer.Argument(..., help="TOML config; its \\[tune] table sets the defaults"),
+    method: Optional[str] = typer.Option(None, help="optuna | gradient (default: tune.method)"),
+    trials: Optional[int] = typer.Option(None, min=1, help="target evaluated trials in the study"),
+    batch: Optional[int] = typer.Option(None, min=1, help="K: parameter sets per simulator call"),
+    storage: Optional[str] = typer.Option(None, help="SQLAlchemy URL or SQLite file "
+                                          "(default: tune.storage, else sqlite:///jaxsched-tune.db)"),
+    study: Optional[str] = typer.Option(None, help="study name (default: <config>-<policy>)"),
+    sampler: Optional[str] = typer.Option(None, help="tpe | cmaes | nsga2 | random"),
+    objective: Optional[str] = typer.Option(None, help="weighted | pareto (default: tune.objective)"),
+    workloads: Optional[int] = typer.Option(None, min=1, help="workloads per trial"),
+    seed: Optional[int] = typer.Option(None, help="sampler seed (give each worker its own)"),
+    set_: list[str] = typer.Option([], "--set", help="override: section.key=value (repeatable)"),
+    plots: Optional[Path] = typer.Option(None, help="folder for the PNG plots (default: out/tune/<study>)"),
+    no_plots: bool = typer.Option(False, "--no-plots", help="do not draw plots"),
+    as_json: bool = typer.Option(False, "--json", help="print exactly one JSON object on stdout"),
+):
+    """Tune a config's policy parameters; rerun the same command to continue the study."""
+    from rich.console import Console
+
+    from jaxsched.config import load_config
+    from tuning.settings import METHODS, SAMPLERS, tune_settings
+
+    err = Console(stderr=True)
+    cfg = load_config(config, set_)
+    settings = tune_settings(cfg.tune, cfg.source)
+    method = method or settings.method
+    if method not in METHODS:
+        raise JaxschedError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+    if sampler is not None and sampler not in SAMPLERS:
+        raise JaxschedError(f"--sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")
+    if objective is not None and objective not in ("weighted", "pareto"):
+        raise JaxschedError(f"--objective {objective!r}: expected weighted or pareto")
+    if method == "gradient":
+        from tuning import gradient_available
+
+        if not gradient_available():
+            raise JaxschedError("--method gradient: the gradient tuner is not available yet "
+                                "(no module tuning.gradient_search); use --method optuna")
+        from tuning import gradient_search
+
+        gradient_search.tune_command(cfg, settings, trials=trials, storage=storage, study=study,
+                                     seed=seed, plots=None if no_plots else plots, as_json=as_json)
+        return
+    _tune_optuna(cfg, settings, err, trials=trials, batch=batch, storage=storage, study=study,
+                 sampler=sampler, objective=objective, workloads=workloads, seed=seed,
+                 plots=plots, no_plots=no_plots, as_json=as_json)
+
+
+def _tune_optuna(cfg, settings, err, *, trials, batch, storage, study, sampler, objective,
+                 workloads, seed, plots, no_plots, as_json):
+    import signal
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tuning import optuna_search as osr
+
+    job = osr.prepare(cfg, settings, objective_kind=objective, num_workloads=workloads)
+    store = osr.open_storage(storage or settings.storage)
+    target = trials or settings.trials
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[best]}"), TextColumn("{task.fields[rate]}"),
+               TimeElapsedColumn())
+    weighted = job.objective.kind == "weighted"
+
+    def on_term(signum, frame):  # SIGTERM ends like Ctrl-C: running trials are failed
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread
+        old = None
+    try:
+        with Progress(*columns, console=err, transient=False, disable=as_json and not err.is_terminal) as bar:
+            task = bar.add_task("starting", total=target, best="", rate="")
+
+            def status(msg):
+                bar.update(task, description=msg)
+
+            def progress(p):
+                if weighted:
+                    best = f"best {p.best[0]:.4g}" if p.best else "no feasible trial"
+                else:
+                    best = f"Pareto set {p.pareto_size}"
+                bar.update(task, completed=min(p.evaluated, target), best=best,
+                           rate=f"{p.trials_per_second:.2f} trials/s",
+                           description=f"tuning {job.experiment.policy.name}")
+
+            outcome = osr.run_optuna(job, trials=target, batch=batch, storage=store,
+                                     study_name=study, sampler=sampler, seed=seed,
+                                     progress=progress, status=status)
+            bar.update(task, completed=min(outcome.evaluated, target), description="done")
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+    if not no_plots:
+        st = osr.load_study(store, outcome.study_name)
+        out_dir = plots or Path("out") / "tune" / outcome.study_name
+        outcome.plots, outcome.plot_notes = osr.save_plots(st, outcome.objective, out_dir)
+    if as_json:
+        typer.echo(json.dumps(outcome.to_json()))
+        return
+    console = Console()
+    if outcome.interrupted:
+        err.print(f"[yellow]marked failed:[/] trials {outcome.interrupted} left running by "
+                  "stopped workers")
+    if outcome.failed:
+        err.print(f"[yellow]failed:[/] {len(outcome.failed)} trials with non-finite metrics "
+                  "(reason in the trial's fail_reason)")
+    if outcome.best:
+        title = (f"best trial of study {outcome.study_name!r}" if weighted
+                 else f"Pareto set of study {outcome.study_name!r} ({len(outcome.best)} trials)")
+        console.print(_best_table(outcome, title))
+    else:
+        console.print("no complete feasible trial yet")
+    console.print(
+        f"{len(outcome.told)} trials here in {outcome.batches} batches of up to {outcome.batch} "
+        f"({outcome.trials_per_second:.2f} trials/s, compile {outcome.compile_seconds:.1f} s, "
+        f"simulate {outcome.sim_seconds:.1f} s); study: {outcome.evaluated}/{outcome.target} "
+        f"evaluated, storage {outcome.storage}"
+    )
+    for p in outcome.plots:
+        console.print(f"wrote {p}")
+    for n in outcome.plot_notes:
+        err.print(f"[yellow]plot {n}[/]")
+
+
+@app.command()
+def export(
+    study: Optional[str] = typer.Option(None, help="study to export from"),
+    storage: Optional[str] = typer.Option(None, help="SQLAlchemy URL or SQLite file of the study"),
+    trial: Optional[int] = typer.Option(None, min=0, help="trial number (default: the best)"),
+    out: Optional[Path] = typer.Option(None, help="output file (default: policy.json; with --to: "
+                                       "print only)"),
+    to: Optional[str] = typer.Option(None, help="vllm | sglang: the nearest server flags instead"),
+    policy: Optional[Path] = typer.Option(None, help="with --to: convert this policy file "
+                                          "instead of a study"),
+    as_json: bool = typer.Option(False, "--json", help="print exactly one JSON object on stdout"),
+):
+    """Write a tuned trial as a versioned policy config, or as vLLM/SGLang flags (--to)."""
+    from rich.console import Console
+
+    from jaxsched import export as ex
+
+    if to is not None and to not in ex.SERVERS:
+        raise JaxschedError(f"--to {to!r}: expected one of {', '.join(ex.SERVERS)}")
+    if policy is not None:
+        if to is None:
+            raise JaxschedError("--policy: give --to vllm|sglang (the file is already a policy config)")
+        doc = ex.read_policy_file(policy)
+    elif study is None:
+        raise JaxschedError("export: give --study NAME (and --storage URL), or --policy FILE --to SERVER")
+    else:
+        doc = ex.export_from_study(storage, study, trial)
+    console = Console()
+    if to is None:
+        path = ex.write_policy(doc, out or Path("policy.json"))
+        if as_json:
+            typer.echo(json.dumps({"path": str(path), **doc.model_dump(mode="json")}))
+            return
+        t = doc.tuning
+        console.print(f"wrote {path}: {doc.policy.name} {json.dumps(doc.policy.params)}"
+                      + (f" (study {t.study!r}, trial {t.trial})" if t else ""))
+        return
+    sc = ex.server_config(doc, to)
+    if out is not None:
+        if out.parent and not out.parent.exists():
+            raise JaxschedError(f"--out {out}: folder {out.parent} does not exist")
+        out.write_text(json.dumps(sc.to_json(), indent=2) + "\n")
+    if as_json:
+        typer.echo(json.dumps(sc.to_json()))
+        return
+    console.print(f"[bold]{to}[/] for {doc.policy.name}:")
+    console.print(sc.command, soft_wrap=True, markup=False)
+    for n in sc.notes:
+        console.print(f"  note: {n}", markup=False)
+    if out is not None:
+        console.print(f"wrote {out}")
+
+
+@app.command()
+def validate(
+    policy_file: Path = typer.Argument(..., help="policy config written by jaxsched export"),
+    rtol: float = typer.Option(0.01, min=0, help="relative tolerance on the recorded metrics"),
+    no_simulate: bool = typer.Option(False, "--no-simulate", help="check the file only"),
+    as_json: bool = typer.Option(False, "--json", help="print exactly one JSON object on stdout"),
+):
+    """Check a policy config (schema, version, ranges) and re-simulate its recorded metrics."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from jaxsched.export import validate_policy
+
+    err = Console(stderr=True)
+    with err.status(f"validating {policy_file}{'' if no_simulate else ' (re-simulating)'}…"):
+        report = validate_policy(policy_file, rtol=rtol, simulate=not no_simulate)
+    if as_json:
+        typer.echo(json.dumps(report.to_json()))
+    else:
+        console = Console()
+        for n in report.notes:
+            err.print(f"[yellow]note:[/] {n}")
+        if report.simulated:
+            table = Table(title=f"{policy_file}: {report.policy}, recorded vs re-simulated "
+                          f"(rtol {rtol:g})", title_justify="left")
+            for col in ("metric", "recorded", "re-simulated", "rel. diff", ""):
+                table.add_column(col, justify="right" if col not in ("metric", "") else "left")
+            for m, a, b, d, ok in report.rows:
+                table.add_row(m, _fmt(a), _fmt(b), "-" if not math.isfinite(d) else f"{d:.2e}",
+                              "ok" if ok else "[red]MISMATCH[/]")
+            console.print(table)
+        console.print(f"{policy_file}: valid (schema_version 1, {report.policy})"
+                      if report.ok else f"{policy_file}: metrics do not match")
+    if not report.ok:
+        bad = next(r for r in report.rows if not r[4])
+        raise JaxschedError(f"{policy_file}: metrics.{bad[0]}: recorded {_fmt(bad[1])}, "
+                            f"re-simulated {_fmt(bad[2])} (beyond rtol {rtol:g})")
+
+
+@bench_app.command("tune")
+def bench_tune_command(
+    config: Optional[Path] = typer.Argument(None, help="TOML config (default: the embedded default)"),
+    set_: list[str] = typer.Option([], "--set", help="override: section.key=value"),
+    trials: int = typer.Option(32, min=1, help="trials run each way"),
+    batch: int = typer.Option(16, min=1, help="K: parameter sets per call in the batched run"),
+    workloads: Optional[int] = typer.Option(None, min=1, help="workloads per trial"),
+    sampler: Optional[str] = typer.Option(None, help="tpe | cmaes | nsga2 | random"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
+):
+    """Optuna trials/s with K trials per vmapped call vs one trial per call."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from jaxsched.config import DEFAULT_CONFIG, load_config
+    from tuning.optuna_search import bench_tune
+
+    err = Console(stderr=True)
+    cfg = load_config(config or DEFAULT_CONFIG, set_)
+    with err.status("benchmarking…") as status:
+        r = bench_tune(cfg, trials=trials, batch=batch, sampler=sampler, num_workloads=workloads,
+                       progress=lambda msg: status.update(msg))
+    if as_json:
+        typer.echo(json.dumps(dataclasses.asdict(r)))
+        return
+    table = Table(title=(f"jaxsched bench tune: {r.policy}, {r.sampler}, {r.trials} trials x "
+                         f"{r.num_workloads} workloads x {r.horizon} iterations, {r.device}"),
+                  title_justify="left")
+    for col in ("mode", "compile s", "wall s", "trials/s", "speedup"):
+        table.add_column(col, justify="right")
+    table.add_row("one at a time", f"{r.single_compile_seconds:.1f}", f"{r.single_seconds:.2f}",
+                  f"{r.single_trials_per_second:.2f}", "1.0x")
+    table.add_row(f"batched (K={r.batch})", f"{r.batched_compile_seconds:.1f}",
+                  f"{r.batched_seconds:.2f}", f"{r.batched_trials_per_second:.2f}",
+                  f"{r.speedup:.1f}x")
+    table.caption = (f"same points both ways: "
+                     f"{'identical metrics' if r.identical else f'max relative difference {r.max_relative_difference:.1e}'}")
+    Console().print(table)
