@@ -99,16 +99,7 @@ class RolloutResult:
 def initial_state(shape: SimShape, workload: Workload) -> SimState:
     b, n = shape.max_batch, workload.num_requests
     zi = jnp.zeros((), jnp.int32)
-    slots = SlotState(
-        req=jnp.full((b,), -1, jnp.int32),
-        prompt=jnp.zeros((b,), jnp.int32),
-        output=jnp.zeros((b,), jnp.int32),
-        generated=jnp.zeros((b,), jnp.int32),
-        cached=jnp.zeros((b,), jnp.int32),
-        cls=jnp.zeros((b,), jnp.int32),
-        arrival=jnp.zeros((b,), jnp.float32),
-        first_done=jnp.zeros((b,), bool),
-    )
+    slots = _empty_slots(b)
     requests = RequestState(
         taken=jnp.zeros((n,), bool),
         kept=jnp.zeros((n,), jnp.int32),

@@ -43,6 +43,7 @@ __all__ = [
     "evict_by_priority",
     "EVICTION_ORDERS",
     "evict_in_order",
+    "ordered_eviction",
 ]
 
 
@@ -196,3 +197,16 @@ def evict_in_order(order: str, slots: SlotView, need: jax.Array, excess: jax.Arr
     if order == "fewest_generated":
         return evict_by_priority(need, slots.valid, excess, (slots.generated, -slots.prompt))
     raise ValueError(f"unknown eviction order {order!r}; expected one of {EVICTION_ORDERS}")
+
+
+def ordered_eviction(order: str):
+    """An ``evict`` function for a Policy: on overflow, evict in the named order until the
+    excess is covered (see :func:`evict_in_order`)."""
+    if order not in EVICTION_ORDERS:
+        raise ValueError(f"eviction must be one of {EVICTION_ORDERS}, got {order!r}")
+
+    def evict(key, params, pstate, view, need):
+        del key, params
+        return evict_in_order(order, view.slots, need, view.excess), pstate
+
+    return evict

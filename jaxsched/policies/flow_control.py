@@ -41,10 +41,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxsched.policies.base import (
+    ordered_eviction,
     EVICTION_ORDERS,
     Param,
     Policy,
-    evict_in_order,
     fcfs_prefix,
     full_need,
     no_state,
@@ -110,14 +110,6 @@ def draw_budget(key: jax.Array, budget: jax.Array, distribution: str) -> jax.Arr
 def _check_eviction(eviction: str) -> None:
     if eviction not in EVICTION_ORDERS:
         raise ValueError(f"eviction must be one of {EVICTION_ORDERS}, got {eviction!r}")
-
-
-def _evict_with(eviction: str):
-    def evict(key, params, pstate, view, need):
-        del key, params
-        return evict_in_order(eviction, view.slots, need, view.excess), pstate
-
-    return evict
 
 
 def _class_shares(info: dict):
@@ -195,7 +187,7 @@ def flow_control_known(eviction: str = "newest") -> Policy:
         init=init,
         admit=admit,
         plan=run_all,
-        evict=_evict_with(eviction),
+        evict=ordered_eviction(eviction),
         fit_defaults=_fit_known,
     )
 
@@ -254,7 +246,7 @@ def flow_control(budget_distribution: str = "fixed", eviction: str = "newest") -
         init=init,
         admit=admit,
         plan=run_all,
-        evict=_evict_with(eviction),
+        evict=ordered_eviction(eviction),
         fit_defaults=_fit_global,
     )
 
@@ -366,7 +358,7 @@ def _mc_policy(name: str, shortest_first: bool, eviction: str) -> Policy:
         init=no_state,
         admit=_future_memory_admit(shortest_first),
         plan=run_all,
-        evict=_evict_with(eviction),
+        evict=ordered_eviction(eviction),
         known_lengths=True,
     )
 
@@ -451,6 +443,6 @@ def reserve_full(eviction: str = "newest") -> Policy:
         init=no_state,
         admit=admit,
         plan=run_all,
-        evict=_evict_with(eviction),
+        evict=ordered_eviction(eviction),
         known_lengths=True,
     )

@@ -18,7 +18,7 @@ from jaxsched.policies.base import (
     EVICTION_ORDERS,
     Param,
     Policy,
-    evict_in_order,
+    ordered_eviction,
     fcfs_prefix,
     full_need,
     no_state,
@@ -44,10 +44,6 @@ def greedy(eviction: str = "newest") -> Policy:
         ok = (jnp.cumsum(need) <= free) & (jnp.cumsum(q.valid) <= seats)
         return fcfs_prefix(ok, q.valid), pstate
 
-    def evict(key, params, pstate, view, need):
-        del key, params
-        return evict_in_order(eviction, view.slots, need, view.excess), pstate
-
     return Policy(
         name="greedy",
         params={
@@ -59,5 +55,5 @@ def greedy(eviction: str = "newest") -> Policy:
         init=no_state,
         admit=admit,
         plan=run_all,
-        evict=evict,
+        evict=ordered_eviction(eviction),
     )

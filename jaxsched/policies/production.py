@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsched.policies.base import (
+    ordered_eviction,
     EVICTION_ORDERS,
     Param,
     Plan,
@@ -107,14 +108,6 @@ def _budget_plan_fn(key_name: str):
     return plan
 
 
-def _evict_fn(eviction: str):
-    def evict(key, params, pstate, view, need):
-        del key, params
-        return evict_in_order(eviction, view.slots, need, view.excess), pstate
-
-    return evict
-
-
 # --------------------------------------------------------------------------------------------
 # vLLM
 
@@ -174,7 +167,7 @@ def vllm(eviction: str = "newest") -> Policy:
         init=no_state,
         admit=admit,
         plan=_budget_plan_fn("max_num_batched_tokens"),
-        evict=_evict_fn(eviction),
+        evict=ordered_eviction(eviction),
     )
 
 
@@ -228,7 +221,7 @@ def sarathi(eviction: str = "newest") -> Policy:
         init=no_state,
         admit=admit,
         plan=_budget_plan_fn("chunk_size"),
-        evict=_evict_fn(eviction),
+        evict=ordered_eviction(eviction),
     )
 
 

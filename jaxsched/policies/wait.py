@@ -100,12 +100,12 @@ import numpy as np
 
 from jaxsched.model import BIG_CHUNK, SimShape
 from jaxsched.policies.base import (
+    ordered_eviction,
     EVICTION_ORDERS,
     Param,
     Plan,
     Policy,
     SlotView,
-    evict_in_order,
     full_need,
     no_state,
 )
@@ -154,14 +154,6 @@ def stage_cap(slots: SlotView, group: jax.Array, cap: jax.Array) -> jax.Array:
     )
     older = jnp.sum(same, axis=1)
     return slots.valid & (older < cap)
-
-
-def _evict_fn(eviction: str):
-    def evict(key, params, pstate, view, need):
-        del key, params
-        return evict_in_order(eviction, view.slots, need, view.excess), pstate
-
-    return evict
 
 
 # ------------------------------------------------------------------------------ defaults
@@ -377,7 +369,7 @@ def wait(eviction: str = "newest", mode: str = "advance") -> Policy:
         init=no_state,
         admit=admit,
         plan=plan,
-        evict=_evict_fn(eviction),
+        evict=ordered_eviction(eviction),
         known_lengths=True,  # needs each request's type (class = type = length) at admission
         fit_defaults=_fit_wait,
     )
@@ -454,7 +446,7 @@ def nested_wait(eviction: str = "newest") -> Policy:
         init=no_state,
         admit=admit,
         plan=plan,
-        evict=_evict_fn(eviction),
+        evict=ordered_eviction(eviction),
         known_lengths=False,
         fit_defaults=_fit_nested,
     )
