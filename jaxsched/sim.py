@@ -48,6 +48,7 @@ __all__ = [
     "StepOutput",
     "RolloutResult",
     "initial_state",
+    "step_keys",
     "step",
     "make_rollout",
     "compiled_simulator",
@@ -157,13 +158,23 @@ def _slot_view(slots: SlotState, is_new) -> SlotView:
     )
 
 
-def step(policy: Policy, shape: SimShape, workload: Workload, params: SimParams,
-         carry, key):
-    """One iteration (phases 1-6 of :mod:`jaxsched.model`)."""
+def step_keys(key: jax.Array, iteration: jax.Array) -> jax.Array:
+    """The (3,) keys of iteration ``k`` (admit, plan, evict): ``split(fold_in(key, k), 3)``.
+
+    Derived from the rollout key and the iteration number alone, so a horizon run in chunks
+    (state carried between calls) sees exactly the keys of one uninterrupted scan, and no
+    (H,) key array is ever materialized.
+    """
+    return jax.random.split(jax.random.fold_in(key, iteration), 3)
+
+
+def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
+         params: SimParams, carry):
+    """One iteration (phases 1-6 of :mod:`jaxsched.model`); ``key`` is the rollout's key."""
     state, pstate, acc = carry
     sysp, pp = params.system, params.policy
     b, w, n = shape.max_batch, shape.queue_size, workload.num_requests
-    k_admit, k_plan, k_evict = jax.random.split(key, 3)
+    k_admit, k_plan, k_evict = step_keys(key, state.iteration)
     slots, reqs = state.slots, state.requests
     t0 = state.time
 
@@ -363,9 +374,11 @@ def make_rollout(policy: Policy, shape: SimShape):
         state = initial_state(shape, workload)
         pstate = policy.init(params.policy, shape)
         acc = M.init_accumulators()
-        body = functools.partial(step, policy, shape, workload, params)
-        keys = jax.random.split(key, shape.horizon)
-        (state, pstate, acc), trace = jax.lax.scan(body, (state, pstate, acc), keys)
+        def body(carry, _):
+            return step(policy, shape, key, workload, params, carry)
+
+        (state, pstate, acc), trace = jax.lax.scan(
+            body, (state, pstate, acc), None, length=shape.horizon)
         lo = M.histogram_floor(params.system.d0, params.system.d1)
         return RolloutResult(
             metrics=M.finalize(acc, state.num_waiting, params.system.capacity, lo),

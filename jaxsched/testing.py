@@ -291,11 +291,11 @@ def _state_scanner(policy: Policy, shape: SimShape):
         state = sim.initial_state(shape, workload)
         carry = (state, policy.init(params.policy, shape), metrics.init_accumulators())
 
-        def body(carry, k):
-            carry, out = sim.step(policy, shape, workload, params, carry, k)
+        def body(carry, _):
+            carry, out = sim.step(policy, shape, key, workload, params, carry)
             return carry, (carry[0], out)
 
-        _, (states, trace) = jax.lax.scan(body, carry, jax.random.split(key, shape.horizon))
+        _, (states, trace) = jax.lax.scan(body, carry, None, length=shape.horizon)
         return states, trace
 
     return jax.jit(rollout)

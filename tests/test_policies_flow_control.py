@@ -39,8 +39,8 @@ EXAMPLES = 12
 @functools.lru_cache(maxsize=None)
 def _admit_key_fn(horizon: int):
     """The admission keys the simulator derives from a rollout key (see ``jaxsched.sim``)."""
-    return jax.jit(lambda key: jax.vmap(lambda k: jax.random.split(k, 3)[0])(
-        jax.random.split(key, horizon)))
+    return jax.jit(lambda key: jax.vmap(lambda t: sim.step_keys(key, t)[0])(
+        jnp.arange(horizon)))
 
 
 @functools.lru_cache(maxsize=None)
