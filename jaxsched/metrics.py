@@ -61,6 +61,9 @@ NUM_BINS = BINS_PER_OCTAVE * NUM_OCTAVES
 
 @struct.dataclass
 class Accumulators:
+    """Running sums over iterations >= warmup. Counts are int32, or float32 mass sums in the
+    relaxed modes (``jaxsched.model.RELAX_MODES``)."""
+
     completed: jax.Array  # () int32
     completed_tokens: jax.Array  # () float32
     latency_sum: jax.Array  # () float32
@@ -76,9 +79,11 @@ class Accumulators:
     peak_memory: jax.Array  # () float32
 
 
-def init_accumulators() -> Accumulators:
-    zi, zf = jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32)
-    hist = jnp.zeros((NUM_BINS,), jnp.int32)
+def init_accumulators(relaxed: bool = False) -> Accumulators:
+    """Zeroed accumulators; counts are float32 mass sums in the relaxed modes."""
+    count = jnp.float32 if relaxed else jnp.int32
+    zi, zf = jnp.zeros((), count), jnp.zeros((), jnp.float32)
+    hist = jnp.zeros((NUM_BINS,), count)
     return Accumulators(zi, zf, zf, hist, zi, zf, hist, zi, zf, zi, zf, zf, zf)
 
 
@@ -108,7 +113,7 @@ def hist_percentile(hist, lo, p):
 def finalize(acc: Accumulators, num_waiting, capacity, lo) -> dict:
     """Per-workload metric dict (scalars) from the accumulators."""
     elapsed = jnp.maximum(acc.elapsed, 1e-30)
-    completed = jnp.maximum(acc.completed, 1)
+    completed = jnp.where(acc.completed > 0, acc.completed, 1)
     mean_memory = acc.memory_time / elapsed
     nan = jnp.float32(jnp.nan)
     return {
@@ -119,7 +124,8 @@ def finalize(acc: Accumulators, num_waiting, capacity, lo) -> dict:
         "latency_p95": hist_percentile(acc.latency_hist, lo, 0.95),
         "latency_p99": hist_percentile(acc.latency_hist, lo, 0.99),
         "ttft_mean": jnp.where(acc.ttft_count > 0,
-                               acc.ttft_sum / jnp.maximum(acc.ttft_count, 1), nan),
+                               acc.ttft_sum / jnp.where(acc.ttft_count > 0, acc.ttft_count, 1),
+                               nan),
         "ttft_p95": hist_percentile(acc.ttft_hist, lo, 0.95),
         "evictions": acc.evictions.astype(jnp.float32),
         "recomputed_tokens": acc.recomputed_tokens,

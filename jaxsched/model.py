@@ -66,12 +66,14 @@ Data
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 __all__ = [
+    "RELAX_MODES",
     "SimShape",
     "SystemParams",
     "Workload",
@@ -96,6 +98,7 @@ class SimShape:
     num_classes: int  # K: request classes
     warmup: int = 0  # iterations before metrics start counting
     record_trace: bool = False  # emit per-iteration outputs (for plots and tests)
+    relax: str = "hard"  # "hard" | "relaxed" | "straight_through" (see RELAX_MODES)
 
     def __post_init__(self):
         for name in ("max_batch", "queue_size", "horizon", "num_classes"):
@@ -103,6 +106,28 @@ class SimShape:
                 raise ValueError(f"SimShape.{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.warmup < self.horizon:
             raise ValueError(f"SimShape.warmup must be in [0, horizon), got {self.warmup}")
+        if self.relax not in RELAX_MODES:
+            raise ValueError(f"SimShape.relax must be one of {RELAX_MODES}, got {self.relax!r}")
+
+
+RELAX_MODES = ("hard", "relaxed", "straight_through")
+"""How admissions are counted (``SimShape.relax``), one step function for all three:
+
+* ``hard``: the model above; every metric is a count of discrete events.
+* ``relaxed``: a policy that states its admission as a signed margin (``Decision``, in units
+  of requests: how far the request is inside its budget, threshold or free memory) gives each
+  admitted request a mass ``m = sigmoid(margin / temperature)`` in (0, 1]; every count and
+  token sum is mass-weighted (completions, tokens, evictions, recomputed tokens, memory
+  ``M = sum_i m_i need_i``, iteration time ``d0 + d1 sum_i m_i (chunk_i + context_i)``) and the
+  overflow indicator becomes ``sigmoid((M - C - 1/2) / (temperature * mean need))`` (memory
+  is whole tokens). Which requests
+  are admitted, run and evicted is decided exactly as in ``hard`` mode; as the temperature
+  goes to 0 every mass goes to 1 and the metrics to the hard ones.
+* ``straight_through``: the forward pass is exactly ``hard`` (masses and the overflow
+  indicator are 0/1), the backward pass differentiates the ``relaxed`` surrogates.
+
+The temperature is traced (``SimParams.temperature``): annealing it never recompiles.
+"""
 
 
 @struct.dataclass
@@ -152,6 +177,7 @@ class SlotState:
     cls: jax.Array  # (B,) int32
     arrival: jax.Array  # (B,) float32
     first_done: jax.Array  # (B,) bool, first token already delivered
+    mass: Any = None  # (B,) float32 admission mass in relaxed modes (RELAX_MODES); else None
 
     @property
     def valid(self) -> jax.Array:

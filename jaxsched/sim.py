@@ -40,6 +40,7 @@ from jaxsched.policies.base import (
     QueueView,
     SchedView,
     SlotView,
+    decision_parts,
     evict_newest_first,
 )
 
@@ -58,10 +59,12 @@ __all__ = [
 
 @struct.dataclass
 class SimParams:
-    """Everything traced: the system's parameters and the policy's parameter dict."""
+    """Everything traced: the system's parameters, the policy's parameter dict, and the
+    temperature of the relaxed modes (``jaxsched.model.RELAX_MODES``; None in ``hard`` mode)."""
 
     system: SystemParams
     policy: dict
+    temperature: Any = None  # () float32 > 0, only read when shape.relax != "hard"
 
 
 @struct.dataclass
@@ -100,7 +103,7 @@ class RolloutResult:
 def initial_state(shape: SimShape, workload: Workload) -> SimState:
     b, n = shape.max_batch, workload.num_requests
     zi = jnp.zeros((), jnp.int32)
-    slots = _empty_slots(b)
+    slots = _empty_slots(b, shape.relax != "hard")
     requests = RequestState(
         taken=jnp.zeros((n,), bool),
         kept=jnp.zeros((n,), jnp.int32),
@@ -128,11 +131,11 @@ def _compact(slots: SlotState, keep: jax.Array) -> SlotState:
     pos = jnp.where(keep, jnp.cumsum(keep) - 1, b)
     src = jnp.zeros((b,), jnp.int32).at[pos].set(jnp.arange(b, dtype=jnp.int32), mode="drop")
     live = jnp.arange(b) < jnp.sum(keep)
-    empty = _empty_slots(b)
+    empty = _empty_slots(b, slots.mass is not None)
     return jax.tree.map(lambda x, e: jnp.where(live, x[src], e), slots, empty)
 
 
-def _empty_slots(b: int) -> SlotState:
+def _empty_slots(b: int, relaxed: bool = False) -> SlotState:
     return SlotState(
         req=jnp.full((b,), -1, jnp.int32),
         prompt=jnp.zeros((b,), jnp.int32),
@@ -142,6 +145,7 @@ def _empty_slots(b: int) -> SlotState:
         cls=jnp.zeros((b,), jnp.int32),
         arrival=jnp.zeros((b,), jnp.float32),
         first_done=jnp.zeros((b,), bool),
+        mass=jnp.zeros((b,), jnp.float32) if relaxed else None,
     )
 
 
@@ -227,7 +231,8 @@ def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
         slots=_slot_view(slots, no_new),
         excess=jnp.zeros((), jnp.float32),
     )
-    admit, pstate = policy.admit(k_admit, pp, pstate, view)
+    admit_out, pstate = policy.admit(k_admit, pp, pstate, view)
+    admit, margin = decision_parts(admit_out)
     num_resident = jnp.sum(slots.valid, dtype=jnp.int32)
     admit = admit & waiting
     admit = admit & (jnp.cumsum(admit) <= b - num_resident)
@@ -237,6 +242,14 @@ def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
     # then a gather per field.
     src = jnp.zeros((b,), jnp.int32).at[pos].set(jnp.arange(w, dtype=jnp.int32), mode="drop")
     is_new = jnp.zeros((b,), bool).at[pos].set(True, mode="drop")
+    relaxed = shape.relax != "hard"
+    incoming_mass = None
+    if relaxed:
+        gate = (jnp.ones((w,), jnp.float32) if margin is None
+                else jax.nn.sigmoid(margin / params.temperature))
+        if shape.relax == "straight_through":  # forward exactly 1, backward the sigmoid's
+            gate = 1.0 + (gate - jax.lax.stop_gradient(gate))
+        incoming_mass = gate[src]
     incoming = SlotState(
         req=j[src],
         prompt=queue.prompt[src],
@@ -246,6 +259,7 @@ def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
         cls=queue.cls[src],
         arrival=queue.arrival[src],
         first_done=reqs.first_done[j][src],
+        mass=incoming_mass,
     )
     slots = jax.tree.map(lambda new, old: jnp.where(is_new, new, old), incoming, slots)
     taken = reqs.taken.at[jnp.where(admit, j, n)].set(True, mode="drop")
@@ -280,7 +294,23 @@ def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
     context_tokens = jnp.sum(jnp.where(decoding, slots.cached, 0), dtype=jnp.int32)
     decode_tokens = jnp.sum(token, dtype=jnp.int32)
     memory = jnp.sum(jnp.where(survive, need, 0), dtype=jnp.int32)
-    tau = sysp.d0 + sysp.d1 * (prefill_tokens + context_tokens).astype(jnp.float32)
+    if relaxed:
+        mass = slots.mass
+
+        def weigh(mask, x=1.0):
+            return jnp.sum(jnp.where(mask, mass * x, 0.0))
+
+        tau = sysp.d0 + sysp.d1 * (weigh(survive, chunk) + weigh(decoding, slots.cached))
+        memory_w = weigh(survive, need)
+        total = weigh(valid, need)
+        scale = jnp.maximum(total / jnp.maximum(weigh(valid), 1e-6), 1.0)
+        # memory is whole tokens: the indicator's boundary sits half a token above C
+        soft = jax.nn.sigmoid((total - sysp.capacity - 0.5) / (params.temperature * scale))
+        if shape.relax == "straight_through":
+            soft = overflow.astype(jnp.float32) + (soft - jax.lax.stop_gradient(soft))
+        overflow_w = soft
+    else:
+        tau = sysp.d0 + sysp.d1 * (prefill_tokens + context_tokens).astype(jnp.float32)
     t1 = t0 + tau
     generated = slots.generated + token
     cached = slots.cached + chunk + token
@@ -328,21 +358,37 @@ def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
     lo = M.histogram_floor(sysp.d0, sysp.d1)
     bins = jnp.where(done & on, M.bin_index(latency, lo), M.NUM_BINS)
     tbins = jnp.where(first_now & on, M.bin_index(latency, lo), M.NUM_BINS)
+    if relaxed:  # mass-weighted counts (RELAX_MODES)
+        inc = dict(
+            completed=weigh(done), completed_tokens=weigh(done, slots.output),
+            latency_sum=weigh(done, latency), latency_w=mass, ttft_count=weigh(first_now),
+            ttft_sum=weigh(first_now, latency), evictions=weigh(evict),
+            recomputed_tokens=weigh(evict, slots.cached), overflow=overflow_w, memory=memory_w,
+        )
+    else:
+        inc = dict(
+            completed=num_completed_now,
+            completed_tokens=jnp.sum(jnp.where(done, slots.output, 0)).astype(jnp.float32),
+            latency_sum=jnp.sum(jnp.where(done, latency, 0.0)), latency_w=1,
+            ttft_count=jnp.sum(first_now, dtype=jnp.int32),
+            ttft_sum=jnp.sum(jnp.where(first_now, latency, 0.0)), evictions=num_evicted,
+            recomputed_tokens=recomputed, overflow=jnp.where(overflow, 1, 0),
+            memory=memory.astype(jnp.float32),
+        )
     acc = M.Accumulators(
-        completed=acc.completed + jnp.where(on, num_completed_now, 0),
-        completed_tokens=acc.completed_tokens
-        + jnp.where(on, jnp.sum(jnp.where(done, slots.output, 0)), 0).astype(jnp.float32),
-        latency_sum=acc.latency_sum + jnp.where(on, jnp.sum(jnp.where(done, latency, 0.0)), 0.0),
-        latency_hist=acc.latency_hist.at[bins].add(1, mode="drop"),
-        ttft_count=acc.ttft_count + jnp.where(on, jnp.sum(first_now, dtype=jnp.int32), 0),
-        ttft_sum=acc.ttft_sum + jnp.where(on, jnp.sum(jnp.where(first_now, latency, 0.0)), 0.0),
-        ttft_hist=acc.ttft_hist.at[tbins].add(1, mode="drop"),
-        evictions=acc.evictions + jnp.where(on, num_evicted, 0),
-        recomputed_tokens=acc.recomputed_tokens + jnp.where(on, recomputed, 0.0),
-        overflow_steps=acc.overflow_steps + jnp.where(on & overflow, 1, 0),
-        memory_time=acc.memory_time + jnp.where(on, memory.astype(jnp.float32) * tau, 0.0),
+        completed=acc.completed + jnp.where(on, inc["completed"], 0),
+        completed_tokens=acc.completed_tokens + jnp.where(on, inc["completed_tokens"], 0.0),
+        latency_sum=acc.latency_sum + jnp.where(on, inc["latency_sum"], 0.0),
+        latency_hist=acc.latency_hist.at[bins].add(inc["latency_w"], mode="drop"),
+        ttft_count=acc.ttft_count + jnp.where(on, inc["ttft_count"], 0),
+        ttft_sum=acc.ttft_sum + jnp.where(on, inc["ttft_sum"], 0.0),
+        ttft_hist=acc.ttft_hist.at[tbins].add(inc["latency_w"], mode="drop"),
+        evictions=acc.evictions + jnp.where(on, inc["evictions"], 0),
+        recomputed_tokens=acc.recomputed_tokens + jnp.where(on, inc["recomputed_tokens"], 0.0),
+        overflow_steps=acc.overflow_steps + jnp.where(on, inc["overflow"], 0),
+        memory_time=acc.memory_time + jnp.where(on, inc["memory"] * tau, 0.0),
         elapsed=acc.elapsed + jnp.where(on, tau, 0.0),
-        peak_memory=jnp.maximum(acc.peak_memory, jnp.where(on, memory, 0).astype(jnp.float32)),
+        peak_memory=jnp.maximum(acc.peak_memory, jnp.where(on, inc["memory"], 0.0)),
     )
 
     out = None
@@ -373,7 +419,7 @@ def make_rollout(policy: Policy, shape: SimShape):
     def rollout(key, workload: Workload, params: SimParams) -> RolloutResult:
         state = initial_state(shape, workload)
         pstate = policy.init(params.policy, shape)
-        acc = M.init_accumulators()
+        acc = M.init_accumulators(shape.relax != "hard")
         def body(carry, _):
             return step(policy, shape, key, workload, params, carry)
 

@@ -289,7 +289,7 @@ def run_both(policy: str, shape: SimShape, workload: Workload, system: Any,
 def _state_scanner(policy: Policy, shape: SimShape):
     def rollout(key, workload, params):
         state = sim.initial_state(shape, workload)
-        carry = (state, policy.init(params.policy, shape), metrics.init_accumulators())
+        carry = (state, policy.init(params.policy, shape), metrics.init_accumulators(shape.relax != "hard"))
 
         def body(carry, _):
             carry, out = sim.step(policy, shape, key, workload, params, carry)

@@ -4,8 +4,10 @@ A scheduling policy is a :class:`Policy`: four pure functions built by a factory
 ``registry.py``) and called by the simulator, which knows no particular policy:
 
 * ``init(params, shape) -> pstate``: the policy's own state (credits, ratios, phases).
-* ``admit(key, params, pstate, view) -> (admit (W,) bool, pstate)``: which requests of the
-  look-ahead window to admit in this iteration (step 2 of the model in ``jaxsched.model``).
+* ``admit(key, params, pstate, view) -> (admit, pstate)``: which requests of the
+  look-ahead window to admit in this iteration (step 2 of the model in ``jaxsched.model``):
+  a (W,) bool mask, or a :class:`Decision` (the mask plus each position's margin) for a policy
+  whose parameters the relaxed simulator differentiates (``jaxsched.model.RELAX_MODES``).
 * ``plan(key, params, pstate, view) -> Plan``: which residents run and their prefill chunk caps
   (step 3). Most policies use :func:`run_all`.
 * ``evict(key, params, pstate, view, need) -> (evict (B,) bool, pstate)``: which residents to
@@ -33,6 +35,10 @@ __all__ = [
     "SlotView",
     "SchedView",
     "Plan",
+    "Decision",
+    "decision_parts",
+    "budget_margin",
+    "fcfs_margin",
     "Param",
     "Policy",
     "run_all",
@@ -90,6 +96,43 @@ class SchedView:
 class Plan:
     run: jax.Array  # (B,) bool, residents that run in this iteration
     chunk: jax.Array  # (B,) int32, cap on prefill tokens processed in this iteration
+
+
+@struct.dataclass
+class Decision:
+    """An admission decision with its margin, for the relaxed simulator.
+
+    ``admit`` is the decision itself (the hard simulator uses nothing else). ``margin`` is a
+    signed, differentiable distance of each window position from the policy's decision
+    boundary, in units of requests (positive: inside the budget, threshold or free memory);
+    the relaxed simulator weights an admitted request by ``sigmoid(margin / temperature)``.
+    Margins must be >= 1/2 wherever ``admit`` holds at integer parameter values, so every
+    mass tends to 1 as the temperature goes to 0.
+    """
+
+    admit: jax.Array  # (W,) bool
+    margin: jax.Array  # (W,) float32
+
+
+def decision_parts(out) -> tuple[jax.Array, jax.Array | None]:
+    """``(admit (W,) bool, margin (W,) float32 or None)`` from what ``admit`` returned."""
+    if isinstance(out, Decision):
+        return out.admit, out.margin
+    return out, None
+
+
+def budget_margin(allowance, rank) -> jax.Array:
+    """Margin of the ``rank``-th (1-based) request under a continuous ``allowance`` of
+    admissions: ``allowance - rank + 1/2`` (admitted iff ``rank <= floor(allowance)``, where the
+    margin is >= 1/2 up to the allowance's fractional part)."""
+    return jnp.asarray(allowance, jnp.float32) - rank.astype(jnp.float32) + 0.5
+
+
+def fcfs_margin(margin: jax.Array, valid: jax.Array) -> jax.Array:
+    """The margin of :func:`fcfs_prefix`: a position is admitted only if every valid position
+    up to it is, so its margin is the running minimum over valid positions."""
+    inf = jnp.asarray(jnp.inf, jnp.float32)
+    return jax.lax.cummin(jnp.where(valid, margin.astype(jnp.float32), inf))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -41,6 +41,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxsched.policies.base import (
+    Decision,
+    budget_margin,
     ordered_eviction,
     EVICTION_ORDERS,
     Param,
@@ -95,8 +97,8 @@ def draw_budget(key: jax.Array, budget: jax.Array, distribution: str) -> jax.Arr
 
     ``poisson``: ``B_t ~ Poisson(budget)``; ``bernoulli``: ``floor(budget) + Bernoulli(budget -
     floor(budget))``. ``key`` is the admission key the simulator passes to ``admit`` (for
-    iteration ``t`` of a rollout with key ``k``: ``jax.random.split(jax.random.split(k,
-    horizon)[t], 3)[0]``), so tests can reproduce the draws for the reference twin.
+    iteration ``t`` of a rollout with key ``k``: ``jaxsched.sim.step_keys(k, t)[0]``), so tests
+    can reproduce the draws for the reference twin.
     """
     budget = jnp.asarray(budget, jnp.float32)
     if distribution == "poisson":
@@ -173,7 +175,9 @@ def flow_control_known(eviction: str = "newest") -> Policy:
         onehot = (q.cls[:, None] == jnp.arange(budget.shape[-1])) & q.valid[:, None]
         rank = jnp.sum(jnp.where(onehot, jnp.cumsum(onehot, axis=0) - 1, 0), axis=1)
         admit = q.valid & (rank < n[q.cls])
-        return admit, {"credit": credit}
+        allowance = pstate["credit"] + budget
+        margin = budget_margin(allowance[q.cls], rank + 1)
+        return Decision(admit, margin), {"credit": credit}
 
     return Policy(
         name="flow_control_known",
@@ -227,12 +231,17 @@ def flow_control(budget_distribution: str = "fixed", eviction: str = "newest") -
 
     def admit(key, params, pstate, view):
         q = view.queue
+        budget = params["budget"]
         if budget_distribution == "fixed":
-            n, credit = credit_step(pstate["credit"], params["budget"])
+            n, credit = credit_step(pstate["credit"], budget)
+            allowance = pstate["credit"] + budget
         else:
-            n, credit = draw_budget(key, params["budget"], budget_distribution), pstate["credit"]
-        admit = q.valid & (jnp.cumsum(q.valid) <= n)
-        return admit, {"credit": credit}
+            n, credit = draw_budget(key, budget, budget_distribution), pstate["credit"]
+            # the draw's mean moves one for one with the budget (straight through the draw)
+            allowance = n + (budget - jax.lax.stop_gradient(budget))
+        rank = jnp.cumsum(q.valid)
+        admit = q.valid & (rank <= n)
+        return Decision(admit, budget_margin(allowance, rank)), {"credit": credit}
 
     return Policy(
         name="flow_control",

@@ -1,0 +1,151 @@
+"""The relaxed and straight-through modes of the simulator (``jaxsched.model.RELAX_MODES``).
+
+* As the temperature goes to 0 the relaxed metrics approach the hard ones (and equal them at
+  a temperature where every sigmoid saturates); at a high temperature they differ.
+* Straight-through: the forward pass is the hard simulator at every temperature.
+* Gradients with respect to a policy parameter (the flow-control budget, the vLLM watermark)
+  and system parameters (capacity, d1) are finite and match central finite differences of
+  the relaxed objective, at points where no hard decision changes within the difference step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxsched import sim
+from jaxsched import testing as jt
+from jaxsched.model import SimShape, system_params
+from jaxsched.policies import get_policy, make_params
+
+CASES = [
+    ("flow_control", {"budget": 2.3}),
+    ("flow_control_known", {"budget": [1.5, 1.0]}),
+    ("vllm", {"watermark": 0.1}),
+    ("sglang", {"new_token_ratio_init": 0.05, "new_token_ratio_min": 0.0, "max_new_tokens": 8}),
+]
+
+
+@pytest.fixture(autouse=True)
+def _fast_compile():
+    with jt.fast_compile():  # many small simulators: compile time dominates
+        yield
+
+
+METRICS = ("completed_per_time", "tokens_per_time", "latency_mean", "ttft_mean", "evictions",
+           "recomputed_tokens", "mean_memory", "peak_memory", "overflow_steps", "latency_p95")
+
+
+def _workload(seed: int, n: int = 48, span: float = 24.0, offset: float = 0.0):
+    rng = np.random.default_rng(seed)
+    arrival = np.sort(rng.uniform(0, span, n))
+    if offset:
+        arrival = np.floor(arrival) + offset
+    reqs = [(float(a), int(rng.integers(1, 7)), int(rng.integers(2, 12)), int(rng.integers(0, 2)))
+            for a in arrival]
+    return jt.make_workload(reqs)
+
+
+def _run(policy: str, values: dict, workload, relax: str, temperature=None, *, capacity=40.0,
+         d1=0.0, horizon=40):
+    pol = get_policy(policy)
+    shape = SimShape(max_batch=12, queue_size=8, horizon=horizon, num_classes=2, relax=relax)
+    pp = make_params(pol, values, num_classes=2)
+    sp = sim.SimParams(system_params(capacity, 1.0, d1, True), pp,
+                       None if relax == "hard" else jnp.float32(temperature))
+    res = sim.simulate(pol, shape, jax.random.PRNGKey(1)[None], jt.stack([workload]), sp)
+    return {k: float(np.asarray(v)[0]) for k, v in res.metrics.items()}
+
+
+@pytest.mark.parametrize("policy,values", CASES)
+def test_relaxed_tends_to_hard_as_temperature_falls(policy, values):
+    wl = _workload(0)
+    hard = _run(policy, values, wl, "hard")
+    assert hard["evictions"] > 0, "the setting must overflow for the test to mean something"
+    errors = []
+    for temp in (2.0, 0.3, 0.05, 1e-3):
+        relaxed = _run(policy, values, wl, "relaxed", temp)
+        err = max(abs(relaxed[m] - hard[m]) / max(abs(hard[m]), 1e-6) for m in METRICS
+                  if np.isfinite(hard[m]))
+        errors.append(err)
+    assert errors[0] > 1e-3, f"the relaxation is not active at a high temperature: {errors}"
+    assert errors[-1] < 1e-5, f"relaxed != hard at temperature 1e-3: {errors}"
+    assert errors[-1] <= errors[1] <= errors[0] + 1e-9, errors
+
+
+@pytest.mark.parametrize("policy,values", CASES[:3])
+def test_straight_through_forward_is_hard(policy, values):
+    wl = _workload(1)
+    hard = _run(policy, values, wl, "hard")
+    for temp in (5.0, 0.2):
+        st = _run(policy, values, wl, "straight_through", temp)
+        for m in METRICS:
+            assert st[m] == pytest.approx(hard[m], rel=1e-6, nan_ok=True), (m, temp)
+
+
+def test_relaxed_mode_needs_a_known_mode():
+    with pytest.raises(ValueError, match="relax"):
+        SimShape(max_batch=2, queue_size=2, horizon=4, num_classes=1, relax="soft")
+
+
+# ---------------------------------------------------------------------- finite differences
+
+
+def _objective_fn(policy: str, values: dict, param: str, workload, *, horizon, base_capacity,
+                  base_d1, relax="relaxed", temperature=0.5):
+    """f(x): a mix of mass-weighted metrics, as a function of one parameter ``param``
+    (a policy parameter name, or ``capacity`` / ``d1``)."""
+    pol = get_policy(policy)
+    shape = SimShape(max_batch=12, queue_size=8, horizon=horizon, num_classes=2, relax=relax)
+    pp0 = make_params(pol, values, num_classes=2)
+
+    def f(x):
+        pp = dict(pp0)
+        cap, d1 = jnp.float32(base_capacity), jnp.float32(base_d1)
+        if param == "capacity":
+            cap = x
+        elif param == "d1":
+            d1 = x
+        else:
+            pp[param] = x
+        system = dataclasses.replace(system_params(base_capacity, 1.0, base_d1, True),
+                                     capacity=cap, d1=d1)
+        sp = sim.SimParams(system, pp, jnp.float32(temperature))
+        res = sim.make_rollout(pol, shape)(jax.random.PRNGKey(1), workload, sp)
+        m = res.metrics
+        return (m["completed_per_time"] + 0.1 * m["evictions"] + 0.01 * m["mean_memory"]
+                + 0.5 * m["overflow_steps"])
+
+    return f
+
+
+@pytest.mark.parametrize("policy,values,param,x0,h,d1", [
+    # budget 2.003 +- 0.002: floor(credit + budget) stays 2 for 32 iterations
+    ("flow_control", {"budget": 2.003}, "budget", 2.003, 2e-3, 0.0),
+    ("vllm", {"watermark": 0.1}, "watermark", 0.1013, 2e-4, 0.0),
+    # capacity between two integers: no hard eviction changes
+    ("flow_control", {"budget": 2.0}, "capacity", 40.5, 0.1, 0.0),
+    # d1 small: iteration ends never cross an arrival (arrivals at half-integers)
+    ("flow_control", {"budget": 2.0}, "d1", 2e-5, 5e-6, 2e-5),
+])
+def test_gradients_match_central_finite_differences(policy, values, param, x0, h, d1):
+    wl = _workload(2, n=40, span=30.0, offset=0.5)
+    f = _objective_fn(policy, values, param, wl, horizon=32, base_capacity=40.5, base_d1=d1)
+    x = jnp.float32(x0)
+    grad = float(jax.jit(jax.grad(f))(x))
+    fd = (float(jax.jit(f)(x + h)) - float(jax.jit(f)(x - h))) / (2 * h)
+    assert np.isfinite(grad)
+    assert abs(grad) > 1e-4, f"gradient vanished for {param}: {grad}"
+    assert grad == pytest.approx(fd, rel=0.03, abs=0.02 * max(abs(fd), 1e-2)), (grad, fd)
+
+
+def test_straight_through_gradient_is_finite_and_nonzero():
+    wl = _workload(2, n=40, span=30.0, offset=0.5)
+    f = _objective_fn("flow_control", {"budget": 2.003}, "budget", wl, horizon=32,
+                      base_capacity=40.5, base_d1=0.0, relax="straight_through")
+    g = float(jax.jit(jax.grad(f))(jnp.float32(2.003)))
+    assert np.isfinite(g) and g != 0.0
