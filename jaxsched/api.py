@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from jaxsched.config import Config
 from jaxsched.errors import JaxschedError
 from jaxsched.model import SimShape, Workload, system_params
 from jaxsched.policies import Policy, get_policy, make_params
-from jaxsched.sim import RolloutResult, SimParams, compiled_simulator
+from jaxsched.sim import SimParams
 
 __all__ = [
     "Experiment",
@@ -36,7 +35,7 @@ __all__ = [
     "run_experiment",
 ]
 
-# Refuse workload batches whose request arrays alone would exceed this many bytes.
+# Refuse a workload (one replica) whose request arrays alone would exceed this many bytes.
 _MAX_WORKLOAD_BYTES = 6 * 2**30
 _BYTES_PER_REQUEST = 4 * 4 + 1 + 4 + 4 + 1 + 1  # workload arrays + per-request state
 
@@ -64,6 +63,7 @@ class SimulationResult:
     latency_hist: np.ndarray | None = None  # (W, NUM_BINS) when recorded
     arrivals_ended: float = 0.0  # fraction of workloads whose clock passed the arrival span
     final_completed: np.ndarray | None = None  # (W,) requests completed over all iterations
+    run_stats: Any = None  # jaxsched.chunked.RunStats: devices, chunks, batches, peak memory
 
     @property
     def num_workloads(self) -> int:
@@ -186,12 +186,11 @@ def _duration_and_size(cfg: Config, trace=None) -> tuple[float, int]:
     if wl.max_requests is not None:
         n = min(n, wl.max_requests)
     n = max(n, 1)
-    total = n * wl.num_workloads * _BYTES_PER_REQUEST
+    total = n * _BYTES_PER_REQUEST  # one replica: batches larger than memory are streamed
     if total > _MAX_WORKLOAD_BYTES:
         raise JaxschedError(
-            f"{cfg.source}: workload: {wl.num_workloads} replicas x {n} requests would need "
-            f"{total / 2**30:.1f} GiB; set workload.duration or workload.max_requests, "
-            "or fewer num_workloads"
+            f"{cfg.source}: workload: one replica of {n} requests would need "
+            f"{total / 2**30:.1f} GiB; set workload.duration or workload.max_requests"
         )
     return float(duration), n
 
@@ -274,18 +273,36 @@ def build_experiment(cfg: Config, record_trace: bool = False) -> Experiment:
 
 
 def run_experiment(exp: Experiment, keys=None, workloads: Workload | None = None,
-                   params: SimParams | None = None, batched_params: bool = False) -> SimulationResult:
-    """Compile (timed separately), run, and summarize."""
-    if workloads is None:
-        keys, workloads = build_workloads(exp.config, exp.num_requests, exp.duration, keys)
+                   params: SimParams | None = None, batched_params: bool = False,
+                   devices: int | None = None, chunk: int | None = None,
+                   max_memory: int | None = None, progress=None) -> SimulationResult:
+    """Compile (timed separately), run, and summarize.
+
+    The batch goes through :func:`jaxsched.chunked.run_chunked`: sharded over ``devices`` (a
+    count; default every device), the horizon in calls of ``chunk`` iterations, streamed in
+    batches that fit ``max_memory`` bytes per device (default: from the free memory). None
+    of the three changes a result. ``progress(message, done, total)`` is called per chunk.
+    """
+    from jaxsched.chunked import run_chunked
+
     params = exp.params if params is None else params
-    fn = compiled_simulator(exp.policy, exp.shape, batched_params)
-    t0 = time.perf_counter()
-    compiled = fn.lower(keys, workloads, params).compile()
-    t1 = time.perf_counter()
-    res: RolloutResult = compiled(keys, workloads, params)
-    res = jax.block_until_ready(res)
-    t2 = time.perf_counter()
+    if workloads is None:
+        num = exp.config.workload.num_workloads
+        base = keys if keys is not None else jax.random.split(
+            jax.random.key(exp.config.workload.seed), num)
+
+        def get_batch(lo, hi):  # built per streamed batch: the whole batch never exists at once
+            return build_workloads(exp.config, exp.num_requests, exp.duration, base[lo:hi])
+    else:
+        num = int(jax.tree.leaves(workloads)[0].shape[0])
+
+        def get_batch(lo, hi):
+            return keys[lo:hi], jax.tree.map(lambda x: x[lo:hi], workloads)
+    n_req = int(jax.tree.leaves(workloads)[0].shape[-1]) if workloads is not None \
+        else exp.num_requests
+    res, stats = run_chunked(exp.policy, exp.shape, params, num, get_batch, n_req,
+                             batched_params=batched_params, devices=devices, chunk=chunk,
+                             max_memory=max_memory, progress=progress)
     per_workload = {k: np.asarray(v) for k, v in res.metrics.items()}
     summary = {k: np.asarray(jnp.nanmean(jnp.asarray(v), axis=-1)) for k, v in per_workload.items()}
     summary = {k: (float(v) if v.ndim == 0 else v) for k, v in summary.items()}
@@ -298,15 +315,19 @@ def run_experiment(exp: Experiment, keys=None, workloads: Workload | None = None
         experiment=exp,
         per_workload=per_workload,
         summary=summary,
-        compile_seconds=t1 - t0,
-        sim_seconds=t2 - t1,
+        compile_seconds=stats.compile_seconds,
+        sim_seconds=stats.sim_seconds,
         trace=trace,
         latency_hist=hist,
         arrivals_ended=ended,
         final_completed=np.asarray(res.final_completed),
+        run_stats=stats,
     )
 
 
-def run(cfg: Config, record_trace: bool = False) -> SimulationResult:
-    """Build everything from a config and simulate its workload batch."""
-    return run_experiment(build_experiment(cfg, record_trace=record_trace))
+def run(cfg: Config, record_trace: bool = False, devices: int | None = None,
+        chunk: int | None = None, max_memory: int | None = None) -> SimulationResult:
+    """Build everything from a config and simulate its workload batch (``devices``, ``chunk``,
+    ``max_memory``: see :func:`run_experiment`)."""
+    return run_experiment(build_experiment(cfg, record_trace=record_trace), devices=devices,
+                          chunk=chunk, max_memory=max_memory)

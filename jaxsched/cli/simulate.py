@@ -20,20 +20,32 @@ def simulate(
     as_json: bool = typer.Option(False, "--json", help="print exactly one JSON object on stdout"),
     per_workload: bool = typer.Option(False, "--per-workload", help="include per-workload metrics"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="write memory-over-time and latency-CDF PNG"),
+    devices: Optional[int] = typer.Option(None, "--devices", help="devices to shard the workloads over (default: all)"),
+    chunk: Optional[int] = typer.Option(None, "--chunk", help="iterations per device call (default: about 1000)"),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="bytes per device, e.g. 2GiB (default: from free memory); larger batches are streamed"),
+    coordinator: Optional[str] = typer.Option(None, "--coordinator", help="multi-host: coordinator host:port (or JAX_COORDINATOR_ADDRESS)"),
+    num_processes: Optional[int] = typer.Option(None, "--num-processes", help="multi-host: number of processes"),
+    process_id: Optional[int] = typer.Option(None, "--process-id", help="multi-host: this process's index"),
 ):
     """Simulate a config's workloads under its policy."""
     from rich.console import Console
 
     from jaxsched import api
+    from jaxsched.chunked import parse_bytes
+    from jaxsched.cli.tables import metrics_table, run_progress
     from jaxsched.config import DEFAULT_CONFIG, load_config
-    from jaxsched.cli.tables import metrics_table
+    from jaxsched.sharding import initialize_distributed, select_devices
 
     err = Console(stderr=True)
     cfg = load_config(config or DEFAULT_CONFIG, set_)
+    budget = None if max_memory is None else parse_bytes(max_memory)
+    initialize_distributed(coordinator, num_processes, process_id)
+    select_devices(devices)  # a bad --devices fails here, in one line
     exp = api.build_experiment(cfg, record_trace=plot is not None)
-    with err.status(f"simulating {cfg.workload.num_workloads} workloads x "
-                    f"{cfg.workload.horizon} iterations ({exp.policy.name})…"):
-        result = api.run_experiment(exp)
+    with run_progress(err, f"simulating {cfg.workload.num_workloads} workloads x "
+                      f"{cfg.workload.horizon} iterations ({exp.policy.name})") as progress:
+        result = api.run_experiment(exp, devices=devices, chunk=chunk, max_memory=budget,
+                                    progress=progress)
     if result.arrivals_ended > 0:
         err.print(f"[yellow]warning:[/] in {result.arrivals_ended:.0%} of the workloads the clock "
                   f"passed the arrival span ({exp.duration:g}); set workload.duration")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ from rich.table import Table
 
 from jaxsched.metrics import METRIC_KEYS
 
-__all__ = ["metrics_table", "fmt"]
+__all__ = ["metrics_table", "fmt", "run_progress"]
 
 
 def fmt(x) -> str:
@@ -43,4 +44,27 @@ def metrics_table(result, per_workload: bool = False) -> Table:
         row += [fmt(v) for v in vals[:shown]]
         table.add_row(*row)
     table.caption = (f"compile {result.compile_seconds:.2f} s, simulate {result.sim_seconds:.2f} s")
+    stats = getattr(result, "run_stats", None)
+    if stats is not None:
+        from jaxsched.chunked import format_bytes
+
+        p = stats.plan
+        table.caption += (f"; {p.num_devices} device(s), {p.num_batches} batch(es) of {p.batch}, "
+                          f"chunks of {p.chunk} iterations, peak {format_bytes(stats.peak_bytes)}"
+                          " per device")
     return table
+
+
+@contextlib.contextmanager
+def run_progress(console, description: str):
+    """A rich progress bar; yields ``progress(message, done, total)`` for the simulator."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[msg]}"),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(description, total=None, msg="compiling")
+
+        def update(message: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, msg=message)
+
+        yield update
