@@ -120,7 +120,10 @@ RELAX_MODES = ("hard", "relaxed", "straight_through")
   token sum is mass-weighted (completions, tokens, evictions, recomputed tokens, memory
   ``M = sum_i m_i need_i``, iteration time ``d0 + d1 sum_i m_i (chunk_i + context_i)``) and the
   overflow indicator becomes ``sigmoid((M - C - 1/2) / (temperature * mean need))`` (memory
-  is whole tokens). Which requests
+  is whole tokens); when the policy evicted newest first, the eviction count is the soft
+  LIFO count ``sum_i m_i sigmoid((M - C - newer_i - 1/2) / (temperature * need_i))``
+  (``newer_i``: the mass-weighted memory of residents admitted after ``i``), so more
+  admitted mass means more evictions in the gradient too. Which requests
   are admitted, run and evicted is decided exactly as in ``hard`` mode; as the temperature
   goes to 0 every mass goes to 1 and the metrics to the hard ones.
 * ``straight_through``: the forward pass is exactly ``hard`` (masses and the overflow

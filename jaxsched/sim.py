@@ -5,10 +5,10 @@ The step implements the six phases of an iteration exactly as written in
 suffix (LIFO eviction is a prefix sum, no sort); the waiting queue is the workload itself
 (sorted by arrival) minus the requests taken, seen through a window of ``queue_size``
 positions from the oldest waiting request, compacted into the first ``queue_size`` waiting
-requests. The positions are searched in blocks of ``queue_size + 2 max_batch`` (a
-``while_loop``) until the window is full or the arrived requests are exhausted, so the window
-is always exact; one block suffices unless many taken requests (resident, or completed while
-an older request waited, e.g. after that one was evicted) lie among the first waiting ones.
+requests. The positions are searched in blocks of ``2 queue_size`` (a ``while_loop``) until
+the window is full or the arrived requests are exhausted, so the window is always exact; one
+block suffices unless many taken requests (resident, or completed while an older request
+waited, e.g. after that one was evicted) lie among the first waiting ones.
 Per-step outputs exist only when ``shape.record_trace`` is set; otherwise metrics come from
 running accumulators.
 
@@ -187,9 +187,10 @@ def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
     num_waiting = state.num_waiting + (arrived - state.arrived)
 
     # 2. Admission through the look-ahead window: the first W waiting requests, searched in
-    #    blocks of W + 2B positions from the head until W are found or the arrived requests
-    #    are exhausted (see module docstring).
+    #    blocks of 2W positions from the head until W are found or the arrived requests are
+    #    exhausted (see module docstring). The head moves by up to W + 2B positions.
     r = w + 2 * b
+    rs = 2 * w  # search block: 1.1-1.2x faster steps than W + 2B on CPU (README, Scaling)
     ridx = state.head + jnp.arange(r, dtype=jnp.int32)
     in_range = ridx < n
     rj = jnp.minimum(ridx, n - 1)
@@ -200,13 +201,13 @@ def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
 
     def search_block(carry):
         start, found, j, waiting = carry
-        idx = start + jnp.arange(r, dtype=jnp.int32)
+        idx = start + jnp.arange(rs, dtype=jnp.int32)
         jj = jnp.minimum(idx, n - 1)
         waiting_r = (idx < arrived) & ~reqs.taken[jj]
         wpos = jnp.where(waiting_r, found + jnp.cumsum(waiting_r) - 1, w)
         j = j.at[wpos].set(jj, mode="drop")
         waiting = waiting.at[wpos].set(True, mode="drop")
-        return start + r, found + jnp.sum(waiting_r, dtype=jnp.int32), j, waiting
+        return start + rs, found + jnp.sum(waiting_r, dtype=jnp.int32), j, waiting
 
     _, _, j, waiting = jax.lax.while_loop(
         search_more, search_block,
@@ -303,11 +304,29 @@ def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
         tau = sysp.d0 + sysp.d1 * (weigh(survive, chunk) + weigh(decoding, slots.cached))
         memory_w = weigh(survive, need)
         total = weigh(valid, need)
+        temp = params.temperature
         scale = jnp.maximum(total / jnp.maximum(weigh(valid), 1e-6), 1.0)
-        # memory is whole tokens: the indicator's boundary sits half a token above C
-        soft = jax.nn.sigmoid((total - sysp.capacity - 0.5) / (params.temperature * scale))
+        # Memory is whole tokens: the hard events (M > C, newer memory < M - C) switch at
+        # integers, so the soft ones are centred half a token past them (exact in the limit
+        # unless C is a half-integer).
+        excess_w = total - sysp.capacity
+        soft = jax.nn.sigmoid((excess_w - 0.5) / (temp * scale))
+        # Evictions: newest first, slot i goes iff the memory newer than it is short of the
+        # excess; soft, each resident's gate sigmoid((excess - newer_i - 1/2) / (T need_i)).
+        # Exact in the limit when the policy evicted newest first (else the hard evictions).
+        mneed = jnp.where(valid, mass * need, 0.0)
+        newer = jnp.cumsum(mneed[::-1])[::-1] - mneed
+        gate_e = jnp.where(valid, jax.nn.sigmoid(
+            (excess_w - newer - 0.5) / (temp * jnp.maximum(need, 1))), 0.0)
+        lifo = jnp.all(evict == evict_newest_first(need, valid, excess))
+        evictions_w = jnp.where(lifo, jnp.sum(mass * gate_e), weigh(evict))
+        recomputed_w = jnp.where(lifo, jnp.sum(mass * gate_e * slots.cached),
+                                 weigh(evict, slots.cached))
         if shape.relax == "straight_through":
             soft = overflow.astype(jnp.float32) + (soft - jax.lax.stop_gradient(soft))
+            evictions_w = weigh(evict) + (evictions_w - jax.lax.stop_gradient(evictions_w))
+            recomputed_w = (weigh(evict, slots.cached)
+                            + (recomputed_w - jax.lax.stop_gradient(recomputed_w)))
         overflow_w = soft
     else:
         tau = sysp.d0 + sysp.d1 * (prefill_tokens + context_tokens).astype(jnp.float32)
@@ -362,8 +381,8 @@ def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
         inc = dict(
             completed=weigh(done), completed_tokens=weigh(done, slots.output),
             latency_sum=weigh(done, latency), latency_w=mass, ttft_count=weigh(first_now),
-            ttft_sum=weigh(first_now, latency), evictions=weigh(evict),
-            recomputed_tokens=weigh(evict, slots.cached), overflow=overflow_w, memory=memory_w,
+            ttft_sum=weigh(first_now, latency), evictions=evictions_w,
+            recomputed_tokens=recomputed_w, overflow=overflow_w, memory=memory_w,
         )
     else:
         inc = dict(

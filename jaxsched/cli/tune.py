@@ -68,8 +68,14 @@ def tune(
     plots: Optional[Path] = typer.Option(None, help="folder for the PNG plots (default: out/tune/<study>)"),
     no_plots: bool = typer.Option(False, "--no-plots", help="do not draw plots"),
     as_json: bool = typer.Option(False, "--json", help="print exactly one JSON object on stdout"),
+    steps: Optional[int] = typer.Option(None, min=1, help="gradient: optimizer steps "
+                                        "(default: tune.gradient.steps)"),
+    checkpoint_dir: Optional[Path] = typer.Option(
+        None, help="gradient: orbax checkpoint folder; rerunning with it resumes "
+                   "(default: out/tune/<study>/checkpoints)"),
 ):
-    """Tune a config's policy parameters; rerun the same command to continue the study."""
+    """Tune a config's policy parameters; rerun the same command to continue the study
+    (Optuna) or resume from the last checkpoint (gradient; --trials: restarts)."""
     from rich.console import Console
 
     from jaxsched.config import load_config
@@ -94,7 +100,9 @@ def tune(
         from tuning import gradient_search
 
         gradient_search.tune_command(cfg, settings, trials=trials, storage=storage, study=study,
-                                     seed=seed, plots=None if no_plots else plots, as_json=as_json)
+                                     seed=seed, plots=False if no_plots else plots,
+                                     as_json=as_json, checkpoint_dir=checkpoint_dir,
+                                     steps=steps, workloads=workloads)
         return
     _tune_optuna(cfg, settings, err, trials=trials, batch=batch, storage=storage, study=study,
                  sampler=sampler, objective=objective, workloads=workloads, seed=seed,

@@ -1,0 +1,152 @@
+"""The gradient tuner (tuning.gradient_search): settings, search quality against a fine grid,
+checkpoint/resume, and the CLI path into an exportable study."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from jaxsched.cli import _register_commands, app
+from jaxsched.config import load_config
+from jaxsched.errors import JaxschedError
+from tuning import optuna_search as osr
+from tuning.gradient_search import gradient_settings, run_gradient
+from tuning.settings import tune_settings
+
+# The flow-control paper's setting (configs/flow-control.toml) scaled down by 4 in capacity and
+# rates, so a gradient run fits in a test: three classes (10, 20), (10, 40), (10, 60), overloaded.
+CONFIG = """
+[system]
+capacity = 4123
+d0 = 1.0
+d1 = 0.0
+max_batch = 256
+queue_size = 32
+restart_on_evict = true
+
+[workload]
+kind = "poisson"
+horizon = {horizon}
+warmup = 100
+num_workloads = 2
+seed = 0
+
+[[workload.classes]]
+prompt_len = 10
+output_len = 20
+rate = 1.25
+
+[[workload.classes]]
+prompt_len = 10
+output_len = 40
+rate = 1.25
+
+[[workload.classes]]
+prompt_len = 10
+output_len = 60
+rate = 1.25
+
+[policy]
+name = "flow_control"
+
+[tune]
+storage = "sqlite:///{db}"
+
+[tune.weights]
+completed_per_time = 1.0
+evictions_per_request = 1.0
+
+[tune.scales]
+evictions_per_request = 0.01
+
+[tune.gradient]
+steps = {steps}
+restarts = 4
+learning_rate = 0.05
+checkpoint_every = 2
+"""
+
+
+def _config(tmp_path, horizon=400, steps=25):
+    path = tmp_path / "fc-small.toml"
+    path.write_text(CONFIG.format(horizon=horizon, steps=steps, db=tmp_path / "tune.db"))
+    return load_config(path)
+
+
+def _job(cfg):
+    return osr.prepare(cfg, tune_settings(cfg.tune, cfg.source))
+
+
+def test_settings_are_validated_with_one_line_errors():
+    with pytest.raises(JaxschedError, match=r"^x\.toml: tune\.gradient\.stepz: unknown key$"):
+        gradient_settings({"stepz": 3}, "x.toml")
+    with pytest.raises(JaxschedError, match=r"tune\.gradient\.learning_rate"):
+        gradient_settings({"learning_rate": -1.0}, "x.toml")
+    assert gradient_settings({"mode": "straight_through"}).mode == "straight_through"
+
+
+def test_gradient_search_improves_and_ends_within_2pct_of_a_fine_grid(tmp_path):
+    cfg = _config(tmp_path)
+    job = _job(cfg)
+    gs = gradient_settings(cfg.tune["gradient"], cfg.source)
+    out = run_gradient(job, gs, seed=0, record=False)
+
+    (dim,) = job.space.dims
+    grid = np.exp(np.linspace(math.log(dim.low), math.log(dim.high), 96))
+    ev = osr.BatchEvaluator(job, len(grid))
+    results = ev.evaluate([{dim.name: float(b)} for b in grid])
+    grid_scores = np.array([out.objective.score(r) for r in results])
+    best_grid = float(np.max(grid_scores))
+    best = out.scores[out.best_index]
+    assert best > out.baseline_score + 0.05, (best, out.baseline_score)
+    assert best >= best_grid - 0.02 * abs(best_grid), (best, best_grid,
+                                                        float(grid[np.argmax(grid_scores)]),
+                                                        out.best_point)
+    assert np.all(np.isfinite(out.history))
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+    cfg = _config(tmp_path, horizon=200, steps=6)
+    job = _job(cfg)
+    gs = gradient_settings(cfg.tune["gradient"], cfg.source)
+    full = run_gradient(job, gs, seed=3, record=False)
+    ckpt = tmp_path / "ckpt"
+    first = run_gradient(job, gs, seed=3, record=False, checkpoint_dir=ckpt, stop_after=3)
+    assert first.steps_done == 3 and first.resumed_from is None
+    second = run_gradient(job, gs, seed=3, record=False, checkpoint_dir=ckpt)
+    assert second.resumed_from == 2  # checkpoint_every = 2: step 3 was lost with the "kill"
+    assert second.steps_done == gs.steps
+    assert second.points == full.points
+    np.testing.assert_array_equal(second.history, full.history)
+
+
+def test_cli_gradient_writes_a_study_that_exports(tmp_path):
+    cfg_path = tmp_path / "fc-small.toml"
+    cfg_path.write_text(CONFIG.format(horizon=200, steps=3, db=tmp_path / "tune.db"))
+    _register_commands()
+    runner = CliRunner()
+    res = runner.invoke(app, ["tune", str(cfg_path), "--method", "gradient", "--trials", "2",
+                              "--study", "g", "--plots", str(tmp_path / "plots"), "--json",
+                              "--checkpoint-dir", str(tmp_path / "ck")])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout.strip().splitlines()[-1])
+    assert data["method"] == "gradient" and data["steps"] == 3 and len(data["points"]) == 2
+    assert (tmp_path / "plots" / "gradient_history.png").stat().st_size > 1000
+    out = tmp_path / "policy.json"
+    res = runner.invoke(app, ["export", "--study", "g", "--storage",
+                              f"sqlite:///{tmp_path / 'tune.db'}", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    policy = json.loads(out.read_text())
+    assert policy["policy"]["name"] == "flow_control"
+    assert policy["tuning"]["sampler"] == "gradient"
+    assert policy["policy"]["params"]["budget"] == pytest.approx(data["best"]["point"]["budget"])
+    # rerunning the finished run adds no duplicate trials
+    res = runner.invoke(app, ["tune", str(cfg_path), "--method", "gradient", "--trials", "2",
+                              "--study", "g", "--no-plots", "--json",
+                              "--checkpoint-dir", str(tmp_path / "ck")])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["trials"] == data["trials"]
