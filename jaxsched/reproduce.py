@@ -3,7 +3,8 @@
 * ``flow-control``: Dong & Cao's synthetic setting (``configs/flow-control.toml``): the
   flow-control policies against greedy and the baselines of Jaillet et al.
 * ``wait-low``, ``wait-high``: the WAIT paper's settings (``configs/wait-*.toml``): WAIT and
-  Nested WAIT against vLLM, Sarathi, SGLang and greedy; bound: the fluid throughput.
+  Nested WAIT against the paper's baselines (vLLM's prefill-first v0 scheduler, Sarathi-Serve
+  with chunk 512), vLLM v1, SGLang and greedy; bound: the fluid throughput.
 * ``congestion``: saturated greedy admission from an empty start (Ao, Dong, Luo &
   Simchi-Levi): one class for output/prompt ratios 1 to 100 against the fixed point ``x*``
   and the limit-cycle prediction, then two classes whose decode lengths share a large common
@@ -26,7 +27,7 @@ from jaxsched.config import CONFIG_DIR, Config, config_from_dict, load_config
 from jaxsched.errors import JaxschedError
 from jaxsched.metrics import histogram_floor
 
-__all__ = ["REPRODUCTIONS", "Contender", "PolicyRow", "Reproduction", "reproduce"]
+__all__ = ["REPRODUCTIONS", "WAIT_LABELS", "Contender", "PolicyRow", "Reproduction", "reproduce"]
 
 TABLE_KEYS = ("completed_per_time", "tokens_per_time", "latency_mean", "latency_p95",
               "evictions", "recomputed_tokens", "utilization")
@@ -95,17 +96,61 @@ def _wait_bound(cfg: Config) -> tuple[float, str]:
     return float(fluid.token_throughput), "tokens_per_time"
 
 
+WAIT_LABELS = {
+    "wait": "wait",
+    "nested_wait": "nested_wait",
+    "vllm_v0": "vllm v0 (prefill-first)",
+    "vllm_v1": "vllm v1 (chunked prefill)",
+    "sarathi": "sarathi (chunk 512)",
+}
+"""Row labels of the WAIT studies (the tests look rows up by them)."""
+
+
 def _wait_contenders() -> list[Contender]:
-    """WAIT, Nested WAIT and the servers, resident caps lifted to the config's max_batch."""
-    cap = {"max_num_seqs": "max_batch"}
+    """WAIT, Nested WAIT (thresholds fitted from the fluid model) and the servers.
+
+    The WAIT paper's baselines (arXiv 2504.11320, experiments) are Vidur's ``vllm`` and
+    ``sarathi`` schedulers: vLLM's original prefill-prioritized scheduler (``vllm``,
+    ``scheduler = "v0"``, ``max_num_batched_tokens`` 4096 as in vLLM v0 and Vidur) and
+    Sarathi-Serve with chunk 512, both with a 1% memory reserve (vLLM's watermark) and
+    recompute preemption. vLLM's resident cap is lifted to ``max_batch`` (the paper sweeps it);
+    Sarathi's is its chunk, 512: Sarathi-Serve and vLLM require a budget of at least
+    ``max_num_seqs`` so every decode fits (Vidur runs every decode and gives prefills what is
+    left, which stops admission at about as many residents). The modern vLLM v1 scheduler
+    (chunked prefill, budget 2048) is shown for comparison.
+    """
+    lab = WAIT_LABELS
     return [
-        Contender("wait", {"name": "wait", "batch_limit": "max_batch"}),
-        Contender("nested_wait", {"name": "nested_wait"}),
-        Contender("vllm", {"name": "vllm", **cap}),
-        Contender("sarathi (chunk 512)", {"name": "sarathi", **cap}),
+        Contender(lab["wait"], {"name": "wait", "batch_limit": "max_batch"}),
+        Contender(lab["nested_wait"], {"name": "nested_wait"}),
+        Contender(lab["vllm_v0"], {"name": "vllm", "scheduler": "v0", "max_num_seqs": "max_batch",
+                                   "max_num_batched_tokens": 4096, "watermark": 0.01}),
+        Contender(lab["vllm_v1"], {"name": "vllm", "max_num_seqs": "max_batch"}),
+        Contender(lab["sarathi"], {"name": "sarathi", "chunk_size": 512, "max_num_seqs": 512}),
         Contender("sglang", {"name": "sglang"}),
         Contender("greedy", {"name": "greedy"}),
     ]
+
+
+def _wait_findings(rows: dict[str, PolicyRow]) -> dict:
+    """The WAIT paper's claims as numbers: WAIT's and Nested WAIT's share of the fluid bound
+    and evictions, and their mean latency relative to the paper's baselines (< 1: faster)."""
+    nan = float("nan")
+    lab = WAIT_LABELS
+    out = {}
+    for key in ("wait", "nested_wait"):
+        row = rows.get(lab[key])
+        out[f"{key}: ratio to bound"] = row.bound_ratio if row else nan
+        out[f"{key}: evictions"] = row.metrics["evictions"] if row else nan
+        for base in ("vllm_v0", "sarathi"):
+            other = rows.get(lab[base])
+            out[f"{key}: latency_mean / {lab[base]}"] = (
+                row.metrics["latency_mean"] / other.metrics["latency_mean"]
+                if row and other else nan)
+    for base in ("vllm_v0", "vllm_v1", "sarathi"):
+        row = rows.get(lab[base])
+        out[f"{lab[base]}: evictions"] = row.metrics["evictions"] if row else nan
+    return out
 
 
 _STUDIES = {
@@ -127,12 +172,14 @@ _STUDIES = {
         bound=_wait_bound,
         bound_note="fluid throughput sum_j lambda_j l'_j (tokens per second)",
         contenders=_wait_contenders(),
+        findings=_wait_findings,
     ),
     "wait-high": dict(
         config="wait-high",
         bound=_wait_bound,
         bound_note="fluid throughput sum_j lambda_j l'_j (tokens per second)",
         contenders=_wait_contenders(),
+        findings=_wait_findings,
     ),
 }
 
@@ -164,7 +211,10 @@ def _policy_study(name: str, out: Path, scale: float, say: Callable[[str], None]
         m = {k: float(res.summary[k]) for k in TABLE_KEYS}
         ratio = m[bound_key] / bound if bound > 0 else float("nan")
         prows.append(PolicyRow(c.label, m, ratio))
-        rows.append([c.label] + [m[k] for k in TABLE_KEYS] + [ratio])
+        fitted = {k: np.asarray(v).tolist() for k, v in res.experiment.params.policy.items()
+                  if k in ("threshold", "safety_buffer") and k not in c.settings}
+        label = c.label + "".join(f", {k} {_short(v)}" for k, v in fitted.items())
+        rows.append([label] + [m[k] for k in TABLE_KEYS] + [ratio])
         traces[c.label] = (res.trace.time[0], res.trace.memory[0], res.latency_hist.sum(axis=0))
     plt = _pyplot()
     fig, (ax_mem, ax_cdf) = plt.subplots(1, 2, figsize=(13, 4.5))
@@ -185,8 +235,17 @@ def _policy_study(name: str, out: Path, scale: float, say: Callable[[str], None]
     fig.savefig(png, dpi=110)
     plt.close(fig)
     columns = ["policy"] + list(TABLE_KEYS) + [f"ratio to bound ({bound:.4g})"]
-    return Reproduction(name, columns, rows, {"bound": bound, "bound_note": study["bound_note"]},
-                        [png], prows)
+    findings = {"bound": bound, "bound_note": study["bound_note"]}
+    if "findings" in study:
+        findings.update(study["findings"]({r.label: r for r in prows}))
+    return Reproduction(name, columns, rows, findings, [png], prows)
+
+
+def _short(value) -> str:
+    """A fitted parameter for a row label: integers plain, floats to 4 significant digits."""
+    if isinstance(value, list):
+        return "(" + ", ".join(_short(v) for v in value) + ")"
+    return str(int(value)) if float(value).is_integer() else f"{value:.4g}"
 
 
 # ------------------------------------------------------------------------ congestion

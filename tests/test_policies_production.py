@@ -76,6 +76,7 @@ VARIANTS = [
     ("vllm", {}),
     ("vllm", {"eviction": "least_progressed"}),
     ("vllm", {"eviction": "fewest_generated"}),
+    ("vllm", {"scheduler": "v0"}),
     ("sarathi", {}),
     ("sarathi", {"eviction": "fewest_generated"}),
     ("sglang", {}),
@@ -100,7 +101,7 @@ def test_matches_reference(name, options):
     check()
     # The examples exercise the interesting branches (eviction; prefill continuing later).
     assert seen["overflow"] > 0
-    if name in ("vllm", "sarathi"):
+    if name in ("vllm", "sarathi") and options.get("scheduler") != "v0":
         assert seen["chunked"] > 0
 
 
@@ -166,6 +167,35 @@ def test_vllm_preempts_the_newest_on_overflow():
     assert column(run, "admitted")[0] == 2
     k = column(run, "overflow").index(True)
     assert column(run, "evicted")[k] == 1 and column(run, "num_resident")[k] == 1
+
+
+def test_vllm_v0_prefill_only_iterations_stall_decodes():
+    """Slotted. r0 (prompt 4, output 3) at t=0, r1 (prompt 2, output 1) at t=1. v0: it0 r0
+    prefills (+ token 1); it1 is prefill-only: r1 prefills and completes while r0 pauses; r0
+    decodes at it2 and completes at it3. v1 runs r0's decode beside r1's prefill at it1, so r0
+    completes one iteration earlier."""
+    wl = jt.make_workload([(0.0, 4, 3), (1.0, 2, 1)], n=N)
+    v0 = jt.run_jax("vllm", SHAPE, wl, 100.0, options={"scheduler": "v0"})
+    v1 = jt.run_jax("vllm", SHAPE, wl, 100.0)
+    assert column(v0, "admitted")[:5] == [1, 1, 0, 0, 0]
+    assert column(v0, "prefill_tokens")[:5] == [4, 2, 0, 0, 0]
+    assert column(v0, "decode_tokens")[:5] == [1, 1, 1, 1, 0]
+    assert column(v0, "memory")[:5] == [5, 8, 6, 7, 0]
+    assert column(v0, "completed")[:5] == [0, 1, 0, 1, 0]
+    assert column(v1, "completed")[:4] == [0, 1, 1, 0]
+
+
+def test_vllm_v0_admits_whole_prompts_within_the_budget():
+    """max_num_batched_tokens 5: prompts 3, 3 at t=0 go in two prefill-only iterations (3 + 3
+    > 5); a prompt of 8 > 5 is admitted alone (never chunked)."""
+    wl = jt.make_workload([(0.0, 3, 2), (0.0, 3, 2), (0.0, 8, 1)], n=N)
+    run = jt.run_jax("vllm", SHAPE, wl, 100.0, params={"max_num_batched_tokens": 5},
+                     options={"scheduler": "v0"})
+    assert column(run, "admitted")[:4] == [1, 1, 1, 0]
+    assert column(run, "prefill_tokens")[:4] == [3, 3, 8, 0]
+    assert column(run, "decode_tokens")[:5] == [1, 1, 1, 2, 0]
+    with pytest.raises(PolicyError, match="scheduler"):
+        get_policy("vllm", scheduler="v2")
 
 
 def _slots(rows, b=4):
@@ -351,7 +381,8 @@ def test_registered_with_twins_options_and_documented_params():
     for name, eviction in (("vllm", "newest"), ("sarathi", "newest"),
                            ("sglang", "fewest_generated")):
         assert name in list_policies() and name in REFERENCE_POLICIES
-        assert policy_options(name) == {"eviction": eviction}
+        extra = {"scheduler": "v1"} if name == "vllm" else {}
+        assert policy_options(name) == {"eviction": eviction, **extra}
         pol = get_policy(name)
         assert not pol.known_lengths
         for pname, spec in pol.params.items():

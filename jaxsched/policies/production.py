@@ -25,6 +25,18 @@ the prefill tokens resident ``i`` still has to compute:
 
 Admission is called before the plan, so it evaluates steps 1-2 on the current residents to
 know ``R'``.
+
+Prefill-prioritized batching (``vllm(scheduler="v0")``)
+-------------------------------------------------------
+vLLM's original scheduler (vLLM before chunked prefill, and the ``vllm`` scheduler of the
+Vidur simulator on which the WAIT paper, arXiv 2504.11320, runs its vLLM baseline) never
+mixes prefills and decodes. If any waiting request is admitted, the iteration is
+*prefill-only*: the admitted requests prefill their whole prompts (plus kept tokens) and
+every other resident pauses with its cache; otherwise every resident decodes. Admission
+takes whole prompts in queue order while ``sum_{r <= q} (l_r + g_r) <= K``
+(``K = max_num_batched_tokens``; a prompt longer than ``K`` is admitted alone, where vLLM
+would refuse it). Each prefill batch therefore costs an iteration of its own (``d0`` again)
+and stalls every decode: the reason the WAIT paper's vLLM falls behind at high rates.
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxsched.model import BIG_CHUNK
 from jaxsched.policies.base import (
     ordered_eviction,
     EVICTION_ORDERS,
@@ -47,7 +60,11 @@ from jaxsched.policies.base import (
 )
 from jaxsched.policies.registry import register
 
-__all__ = ["vllm", "sglang", "sarathi", "budget_plan"]
+__all__ = ["VLLM_SCHEDULERS", "vllm", "sglang", "sarathi", "budget_plan"]
+
+VLLM_SCHEDULERS = ("v1", "v0")
+"""``v1``: chunked prefill, decodes first (vLLM >= 0.8, the default). ``v0``: prefill-prioritized
+batches of whole prompts (vLLM's original scheduler; the WAIT paper's vLLM baseline)."""
 
 _MAX_INT = 1 << 30
 
@@ -113,15 +130,19 @@ def _budget_plan_fn(key_name: str):
 
 
 @register("vllm")
-def vllm(eviction: str = "newest") -> Policy:
-    """vLLM (v1 scheduler with chunked prefill, the default since vLLM 0.8).
+def vllm(eviction: str = "newest", scheduler: str = "v1") -> Policy:
+    """vLLM: the v1 scheduler with chunked prefill (``scheduler="v1"``, the default since
+    vLLM 0.8) or the original prefill-prioritized one (``scheduler="v0"``, module docstring).
 
-    Per iteration, under the token budget ``K = max_num_batched_tokens`` (module docstring):
-    decodes first, then partial prefills oldest first, then new requests FCFS with a first
-    chunk of what is left. A waiting request ``q`` (in queue order, the first refusal blocks
-    the rest, as vLLM's waiting queue does) is admitted iff
+    ``v1``: per iteration, under the token budget ``K = max_num_batched_tokens`` (module
+    docstring): decodes first, then partial prefills oldest first, then new requests FCFS with
+    a first chunk of what is left. ``v0``: whole prompts while their sum stays within ``K``;
+    an iteration that admits runs only the admitted prefills. Either way a waiting request
+    ``q`` (in queue order, the first refusal blocks the rest, as vLLM's waiting queue does) is
+    admitted iff
 
-    * ``e_q < R'`` (some budget is left for its first chunk),
+    * ``e_q < R'`` (some budget is left for its first chunk; ``v0``: ``e_q + l_q + g_q <= K``
+      or ``e_q = 0``),
     * ``n_resident + #admitted <= max_num_seqs``,
     * ``C - sum_i (l_i + s_i + 1) - sum_{r <= q} (l_r + g_r + 1) >= watermark * C``.
 
@@ -137,6 +158,27 @@ def vllm(eviction: str = "newest") -> Policy:
     before the memory phase), prefix caching, ``long_prefill_token_threshold``.
     """
     _check_eviction(eviction)
+    if scheduler not in VLLM_SCHEDULERS:
+        raise ValueError(f"scheduler must be one of {VLLM_SCHEDULERS}, got {scheduler!r}")
+
+    def admit_v0(key, params, pstate, view):
+        del key
+        q, s = view.queue, view.slots
+        p = jnp.where(q.valid, q.prompt + q.kept, 0)
+        before = jnp.cumsum(p) - p
+        budget_ok = (before + p <= _as_int(params["max_num_batched_tokens"])) | (before == 0)
+        seats = _as_int(params["max_num_seqs"]) - jnp.sum(s.valid, dtype=jnp.int32)
+        used = jnp.sum(full_need(s)) + jnp.cumsum(jnp.where(q.valid, p + 1, 0))
+        mem_ok = view.capacity - used.astype(jnp.float32) >= params["watermark"] * view.capacity
+        ok = budget_ok & (jnp.cumsum(q.valid) <= seats) & mem_ok
+        return fcfs_prefix(ok, q.valid), pstate
+
+    def plan_v0(key, params, pstate, view):
+        del key, params, pstate
+        s = view.slots
+        new = s.valid & s.is_new
+        run = jnp.where(jnp.any(new), new, s.valid)  # a prefill-only iteration, else decodes
+        return Plan(run=run, chunk=jnp.full(run.shape, BIG_CHUNK, jnp.int32))
 
     def admit(key, params, pstate, view):
         del key
@@ -165,8 +207,8 @@ def vllm(eviction: str = "newest") -> Policy:
             ),
         },
         init=no_state,
-        admit=admit,
-        plan=_budget_plan_fn("max_num_batched_tokens"),
+        admit=admit if scheduler == "v1" else admit_v0,
+        plan=_budget_plan_fn("max_num_batched_tokens") if scheduler == "v1" else plan_v0,
         evict=ordered_eviction(eviction),
     )
 

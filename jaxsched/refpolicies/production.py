@@ -1,6 +1,7 @@
 """Reference twins of ``vllm``, ``sarathi`` and ``sglang``, written from the docstrings of
 :mod:`jaxsched.policies.production` (token budgets: decodes first, partial prefills oldest
-first, new prefills with what is left; SGLang's decaying new-token ratio and retraction).
+first, new prefills with what is left; vLLM v0's prefill-only iterations of whole prompts;
+SGLang's decaying new-token ratio and retraction).
 
 Float comparisons are done in float32 (``numpy.float32``), rounding once where the docstring
 says so, to decide ties exactly as the JAX policies do.
@@ -94,6 +95,38 @@ class _Budgeted(RefPolicy):
 @register_reference("vllm")
 class RefVllm(_Budgeted):
     budget_key = "max_num_batched_tokens"
+
+    def __init__(self, params: dict, eviction: str = "newest", scheduler: str = "v1"):
+        super().__init__(params, eviction)
+        self.scheduler = scheduler
+
+    def admit(self, view: RefView) -> list[bool]:
+        if self.scheduler == "v1":
+            return super().admit(view)
+        # v0: whole prompts while their sum stays within the budget (a longer one alone)
+        seats = self.max_num_seqs - len(view.residents)
+        used = self._used_start(view, None)
+        out, blocked, before = [], False, 0
+        for w in view.queue:
+            p = w.prompt + w.kept
+            ok = (not blocked and (before + p <= self.budget or before == 0) and seats >= 1
+                  and self._mem_ok(view, used + p + 1))
+            if ok:
+                out.append(True)
+                used += p + 1
+                seats -= 1
+                before += p
+            else:
+                blocked = True
+                out.append(False)
+        return out
+
+    def plan(self, view: RefView):
+        if self.scheduler == "v1":
+            return super().plan(view)
+        # v0: an iteration that admitted runs only the new prefills; otherwise all decode
+        prefill_only = any(r.is_new for r in view.residents)
+        return [(r.is_new or not prefill_only, None) for r in view.residents]
 
     def _used_start(self, view, need_old):
         return sum(r.prompt + r.generated + 1 for r in view.residents)
