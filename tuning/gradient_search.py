@@ -59,6 +59,8 @@ __all__ = [
     "record_trials",
     "save_history_plot",
     "tune_command",
+    "GradientBench",
+    "bench_gradient_vs_optuna",
 ]
 
 
@@ -158,6 +160,8 @@ class GradientOutcome:
     baseline: dict
     baseline_score: float
     history: np.ndarray  # (steps, R) relaxed loss per step
+    trail: np.ndarray  # (steps, R, D) unit-cube iterates after every step
+    step_times: np.ndarray  # (steps done here,) wall seconds since the first step of this call
     steps_done: int
     resumed_from: int | None
     trials: list[int]  # Optuna trial numbers written
@@ -319,6 +323,8 @@ def run_gradient(job: TuneJob, gs: GradientSettings, *, seed: int = 0, storage=N
     history, trail = np.array(state["history"]), np.array(state["trail"])
     step = int(state["step"])
     done_here = 0
+    step_times = []
+    t_loop = time.perf_counter()
     try:
         while step < gs.steps:
             if stop_after is not None and done_here >= stop_after:
@@ -327,6 +333,7 @@ def run_gradient(job: TuneJob, gs: GradientSettings, *, seed: int = 0, storage=N
             u, opt_state, losses = update_c(u, opt_state, jnp.float32(temp))
             history[step] = np.asarray(losses)
             trail[step] = np.asarray(u)
+            step_times.append(time.perf_counter() - t_loop)
             step += 1
             done_here += 1
             state = {"u": u, "opt_state": opt_state, "step": jnp.asarray(step, jnp.int32),
@@ -362,7 +369,8 @@ def run_gradient(job: TuneJob, gs: GradientSettings, *, seed: int = 0, storage=N
         storage=redact_url(store.url) if store is not None else "",
         objective=objective, settings=gs, points=points, results=results, scores=scores,
         best_index=best, baseline=baseline, baseline_score=baseline_score,
-        history=history[:step], steps_done=step, resumed_from=resumed_from, trials=trials,
+        history=history[:step], trail=trail[:step], step_times=np.asarray(step_times),
+        steps_done=step, resumed_from=resumed_from, trials=trials,
         compile_seconds=compile_seconds, wall_seconds=time.perf_counter() - t_start,
     )
 
@@ -557,3 +565,128 @@ def tune_command(cfg, settings, *, trials=None, storage=None, study=None, seed=N
 def objective_metrics(objective: Objective) -> list[str]:
     """The metrics the objective reads, for tables."""
     return list(objective.metrics)
+
+
+# ------------------------------------------------------------------------------------------
+# Benchmark: wall time to reach an objective value, gradient search vs Optuna.
+
+
+@dataclasses.dataclass
+class GradientBench:
+    config_source: str
+    policy: str
+    num_workloads: int
+    horizon: int
+    target: float  # the objective value both runs try to reach
+    baseline_score: float
+    optuna_trials: int
+    optuna_batch: int
+    optuna_sampler: str
+    optuna_compile_seconds: float
+    optuna_best: float
+    optuna_seconds_to_target: float | None  # None: not reached
+    optuna_trials_to_target: int | None
+    gradient_steps: int
+    gradient_restarts: int
+    gradient_compile_seconds: float
+    gradient_best: float
+    gradient_seconds_to_target: float | None
+    gradient_steps_to_target: int | None
+    device: str
+
+
+def bench_gradient_vs_optuna(cfg, *, optuna_trials: int = 64, batch: int = 16,
+                             sampler: str | None = None, steps: int | None = None,
+                             restarts: int | None = None, target: float | None = None,
+                             seed: int = 0, num_workloads: int | None = None,
+                             progress: Callable[[str], None] | None = None) -> GradientBench:
+    """Wall time (compilation excluded, reported apart) for each tuner to first reach
+    ``target`` in the hard simulator on the same config, workloads and objective.
+
+    Optuna: batched ask/simulate/tell (:class:`tuning.optuna_search.BatchEvaluator`), the best
+    value after every batch. Gradient: the descent's time up to step s plus the hard
+    evaluation a run of s steps ends with (its last ``candidates`` iterates, one timed call
+    each); the best hard value of the iterates up to step s. ``target`` defaults to the best
+    value either reached, less 2% of its magnitude.
+    """
+    import jax
+    import optuna
+
+    from tuning.optuna_search import _make_sampler, _quiet, prepare
+
+    say = progress or (lambda msg: None)
+    job = prepare(cfg, num_workloads=num_workloads)
+    gs = gradient_settings(job.settings.gradient, cfg.source)
+    update = {k: v for k, v in (("steps", steps), ("restarts", restarts)) if v is not None}
+    gs = gs.model_copy(update=update) if update else gs
+
+    say("gradient search")
+    out = run_gradient(job, gs, seed=seed, record=False, status=say)
+    objective = out.objective
+    # the hard value of every iterate (not part of the gradient run's time)
+    evaluator = BatchEvaluator(job, gs.restarts)
+    t0 = time.perf_counter()
+    best_by_step = []
+    best = -math.inf
+    for it in out.trail:
+        pts = [_point(job, row) for row in it]
+        for m in evaluator.evaluate(pts):
+            if objective.feasible(m):
+                best = max(best, float(objective.score(m)))
+        best_by_step.append(best)
+    eval_call = (time.perf_counter() - t0) / max(len(out.trail), 1)
+
+    say(f"Optuna: {optuna_trials} trials, {batch} per call")
+    ev = BatchEvaluator(job, batch, evaluator.keys, evaluator.workloads)
+    sampler_name = sampler or job.settings.resolved_sampler
+    smp = _make_sampler(sampler_name, seed, batch, len(job.space.dims), 1)
+    with _quiet():
+        study = optuna.create_study(direction="maximize", sampler=smp)
+    dists = job.space.distributions()
+    curve = []  # (seconds, trials, best)
+    obest = -math.inf
+    t0 = time.perf_counter()
+    done = 0
+    while done < optuna_trials:
+        n = min(batch, optuna_trials - done)
+        with _quiet():
+            asked = [study.ask(dists) for _ in range(n)]
+        results = ev.evaluate([dict(t.params) for t in asked])
+        with _quiet():
+            for t, m in zip(asked, results):
+                v = float(objective.score(m))
+                if objective.nonfinite_reason(m) or not math.isfinite(v):
+                    study.tell(t, state=optuna.trial.TrialState.FAIL)
+                    continue
+                study.tell(t, v)
+                if objective.feasible(m):
+                    obest = max(obest, v)
+        done += n
+        curve.append((time.perf_counter() - t0, done, obest))
+
+    gbest = best_by_step[-1] if best_by_step else -math.inf
+    if target is None:
+        top = max(gbest, obest)
+        target = top - 0.02 * abs(top)
+    o_time = o_trials = g_time = g_steps = None
+    for sec, n, b in curve:
+        if b >= target:
+            o_time, o_trials = sec, n
+            break
+    for s_idx, b in enumerate(best_by_step):
+        if b >= target:
+            g_steps = s_idx + 1
+            g_time = float(out.step_times[s_idx]) + eval_call * min(g_steps, gs.candidates)
+            break
+    return GradientBench(
+        config_source=cfg.source, policy=job.experiment.policy.name,
+        num_workloads=job.config.workload.num_workloads, horizon=job.config.workload.horizon,
+        target=float(target), baseline_score=out.baseline_score,
+        optuna_trials=optuna_trials, optuna_batch=batch, optuna_sampler=sampler_name,
+        optuna_compile_seconds=ev.compile_seconds, optuna_best=obest,
+        optuna_seconds_to_target=o_time, optuna_trials_to_target=o_trials,
+        gradient_steps=gs.steps, gradient_restarts=gs.restarts,
+        gradient_compile_seconds=out.compile_seconds, gradient_best=gbest,
+        gradient_seconds_to_target=g_time, gradient_steps_to_target=g_steps,
+        device=str(jax.devices()[0].device_kind),
+    )

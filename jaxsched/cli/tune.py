@@ -289,8 +289,14 @@ def bench_tune_command(
     workloads: Optional[int] = typer.Option(None, min=1, help="workloads per trial"),
     sampler: Optional[str] = typer.Option(None, help="tpe | cmaes | nsga2 | random"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
+    gradient: bool = typer.Option(False, "--gradient", help="instead: wall time to reach an "
+                                  "objective value, gradient search vs Optuna (--trials for Optuna)"),
+    steps: Optional[int] = typer.Option(None, min=1, help="--gradient: descent steps"),
+    target: Optional[float] = typer.Option(None, help="--gradient: objective value to reach "
+                                           "(default: the best either reached, less 2%)"),
 ):
-    """Optuna trials/s with K trials per vmapped call vs one trial per call."""
+    """Optuna trials/s with K trials per vmapped call vs one trial per call (or, with
+    --gradient, time to reach an objective value: gradient search vs Optuna)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -299,6 +305,33 @@ def bench_tune_command(
 
     err = Console(stderr=True)
     cfg = load_config(config or DEFAULT_CONFIG, set_)
+    if gradient:
+        from tuning.gradient_search import bench_gradient_vs_optuna
+
+        with err.status("benchmarking…") as status:
+            g = bench_gradient_vs_optuna(cfg, optuna_trials=trials, batch=batch, sampler=sampler,
+                                         steps=steps, target=target, num_workloads=workloads,
+                                         progress=lambda msg: status.update(msg))
+        if as_json:
+            typer.echo(json.dumps(dataclasses.asdict(g)))
+            return
+        table = Table(title=(f"jaxsched bench tune --gradient: {g.policy}, {g.num_workloads} "
+                             f"workloads x {g.horizon} iterations, {g.device}; target "
+                             f"{g.target:.4g} (config's point {g.baseline_score:.4g})"),
+                      title_justify="left")
+        for col in ("tuner", "budget", "compile s", "best", "to target", "wall s to target"):
+            table.add_column(col, justify="right")
+        fmt = lambda x: "not reached" if x is None else f"{x:.1f}"  # noqa: E731
+        table.add_row("gradient", f"{g.gradient_steps} steps x {g.gradient_restarts} restarts",
+                      f"{g.gradient_compile_seconds:.1f}", f"{g.gradient_best:.4g}",
+                      "-" if g.gradient_steps_to_target is None else f"step {g.gradient_steps_to_target}",
+                      fmt(g.gradient_seconds_to_target))
+        table.add_row(f"optuna ({g.optuna_sampler})", f"{g.optuna_trials} trials, K={g.optuna_batch}",
+                      f"{g.optuna_compile_seconds:.1f}", f"{g.optuna_best:.4g}",
+                      "-" if g.optuna_trials_to_target is None else f"trial {g.optuna_trials_to_target}",
+                      fmt(g.optuna_seconds_to_target))
+        Console().print(table)
+        return
     with err.status("benchmarking…") as status:
         r = bench_tune(cfg, trials=trials, batch=batch, sampler=sampler, num_workloads=workloads,
                        progress=lambda msg: status.update(msg))
