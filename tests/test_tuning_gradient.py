@@ -17,64 +17,19 @@ from tuning import optuna_search as osr
 from tuning.gradient_search import gradient_settings, run_gradient
 from tuning.settings import tune_settings
 
-# The flow-control paper's setting (configs/flow-control.toml) scaled down by 4 in capacity and
-# rates, so a gradient run fits in a test: three classes (10, 20), (10, 40), (10, 60), overloaded.
-CONFIG = """
-[system]
-capacity = 4123
-d0 = 1.0
-d1 = 0.0
-max_batch = 256
-queue_size = 32
-restart_on_evict = true
+from jaxsched.config import CONFIG_DIR
 
-[workload]
-kind = "poisson"
-horizon = {horizon}
-warmup = 100
-num_workloads = 2
-seed = 0
+SMALL = CONFIG_DIR / "flow-control-small.toml"  # the flow-control setting scaled down by 4
 
-[[workload.classes]]
-prompt_len = 10
-output_len = 20
-rate = 1.25
 
-[[workload.classes]]
-prompt_len = 10
-output_len = 40
-rate = 1.25
-
-[[workload.classes]]
-prompt_len = 10
-output_len = 60
-rate = 1.25
-
-[policy]
-name = "flow_control"
-
-[tune]
-storage = "sqlite:///{db}"
-
-[tune.weights]
-completed_per_time = 1.0
-evictions_per_request = 1.0
-
-[tune.scales]
-evictions_per_request = 0.01
-
-[tune.gradient]
-steps = {steps}
-restarts = 4
-learning_rate = 0.05
-checkpoint_every = 2
-"""
+def _overrides(tmp_path, horizon, steps):
+    return [f"workload.horizon={horizon}", f"tune.gradient.steps={steps}",
+            "tune.gradient.learning_rate=0.05", "tune.gradient.checkpoint_every=2",
+            f"tune.storage=sqlite:///{tmp_path / 'tune.db'}"]
 
 
 def _config(tmp_path, horizon=400, steps=25):
-    path = tmp_path / "fc-small.toml"
-    path.write_text(CONFIG.format(horizon=horizon, steps=steps, db=tmp_path / "tune.db"))
-    return load_config(path)
+    return load_config(SMALL, _overrides(tmp_path, horizon, steps))
 
 
 def _job(cfg):
@@ -125,13 +80,13 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 
 
 def test_cli_gradient_writes_a_study_that_exports(tmp_path):
-    cfg_path = tmp_path / "fc-small.toml"
-    cfg_path.write_text(CONFIG.format(horizon=200, steps=3, db=tmp_path / "tune.db"))
+    sets = [a for o in _overrides(tmp_path, 200, 3) for a in ("--set", o)]
+    cfg_path = SMALL
     _register_commands()
     runner = CliRunner()
     res = runner.invoke(app, ["tune", str(cfg_path), "--method", "gradient", "--trials", "2",
                               "--study", "g", "--plots", str(tmp_path / "plots"), "--json",
-                              "--checkpoint-dir", str(tmp_path / "ck")])
+                              "--checkpoint-dir", str(tmp_path / "ck"), *sets])
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout.strip().splitlines()[-1])
     assert data["method"] == "gradient" and data["steps"] == 3 and len(data["points"]) == 2
@@ -147,6 +102,6 @@ def test_cli_gradient_writes_a_study_that_exports(tmp_path):
     # rerunning the finished run adds no duplicate trials
     res = runner.invoke(app, ["tune", str(cfg_path), "--method", "gradient", "--trials", "2",
                               "--study", "g", "--no-plots", "--json",
-                              "--checkpoint-dir", str(tmp_path / "ck")])
+                              "--checkpoint-dir", str(tmp_path / "ck"), *sets])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout.strip().splitlines()[-1])["trials"] == data["trials"]

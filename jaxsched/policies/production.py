@@ -46,6 +46,8 @@ import jax.numpy as jnp
 
 from jaxsched.model import BIG_CHUNK
 from jaxsched.policies.base import (
+    Decision,
+    fcfs_margin,
     ordered_eviction,
     EVICTION_ORDERS,
     Param,
@@ -185,8 +187,11 @@ def vllm(eviction: str = "newest", scheduler: str = "v1") -> Policy:
         q, s = view.queue, view.slots
         p, _, ok, _ = _budget_admission_common(params, view, "max_num_batched_tokens")
         used = jnp.sum(full_need(s)) + jnp.cumsum(jnp.where(q.valid, p + 1, 0))
-        mem_ok = view.capacity - used.astype(jnp.float32) >= params["watermark"] * view.capacity
-        return fcfs_prefix(ok & mem_ok, q.valid), pstate
+        slack = view.capacity - used.astype(jnp.float32) - params["watermark"] * view.capacity
+        mem_ok = slack >= 0
+        # margin: the free memory beyond the watermark, in units of this request's size
+        margin = jnp.where(ok, (slack + 0.5 * (p + 1)) / jnp.maximum(p + 1, 1), -1.0)
+        return Decision(fcfs_prefix(ok & mem_ok, q.valid), fcfs_margin(margin, q.valid)), pstate
 
     return Policy(
         name="vllm",
@@ -328,8 +333,11 @@ def sglang(eviction: str = "fewest_generated") -> Policy:
         size_new = jnp.where(q.valid, q.prompt + q.kept + 1, 0)
         reserve = ratio * (grow_old + jnp.cumsum(grow_new)).astype(jnp.float32)
         used = jnp.sum(full_need(s)) + jnp.cumsum(size_new)
-        ok = reserve <= view.capacity - used.astype(jnp.float32)
-        return fcfs_prefix(ok, q.valid), {"ratio": ratio, "reset": jnp.array(False)}
+        slack = view.capacity - used.astype(jnp.float32) - reserve
+        ok = slack >= 0
+        margin = (slack + 0.5 * size_new) / jnp.maximum(size_new, 1)
+        return (Decision(fcfs_prefix(ok, q.valid), fcfs_margin(margin, q.valid)),
+                {"ratio": ratio, "reset": jnp.array(False)})
 
     def evict(key, params, pstate, view, need):
         del key
