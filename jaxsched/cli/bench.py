@@ -11,7 +11,7 @@ import typer
 
 from jaxsched.cli.app import bench_app
 
-__all__ = ["sim"]
+__all__ = ["sim", "scale"]
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -64,3 +64,119 @@ def sim(
         f"workloads; completed counts {'agree' if result.reference_agrees else 'DISAGREE'}"
     )
     Console().print(table)
+
+
+def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
+    from jaxsched.errors import JaxschedError
+
+    if text is None:
+        return None
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise JaxschedError(f"{flag} {text!r}: expected comma-separated integers") from None
+    if not values or min(values) < 1:
+        raise JaxschedError(f"{flag} {text!r}: values must be >= 1")
+    return values
+
+
+def _headline(text: str | None) -> tuple[int, int] | None:
+    from jaxsched.errors import JaxschedError
+
+    if text is None:
+        return None
+    parts = text.lower().replace(",", "").split("x")
+    try:
+        w, h = (int(p) for p in parts)
+    except ValueError:
+        raise JaxschedError(f"--headline {text!r}: expected WORKLOADSxITERATIONS, e.g. 10000x10000") \
+            from None
+    if w < 1 or h < 1:
+        raise JaxschedError(f"--headline {text!r}: both numbers must be >= 1")
+    return w, h
+
+
+@bench_app.command("scale")
+def scale(
+    config: Optional[Path] = typer.Argument(None, help="TOML config (default: the embedded default)"),
+    set_: list[str] = typer.Option([], "--set", help="override: section.key=value"),
+    workloads: Optional[str] = typer.Option(None, help="workload counts (default: 1,16,256,1024 on CPU; 1..16384 on accelerators)"),
+    slots: Optional[str] = typer.Option(None, help="max_batch values (default: 32,128,512 on CPU; up to 2048 on accelerators)"),
+    horizons: Optional[str] = typer.Option(None, help="horizons (default: 150,600,2400 on CPU; up to 10000 on accelerators)"),
+    fixed_workloads: Optional[int] = typer.Option(None, help="workloads for the slot and horizon sweeps (64 CPU, 1024 accelerators)"),
+    shard_workloads: Optional[int] = typer.Option(None, help="workloads for the sharding-efficiency runs (256 CPU, 4096 accelerators)"),
+    forced_devices: int = typer.Option(4, help="forced host CPU devices for the sharding runs when no backend has several devices (0: skip)"),
+    backends: Optional[str] = typer.Option(None, help="comma-separated backends (default: every available one)"),
+    repeats: int = typer.Option(2, help="runs per point (the best counts; the first compiles)"),
+    max_memory: Optional[str] = typer.Option(None, "--max-memory", help="bytes per device, e.g. 2GiB (default: from free memory)"),
+    bandwidth: Optional[float] = typer.Option(None, help="peak memory bandwidth in GB/s for the roofline (default: data sheet, or a measured copy on CPU)"),
+    headline: Optional[str] = typer.Option(None, help="also run WxH, e.g. 10000x10000 (meant for a GPU)"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="write the log-log scaling PNG here"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
+):
+    """Throughput vs workloads, slots and horizon on every backend; sharding efficiency; roofline."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from jaxsched.chunked import format_bytes, parse_bytes
+    from jaxsched.config import DEFAULT_CONFIG, load_config
+    from jaxsched.scaling import bench_scale, plot_scale
+
+    err = Console(stderr=True)
+    path = str(config or DEFAULT_CONFIG)
+    cfg = load_config(path, set_)
+    budget = None if max_memory is None else parse_bytes(max_memory)
+    args = dict(workloads=_ints(workloads, "--workloads"), slots=_ints(slots, "--slots"),
+                horizons=_ints(horizons, "--horizons"), headline=_headline(headline))
+    with err.status("benchmarking…") as status:
+        result = bench_scale(cfg, path, list(set_), fixed_workloads=fixed_workloads,
+                             shard_workloads=shard_workloads, forced_devices=forced_devices,
+                             backends=backends.split(",") if backends else None,
+                             repeats=repeats, max_memory=budget,
+                             bandwidth=None if bandwidth is None else bandwidth * 1e9,
+                             progress=lambda msg: status.update(msg), **args)
+    if plot is not None:
+        plot_scale(result, plot)
+        err.print(f"wrote {plot}")
+    if as_json:
+        typer.echo(json.dumps(dataclasses.asdict(result)))
+        return
+    console = Console()
+    table = Table(title=f"jaxsched bench scale: {result.policy} ({result.config_source})",
+                  title_justify="left")
+    for col in ("backend", "devices", "workloads", "slots", "horizon", "N", "wall s",
+                "slot-iterations/s", "requests/s", "batches", "peak/device"):
+        table.add_column(col, justify="right")
+    for p in result.points:
+        table.add_row(p.backend, str(p.num_devices), str(p.num_workloads), str(p.max_batch),
+                      str(p.horizon), str(p.num_requests), f"{p.wall_seconds:.3f}",
+                      f"{p.slot_iterations_per_second:.3e}", f"{p.requests_per_second:,.0f}",
+                      str(p.num_batches), format_bytes(p.peak_bytes))
+    sources = sorted({p.peak_source for p in result.points})
+    table.caption = "peak: " + "; ".join(sources)
+    console.print(table)
+    roof = Table(title="memory-bandwidth roofline of the step", title_justify="left")
+    for col in ("backend", "device", "bandwidth", "bytes/step/workload (shapes)",
+                "XLA bytes accessed/step/workload", "roofline slot-iterations/s/device",
+                "measured best / roofline"):
+        roof.add_column(col, justify="right")
+    for r in result.rooflines:
+        best = max((p.slot_iterations_per_second / p.num_devices for p in result.points
+                    if p.backend == r.backend and p.max_batch == r.max_batch), default=0.0)
+        roof.add_row(r.backend, r.device_kind, f"{r.bandwidth / 1e9:,.0f} GB/s ({r.bandwidth_source})",
+                     f"{r.bytes_per_step:,}", f"{r.xla_bytes_per_step:,.0f}",
+                     f"{r.roofline_slot_iterations_per_second:.3e}",
+                     f"{best / r.roofline_slot_iterations_per_second:.2%}")
+    console.print(roof)
+    if result.sharding:
+        sh = Table(title="sharding efficiency: the same batch on n devices", title_justify="left")
+        for col in ("backend", "devices", "workloads", "wall s", "slot-iterations/s",
+                    "efficiency"):
+            sh.add_column(col, justify="right")
+        for s in result.sharding:
+            sh.add_row(s.backend, str(s.num_devices), str(s.num_workloads),
+                       f"{s.wall_seconds:.3f}", f"{s.slot_iterations_per_second:.3e}",
+                       f"{s.efficiency:.2f}")
+        if result.sharding_note:
+            sh.caption = result.sharding_note
+        console.print(sh)

@@ -1,0 +1,68 @@
+"""``bench scale``: a tiny sweep end to end, the roofline arithmetic, one-line flag errors;
+the profiling A/B's "before" variant still applies to the current step."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jaxsched import scaling
+from jaxsched import testing as jt
+from jaxsched.cli import main
+from jaxsched.config import DEFAULT_CONFIG, load_config
+
+SMALL = ["system.max_batch=8", "system.queue_size=4", "system.capacity=400",
+         "workload.horizon=20", "workload.warmup=0"]
+
+
+def test_tiny_sweep_and_plot(tmp_path):
+    cfg = load_config(DEFAULT_CONFIG, SMALL)
+    with jt.fast_compile():
+        res = scaling.bench_scale(cfg, str(DEFAULT_CONFIG), SMALL, workloads=(1, 3), slots=(8,),
+                                  horizons=(10,), fixed_workloads=2, forced_devices=0,
+                                  backends=["cpu"], repeats=1, bandwidth=1e10)
+    assert [(p.num_workloads, p.max_batch, p.horizon) for p in res.points] == [
+        (1, 8, 20), (3, 8, 20), (2, 8, 20), (2, 8, 10)]
+    for p in res.points:
+        assert p.slot_iterations_per_second == pytest.approx(
+            p.max_batch * p.horizon * p.num_workloads / p.wall_seconds)
+        assert p.peak_bytes and p.num_batches == 1
+    (roof,) = res.rooflines
+    assert roof.bandwidth == 1e10 and roof.bandwidth_source == "--bandwidth"
+    assert roof.roofline_slot_iterations_per_second == pytest.approx(
+        1e10 * 8 / scaling.step_bytes(8, 4))
+    assert roof.xla_bytes_per_step > 0
+    png = scaling.plot_scale(res, tmp_path / "scale.png")
+    assert (tmp_path / "scale.png").stat().st_size > 1000 and png.endswith("scale.png")
+
+
+def test_roofline_inputs():
+    assert scaling.step_bytes(128, 32) == 2 * 128 * 29 + 32 * 23 + 64 + 2 * 128 * 6 \
+        + 4 * 128 * 4 + 100
+
+    class Dev:
+        device_kind = "NVIDIA H100 80GB HBM3"
+
+    assert scaling.peak_bandwidth(Dev()) == (3.35e12, "data sheet (H100)")
+    Dev.device_kind = "NVIDIA H100 PCIe"
+    assert scaling.peak_bandwidth(Dev())[0] == 2.0e12
+    assert scaling.peak_bandwidth(Dev(), 5e11) == (5e11, "--bandwidth")
+
+
+@pytest.mark.parametrize("argv,start", [
+    (["--headline", "10000by10"], "error: --headline '10000by10': expected"),
+    (["--workloads", "1,x"], "error: --workloads '1,x': expected"),
+    (["--slots", "0"], "error: --slots '0': values must be >= 1"),
+    (["--max-memory", "2 parsecs"], "error: --max-memory '2 parsecs': expected"),
+])
+def test_bench_scale_flag_errors(argv, start, capsys):
+    assert main(["bench", "scale", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(start) and err.count("\n") == 1
+
+
+def test_profiling_before_variant_applies():
+    from jaxsched import profiling
+
+    before = profiling.sim_variant((profiling._BEFORE_SEARCH_BLOCK,))
+    assert hasattr(before, "make_rollout") and before is not np
