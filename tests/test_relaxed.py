@@ -27,6 +27,7 @@ CASES = [
     ("flow_control_known", {"budget": [1.5, 1.0]}),
     ("vllm", {"watermark": 0.1}),
     ("sglang", {"new_token_ratio_init": 0.05, "new_token_ratio_min": 0.0, "max_new_tokens": 8}),
+    ("wait", {"threshold": [2, 2]}),
 ]
 
 
@@ -143,9 +144,14 @@ def test_gradients_match_central_finite_differences(policy, values, param, x0, h
     assert grad == pytest.approx(fd, rel=0.03, abs=0.02 * max(abs(fd), 1e-2)), (grad, fd)
 
 
-def test_straight_through_gradient_is_finite_and_nonzero():
+@pytest.mark.parametrize("policy,values,param,x0,relax", [
+    ("flow_control", {"budget": 2.003}, "budget", 2.003, "straight_through"),
+    # WAIT thresholds are whole requests: straight through the floor in both modes
+    ("wait", {"threshold": [2, 2]}, "threshold", [2.0, 2.0], "relaxed"),
+])
+def test_gradients_are_finite_and_nonzero(policy, values, param, x0, relax):
     wl = _workload(2, n=40, span=30.0, offset=0.5)
-    f = _objective_fn("flow_control", {"budget": 2.003}, "budget", wl, horizon=32,
-                      base_capacity=40.3, base_d1=0.0, relax="straight_through")
-    g = float(jax.jit(jax.grad(f))(jnp.float32(2.003)))
-    assert np.isfinite(g) and g != 0.0
+    f = _objective_fn(policy, values, param, wl, horizon=32, base_capacity=40.3, base_d1=0.0,
+                      relax=relax)
+    g = np.asarray(jax.jit(jax.grad(f))(jnp.asarray(x0, jnp.float32)))
+    assert np.all(np.isfinite(g)) and np.any(g != 0.0), g

@@ -100,6 +100,7 @@ import numpy as np
 
 from jaxsched.model import BIG_CHUNK, SimShape
 from jaxsched.policies.base import (
+    Decision,
     ordered_eviction,
     EVICTION_ORDERS,
     Param,
@@ -134,6 +135,13 @@ _MAX_INT = 1 << 30
 
 def _as_int(x) -> jax.Array:
     return jnp.minimum(x, float(_MAX_INT)).astype(jnp.int32)
+
+
+def _relaxed_count(x, n) -> jax.Array:
+    """``n = floor(x)`` in the forward pass with the gradient of ``x`` (straight through the
+    floor): WAIT's thresholds are whole requests, so the relaxed simulator's margins move with
+    the threshold one for one."""
+    return n.astype(jnp.float32) + (x - jax.lax.stop_gradient(x))
 
 
 def _check_option(name: str, value: str, allowed: tuple) -> None:
@@ -337,7 +345,14 @@ def wait(eviction: str = "newest", mode: str = "advance") -> Policy:
 
         _, ok_sorted = jax.lax.scan(take, (used, seats), (eligible[order], mem[order], n[order]))
         accept = jnp.zeros_like(ok_sorted).at[order].set(ok_sorted)
-        return jnp.any(member & accept[None, :], axis=1), pstate
+        admit = jnp.any(member & accept[None, :], axis=1)
+        # relaxed margin: inside the class's cohort (rank <= n_j) and the cohort complete
+        # (count_j >= n_j), in requests
+        n_soft = _relaxed_count(params["threshold"], n)[q.cls]
+        count = rank[-1][q.cls].astype(jnp.float32)
+        r_own = jnp.sum(jnp.where(onehot, rank, 0), axis=1).astype(jnp.float32)
+        margin = jnp.minimum(n_soft - r_own, count - n_soft) + 0.5
+        return Decision(admit, margin), pstate
 
     def plan(key, params, pstate, view):
         del key, pstate
