@@ -232,3 +232,16 @@ def test_policy_object_and_params_dict_plug_in():
     outs = engine.generate(PROMPTS[:3], GREEDY[:3])
     assert [o.token_ids for o in outs] == solo_outputs(PROMPTS[:3], GREEDY[:3])
     assert np.asarray(engine.scheduler.params["max_num_batched_tokens"]) == 8
+
+
+def test_timing_repeats_change_nothing_but_the_timing():
+    """Measurement mode reruns each iteration's model calls (same KV, same tokens) and keeps
+    the fastest pass: outputs, records and evictions are those of a normal run."""
+    engine = Engine(engine_cfg=SMALL, params=tiny_params())
+    engine.timing_repeats = 3
+    outs = engine.generate(PROMPTS[:4], GREEDY[:4])
+    assert [o.token_ids for o in outs] == solo_outputs(PROMPTS[:4], GREEDY[:4])
+    recs = list(engine.records)
+    assert all(r.duration >= r.compute_time >= 0 for r in recs)
+    assert all(r.model_calls == 0 for r in recs if not (r.prefill_tokens or r.decode_tokens))
+    assert sum(r.model_calls for r in recs) >= len(PROMPTS[:4])

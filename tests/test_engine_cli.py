@@ -30,7 +30,8 @@ def profile(tmp_path_factory):
     """A profile from a small calibration grid (shared by the tests below)."""
     out = tmp_path_factory.mktemp("cal") / "profile.toml"
     rc = main(["calibrate", "--out", str(out), "--batches", "1,4", "--prompts", "8,48",
-               "--output-len", "4"])
+               "--output-len", "4", "--serve-runs", "2", "--num-requests", "8",
+               "--timer", "cpu"])
     assert rc == 0
     return out
 
@@ -45,6 +46,11 @@ def test_calibrate_writes_profile(profile, tmp_path, capsys):
     assert system["d0"] >= 0 and system["d1"] >= 0
     assert system["fit_rms"] >= 0 and system["samples"] >= 2
     assert data["engine"]["max_batch"] == 8
+    cal = data["calibration"]  # how it was measured, and the prefill/context evidence fit
+    assert cal["timer"] == "cpu"
+    for key in ("mean_abs_rel_error", "overhead_s", "prefill_context_d0", "prefill_context_dp",
+                "prefill_context_dc", "prefill_context_rel_error"):
+        assert key in cal, key
 
     # A config includes it and simulate runs with it.
     cfg = tmp_path / "cfg.toml"
@@ -72,6 +78,21 @@ def test_calibrate_table_reports_fit_error(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "fit error" in text and "RMS" in text and "d1 =" in text
     assert out.is_file()
+
+
+def test_calibrate_samples_serving_runs(tmp_path, capsys):
+    out = tmp_path / "p.toml"
+    assert main(["calibrate", "--out", str(out), "--batches", "2", "--prompts", "8",
+                 "--output-len", "3", "--serve-runs", "1", "--num-requests", "6",
+                 "--workload", "saturated", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    runs = [r["run"] for r in d["rows"]]
+    assert runs[0] == "grid b=2 l=8" and runs[1].startswith("serve saturated")
+    assert d["samples"] == sum(r["iterations"] for r in d["rows"])
+    assert d["timer"] == "wall"
+    assert main(["calibrate", "--out", str(out), "--timer", "gpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--timer" in err and "\n" not in err
 
 
 def test_compare_sim_table_and_plot(profile, tmp_path, capsys):

@@ -82,6 +82,43 @@ def serve(
     run_server(engine, host=host, port=port, model_name=served, log_level=log_level)
 
 
+def _serving(serve_runs: int, workload: Optional[Path], limit: int, num_requests: int,
+             max_output: int, time_scale: float, num_classes: int, seed: int):
+    """The serving runs of a calibration: windows of ``workload`` (at ``time_scale`` x 0.5,
+    1, 2, ...) or Poisson arrivals at rising loads; None when ``serve_runs`` is 0."""
+    from jaxsched.engine.calibrate import poisson_serving, workload_serving
+
+    if serve_runs < 0:
+        raise JaxschedError(f"--serve-runs {serve_runs}: must be >= 0")
+    if serve_runs == 0:
+        return None
+    factors = [0.5 * 2.0 ** (j / max(1, serve_runs - 1) * 2) for j in range(serve_runs)] \
+        if serve_runs > 1 else [1.0]
+    if workload is not None:
+        from jaxsched.config import load_config
+
+        cfg = load_config(workload)
+        return workload_serving(cfg, limit, num_requests, max_output,
+                                [time_scale * f for f in factors], num_classes, seed)
+    return poisson_serving(num_requests, [0.2 / f for f in factors],
+                           (8, min(96, limit - 33)), (4, min(max_output, 32)), seed)
+
+
+def _calibrate(model, ec, batches, prompts, output_len, repeats, seed, timer, serving,
+               repeat_calls=1, progress=None):
+    from jaxsched.engine import compare as C
+    from jaxsched.engine.calibrate import TIMERS, calibrate as run_calibration, model_label
+    from jaxsched.engine.calibrate import open_engine
+
+    if timer not in TIMERS:
+        raise JaxschedError(f"--timer {timer!r}: expected one of {', '.join(TIMERS)}")
+    clock = C.VirtualClock(TIMERS[timer])
+    engine = open_engine(model, ec, "greedy", None, seed, clock=clock)
+    return run_calibration(engine, batches, prompts, output_len, repeats, model_label(model),
+                           seed, progress=progress, serving=serving, clock=clock, timer=timer,
+                           timing_repeats=repeat_calls)
+
+
 @app.command()
 def calibrate(
     out: Path = typer.Option(..., "--out", help="system profile TOML to write"),
@@ -92,6 +129,18 @@ def calibrate(
     output_len: int = typer.Option(8, "--output-len", help="tokens generated per request"),
     repeats: int = typer.Option(1, "--repeats", help="measured passes over the grid"),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", help="engine slots (default 8)"),
+    serve_runs: int = typer.Option(3, "--serve-runs", help="serving runs (replays under rising "
+                                   "load) sampled besides the grid; 0: grid only"),
+    workload: Optional[Path] = typer.Option(None, "--workload", help="config whose workload "
+                                            "windows the serving runs replay (default: Poisson)"),
+    num_requests: int = typer.Option(48, "--num-requests", help="requests per serving run"),
+    max_output: int = typer.Option(32, "--max-output", help="cap on scaled output lengths"),
+    time_scale: float = typer.Option(1.0, "--time-scale", help="arrival stretch of the middle "
+                                     "serving run (as in compare-sim)"),
+    timer: str = typer.Option("wall", "--timer", help="wall (perf_counter) or cpu "
+                              "(process CPU time: robust on a shared machine)"),
+    repeat_calls: int = typer.Option(5, "--repeat-calls", help="run each iteration's model "
+                                     "calls this often, keep the fastest (1: measure once)"),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ):
@@ -99,18 +148,21 @@ def calibrate(
     from rich.console import Console
     from rich.table import Table
 
-    from jaxsched.engine.calibrate import (calibrate as run_calibration, model_label,
-                                           open_engine, parse_int_list, write_profile)
+    from jaxsched.engine.calibrate import parse_int_list, write_profile
 
     err = Console(stderr=True)
     bs = parse_int_list(batches, "--batches")
     ls = parse_int_list(prompts, "--prompts")
     if repeats < 1:
         raise JaxschedError(f"--repeats {repeats}: must be >= 1")
-    engine = open_engine(model, _engine_cfg(max_batch=max_batch), "greedy", None, seed)
+    if num_requests < 1 or not time_scale > 0:
+        raise JaxschedError("--num-requests must be >= 1 and --time-scale > 0")
+    ec = _engine_cfg(max_batch=max_batch)
+    serving = _serving(serve_runs, workload, ec.max_request_tokens, num_requests, max_output,
+                       time_scale, ec.num_classes, seed)
     with err.status("calibrating…") as status:
-        result = run_calibration(engine, bs, ls, output_len, repeats, model_label(model), seed,
-                                 progress=lambda m: status.update(m))
+        result = _calibrate(model, ec, bs, ls, output_len, repeats, seed, timer, serving,
+                            repeat_calls, progress=lambda m: status.update(m))
     write_profile(result, out)
     if as_json:
         d = dataclasses.asdict(result)
@@ -120,15 +172,17 @@ def calibrate(
         return
     console = Console(width=140)
     console.print(f"jaxsched calibrate: {result.model} on {result.device}, "
-                  f"C = {result.capacity} tokens")
+                  f"C = {result.capacity} tokens, {result.timer} timer, fastest of "
+                  f"{result.timing_repeats} runs of each iteration's calls")
     table = Table()
-    for col in ("batch", "prompt", "iterations", "mean P+D", "measured ms", "fit ms",
-                "rel error", "overhead ms"):
+    for col in ("run", "iterations", "mean P", "mean D", "measured ms", "fit ms", "bias",
+                "overhead ms"):
         table.add_column(col, justify="right")
     for r in result.rows:
-        table.add_row(str(r.batch_size), str(r.prompt_len), str(r.iterations),
-                      f"{r.mean_tokens:.1f}", f"{r.measured_ms:.3f}", f"{r.predicted_ms:.3f}",
-                      f"{r.rel_error:.1%}", f"{r.overhead_ms:.3f}")
+        table.add_row(r.run, str(r.iterations), f"{r.mean_prefill:.1f}", f"{r.mean_context:.1f}",
+                      f"{r.measured_ms:.3f}", f"{r.predicted_ms:.3f}",
+                      f"{(r.predicted_ms - r.measured_ms) / max(r.measured_ms, 1e-12):+.1%}",
+                      f"{r.overhead_ms:.3f}")
     console.print(table)
     console.print(
         f"d0 = {1e3 * result.d0:.4f} ms, d1 = {1e6 * result.d1:.4f} us/token over "
@@ -136,6 +190,12 @@ def calibrate(
         f"({result.fit_rel_error:.1%} of the mean), mean |rel| {result.mean_abs_rel_error:.1%}; "
         f"scheduling overhead {1e3 * result.overhead_mean:.3f} ms/iteration (not fitted); "
         f"wrote {out}")
+    if result.pc_dp == result.pc_dp:
+        console.print(
+            f"separate coefficients (evidence, not used by the simulator): d0' = "
+            f"{1e3 * result.pc_d0:.4f} ms, dp = {1e6 * result.pc_dp:.3f} us/prefill token, "
+            f"dc = {1e6 * result.pc_dc:.3f} us/context token, RMS {result.pc_rel_error:.1%} "
+            "of the mean")
 
 
 @app.command("compare-sim")
@@ -151,6 +211,11 @@ def compare_sim(
     max_output: int = typer.Option(32, "--max-output", help="cap on scaled output lengths"),
     time_scale: float = typer.Option(1.0, "--time-scale", help="stretch (>1) the arrivals"),
     rate: float = typer.Option(300.0, "--rate", help="synthetic arrivals per second"),
+    timer: Optional[str] = typer.Option(None, "--timer", help="wall or cpu (default: the "
+                                        "profile's timer, else wall)"),
+    repeat_calls: Optional[int] = typer.Option(None, "--repeat-calls", help="timing repeats "
+                                               "of each iteration's calls (default: the "
+                                               "profile's, else 5)"),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ):
@@ -159,8 +224,7 @@ def compare_sim(
     from rich.table import Table
 
     from jaxsched.engine import compare as C
-    from jaxsched.engine.calibrate import (calibrate as run_calibration, model_label,
-                                           open_engine, read_engine_section)
+    from jaxsched.engine.calibrate import TIMERS, open_engine, read_profile
     from jaxsched.policies import make_params
 
     err = Console(stderr=True)
@@ -169,14 +233,25 @@ def compare_sim(
     if not time_scale > 0 or not rate > 0:
         raise JaxschedError("--time-scale and --rate must be > 0")
     pol, raw_params, k = resolve_policy(policy)
+    if timer is not None and timer not in TIMERS:
+        raise JaxschedError(f"--timer {timer!r}: expected one of {', '.join(TIMERS)}")
     if profile is not None:
-        system, engine_table = read_engine_section(profile)
+        system, engine_table, cal_table = read_profile(profile)
+        timer = timer or str(cal_table.get("timer", "wall"))
+        if repeat_calls is None:
+            repeat_calls = int(cal_table.get("timing_repeats", 5))
+        if timer not in TIMERS:
+            raise JaxschedError(f"{profile}: [calibration] timer {timer!r}: expected one of "
+                                f"{', '.join(TIMERS)}")
     else:
-        engine_table = {}
+        timer = timer or "wall"
+        repeat_calls = 5 if repeat_calls is None else repeat_calls
         with err.status("no --profile: calibrating the engine…"):
-            cal_engine = open_engine(model, _engine_cfg(), "greedy", None, seed)
-            cal = run_calibration(cal_engine, (1, 4, 8), (8, 64, 120), 6, 1,
-                                  model_label(model), seed)
+            ec0 = _engine_cfg()
+            serving = _serving(2, workload, ec0.max_request_tokens, num_requests, max_output,
+                               time_scale, 1, seed)
+            cal = _calibrate(model, ec0, (1, 4, 8), (8, 64, 120), 6, 1, seed, timer, serving,
+                             repeat_calls)
         system = cal.profile_dict()
         engine_table = cal.engine
     ec = _engine_cfg(engine_table, num_classes=k)
@@ -185,8 +260,11 @@ def compare_sim(
                   f"engine's {ec.capacity}; the simulator uses the profile's")
     with err.status("compiling the engine…"):
         C.warm_up(open_engine(model, ec, pol, raw_params, seed), seed)
-    clock = C.VirtualClock()
+    clock = C.VirtualClock(TIMERS[timer])
     engine = open_engine(model, ec, pol, raw_params, seed, clock=clock)
+    if repeat_calls < 1:
+        raise JaxschedError(f"--repeat-calls {repeat_calls}: must be >= 1")
+    engine.timing_repeats = repeat_calls
     limit = ec.max_request_tokens
     if workload is not None:
         from jaxsched.config import load_config
@@ -208,6 +286,8 @@ def compare_sim(
     if as_json:
         d = result.to_json()
         d["source"] = source
+        d["timer"] = timer
+        d["repeat_calls"] = repeat_calls
         typer.echo(json.dumps(d))
         return
     rel = result.rel_errors()
@@ -225,8 +305,8 @@ def compare_sim(
         table.add_row(key, fmt(e), fmt(s), "n/a" if rel[key] != rel[key] else f"{rel[key]:.1%}")
     console.print(table)
     console.print(f"engine: {result.engine_iterations} iterations on a virtual clock advanced by "
-                  f"measured compute time; simulator: {result.sim_iterations} busy iterations; "
-                  "latency and time in seconds")
+                  f"measured compute time ({timer} timer, fastest of {repeat_calls}); simulator: {result.sim_iterations} "
+                  "busy iterations; latency and time in seconds")
 
 
 @bench_app.command("engine")

@@ -1,18 +1,35 @@
 """Calibrate the simulator's iteration-time model ``tau = d0 + d1 (P + D)`` on the engine.
 
-:func:`calibrate` drives an :class:`~jaxsched.engine.batching.Engine` with synthetic requests:
-for every batch size ``b`` and prompt length ``l`` it submits ``b`` requests of ``l`` random
-byte tokens that generate ``output_len`` tokens each (``ignore_eos``), and runs them to
-completion. The first iteration of such a run prefills ``b * l`` tokens, the following ones
-decode with growing contexts, so the runs cover a range of ``P + D``. A first pass over the
-same runs compiles every prefill bucket and the decode step and is discarded.
+:func:`calibrate` drives an :class:`~jaxsched.engine.batching.Engine` through two kinds of runs
+and records every iteration it executes (:class:`~jaxsched.engine.batching.IterationRecord`):
 
-Each :class:`~jaxsched.engine.batching.IterationRecord` gives one sample
-``(P_k + D_k, compute_time_k)``; ``d0, d1`` are their least-squares fit (``numpy.linalg.lstsq``,
-with ``d0, d1 >= 0`` enforced by refitting one of them when the unconstrained fit makes it
-negative). ``compute_time`` is the wall time of the model calls; the engine's scheduling work
-(the jitted policy decision and the host bookkeeping, ``duration - compute_time``) is not part
-of the fit and is reported separately as the overhead.
+* **grid runs**: for every batch size ``b`` and prompt length ``l``, ``b`` requests of ``l``
+  random byte tokens generating ``output_len`` tokens each, run to completion (one prefill
+  iteration, then decode iterations with growing contexts);
+* **serving runs** (the iterations a real replay executes): request lists replayed on the
+  engine's virtual clock (:func:`jaxsched.engine.compare.replay_engine`), so that prefill
+  chunks, decode batches, admissions and queueing mix as they do under load. The lists are
+  Poisson arrivals with uniform lengths, or windows of a workload config (a trace) scaled to
+  the engine as ``compare-sim`` scales them.
+
+A first pass over every prefill bucket and the grid compiles every shape and is discarded. Each iteration gives one
+sample ``(P_k + D_k, compute_time_k)``; ``d0, d1`` are their least-squares fit
+(``numpy.linalg.lstsq``, with ``d0, d1 >= 0`` enforced by refitting one of them when the
+unconstrained fit makes it negative). ``compute_time`` is the engine's model calls, timed by
+the ``timer``: ``"wall"`` (``time.perf_counter``) or ``"cpu"`` (``time.process_time``, this
+process's CPU seconds: on a machine shared with other jobs it is far less disturbed by them
+than wall time; the engine's XLA calls run on one thread, so on an idle machine both agree).
+With ``timing_repeats = k > 1`` every iteration's model calls run ``k`` times (they are
+idempotent) and the fastest pass is its ``compute_time``: the minimum filters out the
+interference of other jobs, which on a shared machine otherwise changes the measured times
+by tens of percent from one minute to the next. The engine's scheduling work
+(``duration - compute_time``) is not fitted and is reported separately as the overhead.
+
+The fit's error is reported three ways: the RMS residual relative to the mean time, the mean
+per-iteration ``|residual| / time``, and per run the *bias* ``sum(predicted) / sum(measured)
+- 1`` (what matters for throughput over a run). As evidence about the model itself, the same
+samples are also fitted with separate prefill and context coefficients,
+``tau = d0' + dp P + dc D`` (``prefill_context_fit``); the simulator does not use it.
 
 :func:`write_profile` writes a system profile that a config includes with
 ``[system] profile = "profile.toml"`` (read by :func:`jaxsched.config.load_profile` as a
@@ -20,6 +37,7 @@ of the fit and is reported separately as the overhead.
 
     [system]          name, model, device, capacity (the engine's C in tokens), d0, d1,
                       time_unit, fit_rms, fit_rel_error, samples, note
+    [calibration]     timer, mean |rel| error, the prefill/context fit (not read by configs)
     [engine]          the EngineConfig the profile was measured with (compare-sim rebuilds it)
 """
 
@@ -27,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,33 +54,47 @@ import numpy as np
 from jaxsched.errors import JaxschedError
 
 __all__ = [
+    "TIMERS",
     "CalibrationRow",
     "CalibrationResult",
     "open_engine",
     "model_label",
     "device_description",
     "fit_tau",
+    "fit_linear",
     "calibrate",
+    "poisson_serving",
+    "workload_serving",
     "write_profile",
     "read_engine_section",
+    "read_profile",
     "parse_int_list",
 ]
 
 
+TIMERS = {"wall": time.perf_counter, "cpu": time.process_time}
+"""What ``compute_time`` is measured with (see the module docstring)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class CalibrationRow:
-    """Measured iterations of one (batch size, prompt length) run."""
+    """Measured iterations of one run (a grid cell or a serving run)."""
 
-    batch_size: int
-    prompt_len: int
+    run: str  # "grid b=4 l=32" or "serve ..."
     iterations: int
-    mean_tokens: float  # mean P + D
+    mean_prefill: float  # mean P
+    mean_context: float  # mean D
     measured_ms: float  # mean compute time
     predicted_ms: float  # mean d0 + d1 (P + D)
     overhead_ms: float  # mean duration - compute_time
 
     @property
+    def mean_tokens(self) -> float:
+        return self.mean_prefill + self.mean_context
+
+    @property
     def rel_error(self) -> float:
+        """The run's bias: ``|sum predicted - sum measured| / sum measured``."""
         return abs(self.predicted_ms - self.measured_ms) / max(self.measured_ms, 1e-12)
 
 
@@ -79,6 +112,13 @@ class CalibrationResult:
     engine: dict[str, Any]
     rows: tuple[CalibrationRow, ...]
     overhead_mean: float  # seconds of scheduling per iteration (not in the fit)
+    timer: str = "wall"
+    timing_repeats: int = 1  # model calls of each iteration run this often; fastest pass kept
+    # Evidence about the model: tau = d0' + dp P + dc D fitted on the same samples.
+    pc_d0: float = math.nan
+    pc_dp: float = math.nan
+    pc_dc: float = math.nan
+    pc_rel_error: float = math.nan  # its RMS residual / mean time
 
     def profile_dict(self, name: str | None = None) -> dict[str, Any]:
         """The ``[system]`` table of the profile."""
@@ -94,9 +134,21 @@ class CalibrationResult:
             "fit_rel_error": float(self.fit_rel_error),
             "samples": int(self.samples),
             "note": ("measured by jaxsched calibrate: tau = d0 + d1 (prefill + context tokens) "
-                     "fitted to the engine's model compute time per iteration; scheduling "
-                     f"overhead of {1e3 * self.overhead_mean:.2f} ms/iteration not included"),
+                     f"fitted to the engine's model compute time per iteration ({self.timer} "
+                     "timer); scheduling overhead of "
+                     f"{1e3 * self.overhead_mean:.2f} ms/iteration not included"),
         }
+
+    def calibration_dict(self) -> dict[str, Any]:
+        """The ``[calibration]`` table: how it was measured, and the prefill/context fit."""
+        out = {"timer": self.timer, "timing_repeats": self.timing_repeats,
+               "mean_abs_rel_error": float(self.mean_abs_rel_error),
+               "overhead_s": float(self.overhead_mean)}
+        if math.isfinite(self.pc_dp):
+            out.update(prefill_context_d0=float(self.pc_d0), prefill_context_dp=float(self.pc_dp),
+                       prefill_context_dc=float(self.pc_dc),
+                       prefill_context_rel_error=float(self.pc_rel_error))
+        return out
 
 
 def parse_int_list(text: str, option: str) -> tuple[int, ...]:
@@ -176,6 +228,17 @@ def fit_tau(tokens: Sequence[float], times: Sequence[float]) -> tuple[float, flo
     return float(d0), float(d1), rms, rel, mean_abs_rel
 
 
+def fit_linear(columns: Sequence[Sequence[float]], times: Sequence[float]
+               ) -> tuple[np.ndarray, float]:
+    """Unconstrained least squares ``times ~ c0 + sum_j c_j columns_j``: ``(coefficients,
+    RMS residual / mean time)``."""
+    y = np.asarray(times, np.float64)
+    a = np.stack([np.ones_like(y)] + [np.asarray(c, np.float64) for c in columns], axis=1)
+    coef, *_ = np.linalg.lstsq(a, y, rcond=None)
+    rms = float(np.sqrt(np.mean((a @ coef - y) ** 2)))
+    return coef, rms / max(float(np.mean(y)), 1e-30)
+
+
 def _run_batch(engine, batch_size: int, prompt_len: int, output_len: int, rng) -> list:
     from jaxsched.engine.batching import SamplingParams
 
@@ -190,15 +253,32 @@ def _run_batch(engine, batch_size: int, prompt_len: int, output_len: int, rng) -
 def calibrate(engine, batch_sizes: Sequence[int] = (1, 2, 4, 8),
               prompt_lens: Sequence[int] = (8, 32, 96, 192), output_len: int = 8,
               repeats: int = 1, model: str = "tiny", seed: int = 0,
-              progress=None) -> CalibrationResult:
-    """Measure ``engine`` over the (batch size, prompt length) grid and fit ``d0, d1``.
+              progress=None, serving=None, clock=None, timer: str = "wall",
+              timing_repeats: int = 1) -> CalibrationResult:
+    """Measure ``engine`` over the (batch size, prompt length) grid and the serving runs, then
+    fit ``d0, d1``. ``serving(d0) -> [(label, requests), ...]`` builds the serving runs (lists
+    of :class:`~jaxsched.engine.compare.ReplayRequest`) given a preliminary ``d0`` fitted on
+    the grid; they are replayed on ``clock``, the
+    :class:`~jaxsched.engine.compare.VirtualClock` the engine was built with. ``timer`` names
+    what the clock measures (recorded in the result); ``timing_repeats`` sets the engine's
+    :attr:`~jaxsched.engine.batching.Engine.timing_repeats` (each iteration's model calls run
+    that many times, the fastest pass is its time).
 
     Batch sizes above ``max_batch`` and prompt lengths that do not fit (``l + output_len``
     above the engine's per-request limit, or a batch above its capacity) are clipped."""
+    from jaxsched.engine.compare import replay_engine, warm_up
+
     ec = engine.engine_cfg
     limit = ec.max_request_tokens
+    if timer not in TIMERS:
+        raise JaxschedError(f"--timer {timer!r}: expected one of {', '.join(TIMERS)}")
     if output_len < 1 or output_len >= limit:
         raise JaxschedError(f"--output-len {output_len}: must be in [1, {limit})")
+    if serving is not None and clock is None:
+        raise JaxschedError("serving runs need the engine's VirtualClock")
+    if timing_repeats < 1:
+        raise JaxschedError(f"--repeat-calls {timing_repeats}: must be >= 1")
+    engine.timing_repeats = int(timing_repeats)
     grid = []
     for b in sorted(set(min(int(b), ec.max_batch) for b in batch_sizes)):
         per_req = min(limit, ec.capacity // b)
@@ -207,38 +287,100 @@ def calibrate(engine, batch_sizes: Sequence[int] = (1, 2, 4, 8),
             if (b, l) not in grid:
                 grid.append((b, l))
     rng = np.random.RandomState(seed)
+    warm_up(engine, seed)  # compile every prefill bucket (serving runs may reach any)
     for i, (b, l) in enumerate(grid):  # warm-up: compile every bucket and shape
         if progress:
             progress(f"compiling {i + 1}/{len(grid)} (batch {b}, prompt {l})")
         _run_batch(engine, b, l, min(2, output_len), rng)
-    per_row: dict[tuple[int, int], list] = {g: [] for g in grid}
+    runs: dict[str, list] = {}
     for r in range(max(1, repeats)):
         for i, (b, l) in enumerate(grid):
             if progress:
                 progress(f"measuring {i + 1}/{len(grid)} (batch {b}, prompt {l})")
             recs = _run_batch(engine, b, l, output_len, rng)
-            per_row[(b, l)].extend(rec for rec in recs
-                                   if rec.prefill_tokens + rec.context_tokens > 0)
-    recs = [rec for g in grid for rec in per_row[g]]
-    tokens = [rec.prefill_tokens + rec.context_tokens for rec in recs]
-    times = [rec.compute_time for rec in recs]
-    d0, d1, rms, rel, mar = fit_tau(tokens, times)
+            runs.setdefault(f"grid b={b} l={l}", []).extend(recs)
+    if serving is not None:
+        grid_recs = [rec for v in runs.values() for rec in v
+                     if rec.prefill_tokens + rec.context_tokens > 0]
+        d0_grid = fit_tau([rec.prefill_tokens + rec.context_tokens for rec in grid_recs],
+                          [rec.compute_time for rec in grid_recs])[0]
+        serving = list(serving(max(d0_grid, 1e-6)))
+    for r in range(max(1, repeats)):
+        for j, (label, requests) in enumerate(serving or ()):
+            if progress:
+                progress(f"serving run {j + 1}/{len(serving)} ({label})")
+            start = len(engine.records)
+            replay_engine(engine, clock, requests, seed + r)
+            runs.setdefault(label, []).extend(list(engine.records)[start:])
+            clock.run()  # replay_engine leaves the clock frozen; grid runs need it running
+    runs = {k: [rec for rec in v if rec.prefill_tokens + rec.context_tokens > 0]
+            for k, v in runs.items()}
+    recs = [rec for v in runs.values() for rec in v]
+    P = np.array([rec.prefill_tokens for rec in recs], np.float64)
+    D = np.array([rec.context_tokens for rec in recs], np.float64)
+    times = np.array([rec.compute_time for rec in recs])
+    d0, d1, rms, rel, mar = fit_tau(P + D, times)
+    pc, pc_rel = fit_linear([P, D], times) if len(recs) >= 3 else (np.full(3, math.nan), math.nan)
     rows = []
-    for (b, l) in grid:
-        rr = per_row[(b, l)]
+    for label, rr in runs.items():
         if not rr:
             continue
-        tok = np.array([r.prefill_tokens + r.context_tokens for r in rr], np.float64)
+        p = np.array([r.prefill_tokens for r in rr], np.float64)
+        c = np.array([r.context_tokens for r in rr], np.float64)
         ct = np.array([r.compute_time for r in rr])
         ov = np.array([r.duration - r.compute_time for r in rr])
-        rows.append(CalibrationRow(b, l, len(rr), float(tok.mean()), 1e3 * float(ct.mean()),
-                                   1e3 * float(np.mean(d0 + d1 * tok)), 1e3 * float(ov.mean())))
+        rows.append(CalibrationRow(label, len(rr), float(p.mean()), float(c.mean()),
+                                   1e3 * float(ct.mean()),
+                                   1e3 * float(np.mean(d0 + d1 * (p + c))),
+                                   1e3 * float(ov.mean())))
     overhead = float(np.mean([r.duration - r.compute_time for r in recs]))
     return CalibrationResult(
         d0=d0, d1=d1, fit_rms=rms, fit_rel_error=rel, mean_abs_rel_error=mar,
         samples=len(recs), capacity=int(ec.capacity), model=model,
         device=device_description(), engine=dataclasses.asdict(ec), rows=tuple(rows),
-        overhead_mean=overhead)
+        overhead_mean=overhead, timer=timer, timing_repeats=int(timing_repeats), pc_d0=float(pc[0]), pc_dp=float(pc[1]),
+        pc_dc=float(pc[2]), pc_rel_error=float(pc_rel))
+
+
+def poisson_serving(num_requests: int = 48, loads: Sequence[float] = (0.1, 0.2, 0.4),
+                    prompt_range=(8, 96), output_range=(4, 32), seed: int = 0):
+    """Serving runs for :func:`calibrate`: ``num_requests`` Poisson arrivals with uniform
+    lengths at each load (requests per ``d0``; about 0.4 fills 8 slots of 20-token
+    requests)."""
+
+    def make(d0: float):
+        from jaxsched.engine.compare import poisson_requests
+
+        return [(f"serve poisson {load:g}/d0",
+                 poisson_requests(num_requests, load / d0, prompt_range, output_range,
+                                  seed + 1 + j))
+                for j, load in enumerate(loads)]
+
+    return make
+
+
+def workload_serving(cfg, max_request_tokens: int, num_requests: int = 48,
+                     max_output: int = 32, time_scales: Sequence[float] = (0.5, 1.0, 2.0),
+                     num_classes: int = 1, seed: int = 0):
+    """Serving runs for :func:`calibrate` from a workload config (e.g. a trace): one window
+    per time scale, scaled as ``compare-sim`` scales it
+    (:func:`~jaxsched.engine.compare.requests_from_config`), from workload seeds
+    ``seed + 1, seed + 2, ..`` (other windows than ``compare-sim``'s replica 0 with the
+    config's seed, when it is 0)."""
+
+    def make(d0: float):
+        from jaxsched.engine.compare import requests_from_config
+
+        out = []
+        for j, ts in enumerate(time_scales):
+            wl = cfg.workload.model_copy(update={"seed": int(cfg.workload.seed) + seed + 1 + j})
+            c = cfg.model_copy(update={"workload": wl})
+            out.append((f"serve {Path(str(cfg.source)).stem} x{ts:g} (seed {wl.seed})",
+                        requests_from_config(c, max_request_tokens, d0, num_requests,
+                                             max_output, ts, num_classes)))
+        return out
+
+    return make
 
 
 def _toml_value(v: Any) -> str:
@@ -264,6 +406,9 @@ def write_profile(result: CalibrationResult, path: str | Path, name: str | None 
         "[system]",
     ]
     lines += [f"{k} = {_toml_value(v)}" for k, v in result.profile_dict(name).items()]
+    lines += ["", "# How it was measured; tau = d0' + dp P + dc D fitted on the same samples "
+              "(evidence only).", "[calibration]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in result.calibration_dict().items()]
     lines += ["", "# The engine shape the profile was measured with (jaxsched compare-sim "
               "rebuilds it).", "[engine]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in result.engine.items()]
@@ -279,6 +424,12 @@ def write_profile(result: CalibrationResult, path: str | Path, name: str | None 
 def read_engine_section(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(system table, engine table)`` of a profile written by :func:`write_profile` (the
     engine table is empty for other profiles)."""
+    system, engine, _ = read_profile(path)
+    return system, engine
+
+
+def read_profile(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """``(system, engine, calibration)`` tables of a profile (the last two may be empty)."""
     import tomllib
 
     path = Path(path)
@@ -292,5 +443,4 @@ def read_engine_section(path: str | Path) -> tuple[dict[str, Any], dict[str, Any
     if not isinstance(system, dict) or not {"capacity", "d0", "d1"} <= set(system):
         raise JaxschedError(f"{path}: not a system profile (needs a [system] table with "
                             "capacity, d0, d1; run jaxsched calibrate)")
-    engine = data.get("engine") or {}
-    return system, dict(engine)
+    return system, dict(data.get("engine") or {}), dict(data.get("calibration") or {})

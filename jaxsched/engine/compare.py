@@ -19,8 +19,10 @@ Engine clock (the replay's virtual time)
 The engine runs on a virtual clock ``V``: before each iteration every request with
 ``a' <= V`` is submitted (its arrival recorded as exactly ``a'``); the iteration runs; then
 ``V`` advances by the iteration's measured ``compute_time`` (the model calls; the CPU
-scheduling overhead is left out, as in the calibration). When the engine is idle ``V`` jumps
-to the next arrival. A request's latency is ``V`` after the iteration that completes it minus
+scheduling overhead is left out, as in the calibration), measured by the clock's timer: wall
+time, or this process's CPU time (``--timer cpu``, robust when other jobs share the machine;
+``compare-sim`` uses the timer the profile was calibrated with). When the engine is idle ``V``
+jumps to the next arrival. A request's latency is ``V`` after the iteration that completes it minus
 ``a'``. So the engine's timing is measured, its scheduling decisions are its own, and only the
 host overhead of this small CPU engine is excluded.
 
@@ -110,19 +112,22 @@ class CompareResult:
 
 class VirtualClock:
     """The engine's clock in :func:`replay_engine`: frozen at ``base`` between iterations,
-    running in wall time during one (so ``compute_time`` is still measured)."""
+    running during one (so ``compute_time`` is still measured) by ``timer``:
+    ``time.perf_counter`` (wall) by default, or ``time.process_time`` (CPU seconds of this
+    process; see :mod:`jaxsched.engine.calibrate`). It starts running."""
 
-    def __init__(self):
+    def __init__(self, timer=time.perf_counter):
         self.base = 0.0
-        self._anchor: float | None = None
+        self.timer = timer
+        self._anchor: float | None = timer()
 
     def __call__(self) -> float:
         if self._anchor is None:
             return self.base
-        return self.base + (time.perf_counter() - self._anchor)
+        return self.base + (self.timer() - self._anchor)
 
     def run(self) -> None:
-        self._anchor = time.perf_counter()
+        self._anchor = self.timer()
 
     def freeze(self, base: float) -> None:
         self._anchor = None
@@ -206,19 +211,20 @@ def replay_engine(engine, clock: VirtualClock, requests: Sequence[ReplayRequest]
     evictions = 0
     v = 0.0
     iters = 0
+    o = clock()  # the engine's clock reads o + v (the engine may have run before)
     while pending or engine.has_work():
         if not engine.has_work() and pending and requests[pending[0]].arrival > v:
             v = requests[pending[0]].arrival  # idle: jump to the next arrival
         while pending and requests[pending[0]].arrival <= v:
             i = pending.pop(0)
             r = requests[i]
-            clock.freeze(r.arrival)  # the engine records the arrival as exactly a'
+            clock.freeze(o + r.arrival)  # the engine records the arrival as o + a'
             sp = SamplingParams(max_tokens=r.output_len, temperature=0.0, ignore_eos=True)
             live[i] = engine.submit(prompts[i], sp, cls=r.cls)
-        clock.freeze(v)
+        clock.freeze(o + v)
         clock.run()
         rec = engine.step()
-        clock.freeze(v)
+        clock.freeze(o + v)
         iters += 1
         if iters > max_iterations:
             raise JaxschedError(f"engine replay did not finish in {max_iterations} iterations")
@@ -228,7 +234,7 @@ def replay_engine(engine, clock: VirtualClock, requests: Sequence[ReplayRequest]
         mem_m.append(rec.memory)
         evictions += rec.evicted
         v += rec.compute_time
-        clock.freeze(v)
+        clock.freeze(o + v)
         for i in [i for i, req in live.items() if req.finished]:
             latency[i] = v - requests[i].arrival
             del live[i]

@@ -19,7 +19,8 @@ probable tokens whose cumulative probability before them is ``< top_p``) sampled
 ``argmax(logits / t + g)`` over the nucleus with ``g_v = -log(-log u_v)`` and ``u_v`` a
 counter-based hash of ``(seed, n, v)``, ``n`` the number of tokens the request generated
 before. A request's tokens therefore depend only on its own seed and logits, never on its
-batch.
+batch. When every row of a call is greedy the nucleus computation (a sort over the vocabulary
+per row) is skipped by a ``lax.cond``: the tokens are the same ``argmax``, the call cheaper.
 """
 
 from __future__ import annotations
@@ -82,7 +83,13 @@ def sample(logits, temperature, top_p, seed, counter):
         drawn = jnp.argmax(masked + gumbel).astype(jnp.int32)  # Gumbel-max sampling
         return jnp.where(t > 0, drawn, greedy)
 
-    return jax.vmap(row)(logits, temperature, top_p, seed, counter)
+    def drawn(_):
+        return jax.vmap(row)(logits, temperature, top_p, seed, counter)
+
+    def greedy(_):  # every row greedy: skip the nucleus sort (same tokens, less work)
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    return jax.lax.cond(jnp.any(temperature > 0), drawn, greedy, None)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "block_size"), donate_argnames=("cache",))
