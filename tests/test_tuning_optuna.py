@@ -215,10 +215,10 @@ def test_cli_tune_json_and_errors(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "plots" / "optimization_history.png").is_file()
     assert out["best"][0]["values"]["score"] >= 0.5
 
-    rc = main(["tune", str(cfg), "--method", "gradient"])
+    rc = main(["tune", str(cfg), "--method", "gradient", "--set", "tune.gradient.stepz=3"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1
-    assert "--method gradient: the gradient tuner is not available yet" in err
+    assert "tune.gradient.stepz: unknown key" in err
     rc = main(["tune", str(cfg), "--storage", "nosuchdb://x"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: --storage nosuchdb://x: cannot open") and err.count("\n") == 1
