@@ -22,14 +22,16 @@ from jaxsched.config import CONFIG_DIR
 SMALL = CONFIG_DIR / "flow-control-small.toml"  # the flow-control setting scaled down by 4
 
 
-def _overrides(tmp_path, horizon, steps):
-    return [f"workload.horizon={horizon}", f"tune.gradient.steps={steps}",
+def _overrides(tmp_path, horizon, steps, small=False):
+    tiny = ["system.max_batch=128", "workload.num_workloads=1", "workload.warmup=20",
+            "tune.gradient.restarts=2"] if small else []
+    return tiny + [f"workload.horizon={horizon}", f"tune.gradient.steps={steps}",
             "tune.gradient.learning_rate=0.05", "tune.gradient.checkpoint_every=2",
             f"tune.storage=sqlite:///{tmp_path / 'tune.db'}"]
 
 
-def _config(tmp_path, horizon=400, steps=25):
-    return load_config(SMALL, _overrides(tmp_path, horizon, steps))
+def _config(tmp_path, horizon=400, steps=25, small=False):
+    return load_config(SMALL, _overrides(tmp_path, horizon, steps, small))
 
 
 def _job(cfg):
@@ -65,7 +67,7 @@ def test_gradient_search_improves_and_ends_within_2pct_of_a_fine_grid(tmp_path):
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
-    cfg = _config(tmp_path, horizon=200, steps=6)
+    cfg = _config(tmp_path, horizon=120, steps=5, small=True)
     job = _job(cfg)
     gs = gradient_settings(cfg.tune["gradient"], cfg.source)
     full = run_gradient(job, gs, seed=3, record=False)
@@ -80,7 +82,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
 
 
 def test_cli_gradient_writes_a_study_that_exports(tmp_path):
-    sets = [a for o in _overrides(tmp_path, 200, 3) for a in ("--set", o)]
+    sets = [a for o in _overrides(tmp_path, 120, 3, small=True) for a in ("--set", o)]
     cfg_path = SMALL
     _register_commands()
     runner = CliRunner()
