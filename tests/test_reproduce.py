@@ -59,11 +59,11 @@ def _wait_runs(base, keys):
 
 
 def test_wait_reaches_the_fluid_bound_without_evictions_and_beats_the_papers_baselines():
-    """wait-high (2 of its 4 workloads): WAIT's fitted thresholds keep memory below C and
+    """wait-high (1 of its 4 workloads): WAIT's fitted thresholds keep memory below C and
     reach the fluid throughput; vLLM's prefill-first iterations stall the decodes until
     greedy admission overflows memory, and Sarathi's 512-token budget cannot decode the ~950
     residents the load needs: both fall behind (measured: latency 11.4 s vs 31.7 s and 33.1 s)."""
-    base = load_config("configs/wait-high.toml", ["workload.num_workloads=2"])
+    base = load_config("configs/wait-high.toml", ["workload.num_workloads=1"])
     bound, _ = _wait_bound(base)
     runs = _wait_runs(base, ("wait", "vllm_v0", "sarathi"))
     wait = runs["wait"]
@@ -83,7 +83,7 @@ def test_nested_wait_is_refused_on_wait_high_and_meets_the_bound_on_wait_low():
     with pytest.raises(PolicyError, match="nested_wait: no feasible thresholds") as err:
         api.build_experiment(_with_policy(high, {"name": "nested_wait"}))
     assert "\n" not in str(err.value) and "cannot keep up" in str(err.value)
-    low = load_config("configs/wait-low.toml", ["workload.num_workloads=2",
+    low = load_config("configs/wait-low.toml", ["workload.num_workloads=1",
                                                  "workload.horizon=1500", "workload.warmup=300"])
     bound, _ = _wait_bound(low)
     runs = _wait_runs(low, ("nested_wait", "wait", "vllm_v0"))
