@@ -105,8 +105,10 @@ def _class_arrays(cfg: Config):
 
 
 def _tau_bound(cfg: Config) -> float:
-    """Longest possible iteration: prefill plus context tokens never exceed C."""
-    return cfg.d0 + cfg.d1 * cfg.capacity
+    """Longest possible iteration: prefill plus context tokens never exceed C, prefilling
+    requests never exceed ``min(max_batch, C)``."""
+    return (cfg.d0 + cfg.d1 * cfg.capacity
+            + cfg.d2 * min(cfg.system.max_batch, cfg.capacity))
 
 
 def _load_trace(cfg: Config):
@@ -264,7 +266,8 @@ def build_experiment(cfg: Config, record_trace: bool = False) -> Experiment:
     if policy.check_shape is not None:
         policy.check_shape(pparams, shape, f"{cfg.source}: policy.")
     params = SimParams(
-        system=system_params(cfg.capacity, cfg.d0, cfg.d1, cfg.system.restart_on_evict),
+        system=system_params(cfg.capacity, cfg.d0, cfg.d1, cfg.system.restart_on_evict,
+                             cfg.d2),
         policy=pparams,
     )
     trace = _load_trace(cfg) if cfg.workload.kind == "trace" else None

@@ -2,7 +2,7 @@
 
 A config has four tables::
 
-    [system]      capacity (tokens) or profile (hardware profile TOML), d0, d1,
+    [system]      capacity (tokens) or profile (hardware profile TOML), d0, d1, d2,
                   max_batch, queue_size, restart_on_evict
     [workload]    kind = poisson | saturated | bursty | trace, horizon, warmup,
                   num_workloads, seed, [[workload.classes]] prompt_len, output_len, rate, weight;
@@ -78,6 +78,7 @@ class SystemConfig(_Strict):
     profile: str | None = Field(default=None, description="hardware profile TOML")
     d0: float | None = Field(default=None, ge=0, description="time per iteration")
     d1: float | None = Field(default=None, ge=0, description="time per batched token")
+    d2: float | None = Field(default=None, ge=0, description="time per prefilling request")
     max_batch: int = Field(default=256, ge=1, description="resident request slots")
     queue_size: int = Field(default=64, ge=1, description="scheduler look-ahead window")
     restart_on_evict: bool = Field(default=False, description="evicted requests lose progress")
@@ -131,7 +132,7 @@ class Config(_Strict):
     policy: PolicyConfig = PolicyConfig()
     tune: dict[str, Any] = Field(default_factory=dict)
     source: str = Field(default="<config>", exclude=True)
-    # resolved from a profile: (capacity, d0, d1, hardware name)
+    # resolved from a profile: (capacity, d0, d1, d2, hardware name)
     resolved: dict[str, Any] = Field(default_factory=dict, exclude=True)
 
     @property
@@ -147,6 +148,11 @@ class Config(_Strict):
         return float(self.resolved["d1"])
 
     @property
+    def d2(self) -> float:
+        """Time per prefilling request (0: the papers' ``tau = d0 + d1 (P + D)``)."""
+        return float(self.resolved.get("d2", 0.0))
+
+    @property
     def num_classes(self) -> int:
         return max(1, len(self.workload.classes))
 
@@ -158,7 +164,9 @@ class HardwareProfile(_Strict):
     with ``weight_bytes = num_params_billion * 1e9 * bytes_per_param`` and
     ``kv_bytes_per_token = 2 * num_layers * num_kv_heads * head_dim * kv_bytes`` (K and V
     for every layer and KV head), divided by ``tensor_parallel`` GPUs' worth of weights and
-    multiplied by their memory.
+    multiplied by their memory. ``d0, d1, d2``: the iteration time
+    ``tau = d0 + d1 (P + D) + d2 R`` (:mod:`jaxsched.model`; ``d2`` per prefilling request,
+    default 0).
     """
 
     name: str
@@ -175,6 +183,7 @@ class HardwareProfile(_Strict):
     kv_bytes: float = Field(default=2.0, gt=0)
     d0: float = Field(ge=0, description="fitted time per iteration")
     d1: float = Field(ge=0, description="fitted time per batched token")
+    d2: float = Field(default=0.0, ge=0, description="fitted time per prefilling request")
     time_unit: str = "s"
     note: str = ""
 
@@ -196,7 +205,7 @@ class HardwareProfile(_Strict):
 
 class SystemProfile(_Strict):
     """A measured system (``jaxsched calibrate`` writes one): a profile TOML with a
-    ``[system]`` table giving the KV capacity in tokens directly, the fitted ``d0, d1`` and
+    ``[system]`` table giving the KV capacity in tokens directly, the fitted ``d0, d1, d2`` and
     the fit's error. Other tables of the file (``[engine]``) are ignored here."""
 
     name: str
@@ -205,6 +214,7 @@ class SystemProfile(_Strict):
     capacity: int = Field(gt=0, description="C: KV tokens")
     d0: float = Field(ge=0, description="fitted time per iteration")
     d1: float = Field(ge=0, description="fitted time per batched token")
+    d2: float = Field(default=0.0, ge=0, description="fitted time per prefilling request")
     time_unit: str = "s"
     fit_rms: float | None = Field(default=None, ge=0)
     fit_rel_error: float | None = Field(default=None, ge=0)
@@ -322,9 +332,9 @@ def config_from_dict(data: dict, source: str = "<config>", base_dir: Path | None
     resolved: dict[str, Any] = {"hardware": None}
     if sysc.profile is not None:
         prof = load_profile(sysc.profile, base_dir)
-        resolved.update(capacity=prof.capacity, d0=prof.d0, d1=prof.d1,
+        resolved.update(capacity=prof.capacity, d0=prof.d0, d1=prof.d1, d2=prof.d2,
                         hardware=f"{prof.model} on {prof.num_gpus}x {prof.gpu}")
-    for key, default in (("capacity", None), ("d0", 1.0), ("d1", 0.0)):
+    for key, default in (("capacity", None), ("d0", 1.0), ("d1", 0.0), ("d2", 0.0)):
         value = getattr(sysc, key)
         if value is not None:
             resolved[key] = value

@@ -8,8 +8,9 @@ A policy file (schema version 1, JSON Schema in ``jaxsched/data/policy.schema.js
       "jaxsched_version": "0.1.0",
       "created": "2026-05-20T12:00:00Z",
       "policy":   {"name": "flow_control", "options": {}, "params": {"budget": 12.3}},
-      "system":   {"capacity": 16492, "d0": 1, "d1": 0, "max_batch": 1024, "queue_size": 64,
-                   "restart_on_evict": true, "num_classes": 3, "hardware": null},
+      "system":   {"capacity": 16492, "d0": 1, "d1": 0, "d2": 0, "max_batch": 1024,
+                   "queue_size": 64, "restart_on_evict": true, "num_classes": 3,
+                   "hardware": null},
       "workload": {"fingerprint": "sha256:...", "source": "configs/flow-control.toml",
                    "config": {... the [workload] table ...}},
       "metrics":  {"completed_per_time": 11.4, "latency_mean": 330, "latency_p95": 488,
@@ -97,6 +98,8 @@ class SystemSection(_Strict):
     capacity: float = Field(gt=0, description="C: KV-cache tokens")
     d0: float = Field(ge=0, description="time per iteration")
     d1: float = Field(ge=0, description="time per prefill or context token in an iteration")
+    d2: float = Field(default=0.0, ge=0, description="time per prefilling request in an "
+                      "iteration (optional: files without it mean 0)")
     max_batch: int = Field(ge=1)
     queue_size: int = Field(ge=1)
     restart_on_evict: bool
@@ -208,11 +211,11 @@ def _trace_file(cfg_workload: Mapping[str, Any], base_dir: Path | None) -> Path 
 
 def config_snapshot(cfg: Config) -> dict:
     """A self-contained config dict (``config_from_dict`` rebuilds it): the system's resolved
-    capacity, d0 and d1 instead of a profile; a trace path made absolute unless it names a
+    capacity, d0, d1 and d2 instead of a profile; a trace path made absolute unless it names a
     shipped trace."""
     system = cfg.system.model_dump(exclude_none=True)
     system.pop("profile", None)
-    system.update(capacity=cfg.capacity, d0=cfg.d0, d1=cfg.d1)
+    system.update(capacity=cfg.capacity, d0=cfg.d0, d1=cfg.d1, d2=cfg.d2)
     workload = cfg.workload.model_dump(exclude_none=True)
     if workload["kind"] == "trace":
         from jaxsched import traces
@@ -289,6 +292,7 @@ def policy_document(snapshot: Mapping[str, Any], params: Mapping[str, Any], metr
         "policy": {"name": name, "options": options, "params": dict(params)},
         "system": {
             "capacity": float(system["capacity"]), "d0": float(system["d0"]), "d1": float(system["d1"]),
+            "d2": float(system.get("d2", 0.0)),
             "max_batch": int(system["max_batch"]), "queue_size": int(system["queue_size"]),
             "restart_on_evict": bool(system.get("restart_on_evict", False)),
             "num_classes": num_classes, "hardware": hardware,
@@ -453,7 +457,8 @@ def document_config(doc: PolicyFile, source: str = "<policy file>") -> Config:
 
     s = doc.system
     data = {
-        "system": {"capacity": s.capacity, "d0": s.d0, "d1": s.d1, "max_batch": s.max_batch,
+        "system": {"capacity": s.capacity, "d0": s.d0, "d1": s.d1, "d2": s.d2,
+                   "max_batch": s.max_batch,
                    "queue_size": s.queue_size, "restart_on_evict": s.restart_on_evict},
         "workload": json.loads(json.dumps(doc.workload.config)),
         "policy": {"name": doc.policy.name, **doc.policy.options, **doc.policy.params},
@@ -479,7 +484,7 @@ def simulate_metrics(cfg: Config) -> dict[str, float]:
     res = jax.block_until_ready(res)
     per = {k: np.asarray(v, np.float64)[0] for k, v in res.metrics.items()}
     elapsed = measured_time(cfg.workload.horizon, cfg.workload.warmup, cfg.d0, cfg.d1,
-                            np.asarray(res.final_time, np.float64)[0])
+                            np.asarray(res.final_time, np.float64)[0], d2=cfg.d2)
     agg = aggregate(add_derived(per, elapsed))
     return {k: float(v) for k, v in agg.items()}
 

@@ -13,11 +13,15 @@ The server has a capacity of ``C`` tokens.
 Iterations
 ----------
 Time advances in iterations (one batched forward pass). Iteration ``k`` starts at time ``T_k``
-(``T_0 = 0``) and lasts ``tau_k = d0 + d1 * (P_k + D_k)`` where ``P_k`` is the number of
-prefill tokens computed in it and ``D_k`` the context tokens (``cached``) of the requests that
-decode in it. With ``d0 = 1, d1 = 0`` an iteration is one slot (the slotted model of Dong & Cao
+(``T_0 = 0``) and lasts ``tau_k = d0 + d1 * (P_k + D_k) + d2 * R_k`` where ``P_k`` is the
+number of prefill tokens computed in it, ``D_k`` the context tokens (``cached``) of the requests
+that decode in it and ``R_k`` the number of requests that process prefill tokens in it (chunk
+``c_i > 0``). With ``d0 = 1, d1 = 0`` an iteration is one slot (the slotted model of Dong & Cao
 2026 and Ao, Dong, Luo & Simchi-Levi); with fitted ``d0, d1`` it is the iteration-time model of
-Ao, Luo, Simchi-Levi & Wang (WAIT). ``T_{k+1} = T_k + tau_k``.
+Ao, Luo, Simchi-Levi & Wang (WAIT). ``d2 >= 0`` (default 0) is a per-sequence prefill overhead,
+outside the papers' model: the fixed cost an engine pays for each prefilling request, e.g. one
+that runs every prefill as its own model call (the jaxsched engine does). The theory
+(:mod:`jaxsched.theory`, the WAIT thresholds) uses ``d0, d1`` only. ``T_{k+1} = T_k + tau_k``.
 
 Within iteration ``k``, in this order:
 
@@ -45,8 +49,9 @@ Within iteration ``k``, in this order:
    ``restart_on_evict`` false (vLLM's recompute preemption, the default) it keeps its generated
    tokens and recomputes ``l + g`` at readmission; with it true (the papers' model) it loses
    its progress and starts over.
-5. **Execution.** Survivors run as planned; ``P_k`` sums their prefill chunks and ``D_k`` the
-   ``cached`` of the decoding ones (before the new token). ``T_{k+1} = T_k + tau_k``.
+5. **Execution.** Survivors run as planned; ``P_k`` sums their prefill chunks, ``D_k`` the
+   ``cached`` of the decoding ones (before the new token) and ``R_k`` counts those with a
+   chunk ``c_i > 0``. ``T_{k+1} = T_k + tau_k``.
 6. **Completion.** A request that has generated ``o`` tokens completes at ``T_{k+1}`` and frees
    its memory: latency ``T_{k+1} - a``. Its first token's time gives TTFT ``T_{k+1} - a`` in the
    iteration where it first generates a token (once per request, even if evicted later).
@@ -118,7 +123,8 @@ RELAX_MODES = ("hard", "relaxed", "straight_through")
   of requests: how far the request is inside its budget, threshold or free memory) gives each
   admitted request a mass ``m = sigmoid(margin / temperature)`` in (0, 1]; every count and
   token sum is mass-weighted (completions, tokens, evictions, recomputed tokens, memory
-  ``M = sum_i m_i need_i``, iteration time ``d0 + d1 sum_i m_i (chunk_i + context_i)``) and the
+  ``M = sum_i m_i need_i``, iteration time
+  ``d0 + d1 sum_i m_i (chunk_i + context_i) + d2 sum_{i: chunk_i > 0} m_i``) and the
   overflow indicator becomes ``sigmoid((M - C - 1/2) / (temperature * mean need))`` (memory
   is whole tokens); when the policy evicted newest first, the eviction count is the soft
   LIFO count ``sum_i m_i sigmoid((M - C - newer_i - 1/2) / (temperature * need_i))``
@@ -141,15 +147,17 @@ class SystemParams:
     d0: jax.Array  # () float32, time per iteration
     d1: jax.Array  # () float32, time per prefill or context token in an iteration
     restart_on_evict: jax.Array  # () bool, evicted requests lose their generated tokens
+    d2: jax.Array  # () float32, time per prefilling request (chunk > 0) in an iteration
 
 
-def system_params(capacity, d0=1.0, d1=0.0, restart_on_evict=False) -> SystemParams:
+def system_params(capacity, d0=1.0, d1=0.0, restart_on_evict=False, d2=0.0) -> SystemParams:
     """Build :class:`SystemParams` from Python numbers or arrays."""
     return SystemParams(
         capacity=jnp.asarray(capacity, jnp.float32),
         d0=jnp.asarray(d0, jnp.float32),
         d1=jnp.asarray(d1, jnp.float32),
         restart_on_evict=jnp.asarray(restart_on_evict, bool),
+        d2=jnp.asarray(d2, jnp.float32),
     )
 
 

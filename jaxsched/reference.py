@@ -26,12 +26,13 @@ Conventions it reproduces, all from the model text:
   ``cached`` tokens it held before the iteration to ``recomputed_tokens``, and rejoins the
   queue at its index position with its generated tokens kept (set to 0 and counted in
   ``discarded_tokens`` when ``restart_on_evict``).
-* ``tau_k = d0 + d1 (P_k + D_k)``; a request completes at ``T_{k+1}`` once it has generated
-  ``o`` tokens; its TTFT is recorded once, in the iteration of its first token.
+* ``tau_k = d0 + d1 (P_k + D_k) + d2 R_k`` (``R_k``: survivors with a prefill chunk > 0); a
+  request completes at ``T_{k+1}`` once it has generated ``o`` tokens; its TTFT is recorded
+  once, in the iteration of its first token.
 * Metrics count iterations ``k >= warmup``; percentiles are exact nearest-rank (the
   ``ceil(p n)``-th smallest value).
 
-Numbers: the capacity, ``d0``, ``d1`` and the arrival times are rounded to their float32
+Numbers: the capacity, ``d0``, ``d1``, ``d2`` and the arrival times are rounded to their float32
 values (what the JAX simulator stores); time arithmetic is then done in Python floats. With
 dyadic values (``d0 = 1, d1 = 1/8``, arrivals on a grid of ``1/4``) both simulators compute the
 same times exactly.
@@ -118,6 +119,7 @@ class RefSystem:
     d0: float
     d1: float
     restart_on_evict: bool = False
+    d2: float = 0.0  # time per prefilling request
 
 
 @dataclasses.dataclass
@@ -243,24 +245,27 @@ def requests_from_workload(workload: Any = None, *, arrival=None, prompt=None, o
     return reqs, n
 
 
-def ref_system(capacity=None, d0=1.0, d1=0.0, restart_on_evict=False, *,
+def ref_system(capacity=None, d0=1.0, d1=0.0, restart_on_evict=False, d2=0.0, *,
                system: Any = None) -> RefSystem:
     """A :class:`RefSystem` from numbers, from a ``jaxsched.model.SystemParams`` or a mapping
-    (``system=``). Values are rounded to float32, as the JAX simulator stores them."""
+    (``system=``; ``d2`` may be missing: 0). Values are rounded to float32, as the JAX
+    simulator stores them."""
     if system is not None:
         get = system.get if isinstance(system, dict) else (lambda k: getattr(system, k))
         capacity, d0, d1, restart_on_evict = (
             get("capacity"), get("d0"), get("d1"), get("restart_on_evict"))
+        d2 = system.get("d2") if isinstance(system, dict) else getattr(system, "d2", None)
+        d2 = 0.0 if d2 is None else d2
     if capacity is None:
         raise ValueError("capacity is required")
     return RefSystem(capacity=_f32(capacity), d0=_f32(d0), d1=_f32(d1),
-                     restart_on_evict=bool(np.asarray(restart_on_evict)))
+                     restart_on_evict=bool(np.asarray(restart_on_evict)), d2=_f32(d2))
 
 
 def _as_system(system) -> RefSystem:
     if isinstance(system, RefSystem):
         return RefSystem(_f32(system.capacity), _f32(system.d0), _f32(system.d1),
-                         bool(system.restart_on_evict))
+                         bool(system.restart_on_evict), _f32(system.d2))
     return ref_system(system=system)
 
 
@@ -353,18 +358,20 @@ def _memory(state: _State, system: RefSystem, policy: RefPolicy, view: RefView,
 
 
 def _execution(state: _State, system: RefSystem, runs, chunks, tokens, needs, evict) -> dict:
-    """Phase 5: survivors run; prefill, context and decode tokens, memory and duration."""
-    prefill = context = decode = memory = 0
+    """Phase 5: survivors run; prefill, context and decode tokens, prefilling requests,
+    memory and duration."""
+    prefill = context = decode = memory = prefilling = 0
     for x, run, chunk, token, need, ev in zip(state.residents, runs, chunks, tokens, needs, evict):
         if ev:
             continue
         pending = x.req.prompt + x.generated - x.cached
         prefill += chunk
+        prefilling += int(chunk > 0)
         if run and pending == 0:
             context += x.cached
         decode += int(token)
         memory += need
-    tau = system.d0 + system.d1 * (prefill + context)
+    tau = system.d0 + system.d1 * (prefill + context) + system.d2 * prefilling
     return dict(prefill=prefill, context=context, decode=decode, memory=memory, tau=tau)
 
 
@@ -458,7 +465,7 @@ def simulate_reference(workload: Any, shape: "SimShape", system: Any,
     ``workload``: a ``jaxsched.model.Workload`` (one replica, no batch axis), an object with the
     same five attributes, a mapping with keys arrival, prompt, output, cls, valid, or a list of
     :class:`RefRequest`. ``system``: a :class:`RefSystem`, a ``jaxsched.model.SystemParams`` or
-    a mapping with keys capacity, d0, d1, restart_on_evict. ``policy``: a
+    a mapping with keys capacity, d0, d1, restart_on_evict (and optionally d2). ``policy``: a
     ``jaxsched.refpolicies.RefPolicy`` (stateful policies: pass a fresh one per call).
     """
     if isinstance(workload, dict):

@@ -301,7 +301,8 @@ def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
         def weigh(mask, x=1.0):
             return jnp.sum(jnp.where(mask, mass * x, 0.0))
 
-        tau = sysp.d0 + sysp.d1 * (weigh(survive, chunk) + weigh(decoding, slots.cached))
+        tau = (sysp.d0 + sysp.d1 * (weigh(survive, chunk) + weigh(decoding, slots.cached))
+               + sysp.d2 * weigh(survive & (chunk > 0)))
         memory_w = weigh(survive, need)
         total = weigh(valid, need)
         temp = params.temperature
@@ -329,7 +330,8 @@ def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
                             + (recomputed_w - jax.lax.stop_gradient(recomputed_w)))
         overflow_w = soft
     else:
-        tau = sysp.d0 + sysp.d1 * (prefill_tokens + context_tokens).astype(jnp.float32)
+        tau = (sysp.d0 + sysp.d1 * (prefill_tokens + context_tokens).astype(jnp.float32)
+               + sysp.d2 * jnp.sum(chunk > 0).astype(jnp.float32))
     t1 = t0 + tau
     generated = slots.generated + token
     cached = slots.cached + chunk + token

@@ -15,12 +15,12 @@ Typical use in a policy's test module::
 
 Keep one :class:`~jaxsched.model.SimShape` and one workload length ``N`` per test module:
 the jitted simulator is cached per (policy, shape) and compiled once per ``N``; everything
-else (capacity, ``d0``, ``d1``, ``restart_on_evict``, policy parameters, the workload's
+else (capacity, ``d0``, ``d1``, ``d2``, ``restart_on_evict``, policy parameters, the workload's
 contents) is traced and reused across examples.
 
 Exact agreement of times needs exactly representable values: the strategies here draw ``d0``,
-``d1`` and arrival times from dyadic grids (multiples of powers of two), so float32 (JAX) and
-float64 (reference) arithmetic give the same numbers.
+``d1``, ``d2`` and arrival times from dyadic grids (multiples of powers of two), so float32
+(JAX) and float64 (reference) arithmetic give the same numbers.
 """
 
 from __future__ import annotations
@@ -150,8 +150,8 @@ def stack(items: Sequence[Any]):
 
 
 def as_system(system: Any) -> SystemParams:
-    """A :class:`SystemParams` from one, from a mapping with keys capacity, d0, d1,
-    restart_on_evict (missing: ``d0=1, d1=0, restart_on_evict=False``), or a number (the
+    """A :class:`SystemParams` from one, from a mapping with keys capacity, d0, d1, d2,
+    restart_on_evict (missing: ``d0=1, d1=0, d2=0, restart_on_evict=False``), or a number (the
     capacity, slotted)."""
     if isinstance(system, SystemParams):
         return system
@@ -419,15 +419,18 @@ def workloads(n: int = 24, num_classes: int = 2, max_prompt: int = 6, max_output
 
 def systems(capacity: tuple[int, int] = (6, 40), slotted: bool | None = None,
             restart_on_evict: bool | None = None):
-    """Hypothesis strategy: a dict (capacity, d0, d1, restart_on_evict) for :func:`as_system`.
-    ``slotted=True`` gives ``d0=1, d1=0``; ``False`` dyadic ``d0`` in {1/2, 1, 2} and ``d1`` in
-    {1/16, 1/8, 1/4}; ``None`` either. Integer capacity in the given range."""
+    """Hypothesis strategy: a dict (capacity, d0, d1, d2, restart_on_evict) for
+    :func:`as_system`. ``slotted=True`` gives ``d0=1, d1=0, d2=0``; ``False`` dyadic ``d0`` in
+    {1/2, 1, 2}, ``d1`` in {1/16, 1/8, 1/4} and ``d2`` (time per prefilling request) in
+    {0, 1/8, 1/2}; ``None`` either. Integer capacity in the given range."""
     from hypothesis import strategies as st
 
     restart = st.booleans() if restart_on_evict is None else st.just(bool(restart_on_evict))
-    slot = st.just((1.0, 0.0))
-    timed = st.tuples(st.sampled_from([0.5, 1.0, 2.0]), st.sampled_from([0.0625, 0.125, 0.25]))
+    slot = st.just((1.0, 0.0, 0.0))
+    timed = st.tuples(st.sampled_from([0.5, 1.0, 2.0]), st.sampled_from([0.0625, 0.125, 0.25]),
+                      st.sampled_from([0.0, 0.125, 0.5]))
     timing = {True: slot, False: timed, None: st.one_of(slot, timed)}[slotted]
     return st.builds(
-        lambda c, t, r: {"capacity": float(c), "d0": t[0], "d1": t[1], "restart_on_evict": r},
+        lambda c, t, r: {"capacity": float(c), "d0": t[0], "d1": t[1], "d2": t[2],
+                         "restart_on_evict": r},
         st.integers(*capacity), timing, restart)

@@ -20,6 +20,11 @@ Three families, each cited by paper and section as in ``PAPERS.md``:
 
 :func:`theory_report` strings them together into printable rows.
 
+Iteration time: these take the papers' ``tau = d0 + d1 (P + D)`` (``d0, d1`` only). The
+simulator's per-prefilling-request term ``d2 R`` (:mod:`jaxsched.model`) is outside the
+papers' model and not in any bound here; with ``d2 > 0`` the theory describes a system whose
+iterations are faster than the simulated ones.
+
 Conventions
 -----------
 Notation of PAPERS.md: class ``k`` has prompt ``l_k``, output ``o_k`` (``l'_j`` in WAIT, ``l1``

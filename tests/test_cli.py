@@ -50,6 +50,7 @@ def test_simulate_table_for_people(capsys):
 @pytest.mark.parametrize("overrides, fragment", [
     (["--set", "policy.name=nope"], "unknown policy 'nope'"),
     (["--set", "system.bogus=1"], "system.bogus: unknown key"),
+    (["--set", "system.d2=-1"], "system.d2: Input should be greater than or equal to 0"),
     (["--set", "workload.warmup=5000"], "warmup (5000) must be smaller than horizon"),
     (["--set", "policy.max_num_seqs=-3"], "policy.max_num_seqs must be >= 1"),
     (["--set", "workload.classes.0.prompt_len=0"], "workload.classes.0.prompt_len"),

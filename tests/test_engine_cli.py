@@ -13,6 +13,7 @@ import time
 import tomllib
 
 import httpx
+import numpy as np
 import pytest
 
 from jaxsched.cli import main
@@ -39,18 +40,21 @@ def profile(tmp_path_factory):
 def test_calibrate_writes_profile(profile, tmp_path, capsys):
     data = tomllib.loads(profile.read_text())
     system = data["system"]
-    for key in ("name", "model", "device", "capacity", "d0", "d1", "fit_rms", "fit_rel_error",
-                "samples"):
+    for key in ("name", "model", "device", "capacity", "d0", "d1", "d2", "fit_rms",
+                "fit_rel_error", "samples"):
         assert key in system, key
     assert system["capacity"] == 1024  # the default EngineConfig's C
-    assert system["d0"] >= 0 and system["d1"] >= 0
+    assert system["d0"] >= 0 and system["d1"] >= 0 and system["d2"] >= 0
     assert system["fit_rms"] >= 0 and system["samples"] >= 2
     assert data["engine"]["max_batch"] == 8
     cal = data["calibration"]  # how it was measured, and the prefill/context evidence fit
     assert cal["timer"] == "cpu"
     for key in ("mean_abs_rel_error", "overhead_s", "prefill_context_d0", "prefill_context_dp",
-                "prefill_context_dc", "prefill_context_rel_error"):
+                "prefill_context_dc", "prefill_context_rel_error", "without_d2_d0",
+                "without_d2_d1", "without_d2_rel_error", "without_d2_mean_abs_rel_error"):
         assert key in cal, key
+    # The fit with d2 includes the one without (d2 = 0): its error is never larger.
+    assert system["fit_rel_error"] <= cal["without_d2_rel_error"] + 1e-12
 
     # A config includes it and simulate runs with it.
     cfg = tmp_path / "cfg.toml"
@@ -69,6 +73,24 @@ def test_calibrate_writes_profile(profile, tmp_path, capsys):
 
     loaded = load_config(cfg)
     assert loaded.capacity == 1024 and loaded.d1 == pytest.approx(system["d1"])
+    assert loaded.d2 == pytest.approx(system["d2"])
+
+
+def test_fit_tau_recovers_d2_and_keeps_coefficients_non_negative():
+    from jaxsched.engine.calibrate import fit_tau
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 400, 200).astype(float)
+    reqs = rng.integers(0, 5, 200).astype(float)
+    times = 2e-3 + 5e-6 * tokens + 3e-3 * reqs
+    d0, d1, d2, rms, rel, _ = fit_tau(tokens, times, reqs)
+    assert (d0, d1, d2) == pytest.approx((2e-3, 5e-6, 3e-3), rel=1e-9)
+    assert rms < 1e-12 and rel < 1e-9
+    before = fit_tau(tokens, times)
+    assert before[2] == 0.0 and before[4] > 0.1  # without d2 the fit is far off
+    # A negative unconstrained d2 (time falls with R) is clipped to 0: the fit without it.
+    d0, d1, d2, *_ = fit_tau(tokens, 2e-3 + 5e-6 * tokens - 1e-4 * reqs, reqs)
+    assert d2 == 0.0 and d0 >= 0 and d1 >= 0
 
 
 def test_calibrate_table_reports_fit_error(tmp_path, capsys):

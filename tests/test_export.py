@@ -79,7 +79,7 @@ def test_export_load_validate_round_trip(tuned, exported):
     assert data["tuning"]["trial"] == best.number and data["tuning"]["sampler"] == "tpe"
     assert data["policy"] == {"name": "flow_control", "options": {},
                               "params": {"budget": best.params["budget"]}}
-    assert data["system"] == {"capacity": 600.0, "d0": 1.0, "d1": 0.0, "max_batch": 24,
+    assert data["system"] == {"capacity": 600.0, "d0": 1.0, "d1": 0.0, "d2": 0.0, "max_batch": 24,
                               "queue_size": 8, "restart_on_evict": False, "num_classes": 2,
                               "hardware": None}
     assert data["workload"]["fingerprint"] == job.workload_fingerprint
@@ -120,6 +120,22 @@ def test_shipped_json_schema_matches_and_accepts_exports(exported):
         jsonschema.validate({**data, "surprise": 1}, shipped)
 
 
+def test_d2_is_recorded_and_optional(tmp_path, exported):
+    # tau = d0 + d1 (P + D) + d2 R: exports record d2; files written before it existed load
+    # with d2 = 0 and still validate against the shipped schema.
+    _, data = exported
+    assert data["system"]["d2"] == 0.0
+    older = _edit(data, "system.d2", delete=True)
+    path = _write(tmp_path, older, "older.json")
+    _, _, doc = ex.load_policy(path)
+    assert doc.system.d2 == 0.0
+    assert ex.document_config(doc).d2 == 0.0
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(older, json.loads(ex.SCHEMA_PATH.read_text()))
+    _, _, doc = ex.load_policy(_write(tmp_path, _edit(data, "system.d2", 0.25), "d2.json"))
+    assert doc.system.d2 == 0.25 and ex.document_config(doc).d2 == 0.25
+
+
 def _write(tmp_path, data, name="bad.json") -> Path:
     p = tmp_path / name
     p.write_text(json.dumps(data) if not isinstance(data, str) else data)
@@ -149,6 +165,7 @@ def _edit(data, dotted, value=None, delete=False):
     (lambda d: _edit(d, "metrics.goodput", 3.0), "bad.json: metrics.goodput: unknown field"),
     (lambda d: _edit(d, "metrics.latency_p95", delete=True), "bad.json: metrics.latency_p95: missing field"),
     (lambda d: _edit(d, "system.capacity", -5), "bad.json: system.capacity: Input should be greater than 0"),
+    (lambda d: _edit(d, "system.d2", -0.5), "bad.json: system.d2: Input should be greater than or equal to 0"),
     (lambda d: _edit(d, "policy.params.budget", -1.0), "bad.json: policy.params.budget must be >= 0"),
     (lambda d: _edit(d, "policy.params.speed", 1.0), "bad.json: policy.params.speed: unknown parameter"),
     (lambda d: _edit(d, "policy.name", "nope"), "bad.json: policy: unknown policy 'nope'"),

@@ -205,6 +205,37 @@ def test_readmitted_prefill_counts_kept_tokens_in_iteration_time():
     check_metrics(run.metrics, expected)
 
 
+def test_prefilling_requests_add_d2_each_to_iteration_time():
+    # The first golden's workload with d1 = 1/2 and d2 = 2 per prefilling request:
+    # tau = 1 + (P + D)/2 + 2 R. Decisions as with d2 = 0 (greedy; D arrives at 1 <= T_1).
+    # k=0 T=0: A,B,C prefill 3 each: P=9, R=3, tau = 1 + 4.5 + 6 = 11.5. TTFT A,B,C = 11.5.
+    # k=1 T=11.5: D arrived; overflow, C evicted (keeps 1 token); A,B decode, D=8, R=0:
+    #   tau 5 -> T=16.5. B completes (latency 16.5).
+    # k=2 T=16.5: C readmitted prefills 3 + 1 = 4, D prefills 2: P=6, R=2; A decodes with
+    #   context 5: tau = 1 + 11/2 + 4 = 10.5 -> T=27. A completes (latency 27); TTFT D = 26.
+    # k=3 T=27: C (cached 5) and D (cached 3) decode, R=0: tau 5 -> T=32; D completes
+    #   (latency 31).
+    # k=4 T=32: C (cached 6): tau 4 -> T=36; C completes (latency 36).
+    # k=5..7: idle, tau = 1.
+    shape = jt.small_shape(max_batch=8, queue_size=16, horizon=8, num_classes=1)
+    rows = [
+        (0.0, 11.5, 12, 3, 0, 0, False, 3, 0, 3, 0, 9, 3, 0, 0),
+        (11.5, 5.0, 10, 0, 1, 1, True, 4, 2, 1, 1, 0, 2, 8, 0),
+        (16.5, 10.5, 14, 2, 0, 1, False, 4, 0, 2, 2, 6, 3, 5, 0),
+        (27.0, 5.0, 10, 0, 0, 1, False, 4, 0, 1, 3, 0, 2, 8, 0),
+        (32.0, 4.0, 7, 0, 0, 1, False, 4, 0, 0, 4, 0, 1, 6, 0),
+    ] + idle(range(5, 8), arrived=4, completed=4, t0=36.0)
+    run, ref = jt.run_both("greedy", shape, ABCD,
+                           {"capacity": 14.0, "d0": 1.0, "d1": 0.5, "d2": 2.0})
+    check(rows, run, ref)
+    expected = {
+        "latency_mean": (16.5 + 27 + 31 + 36) / 4, "ttft_mean": (3 * 11.5 + 26) / 4,
+        "completed_per_time": 4 / 39, "recomputed_tokens": 4.0,
+    }
+    check_metrics(ref.metrics, expected, pct_rtol=0.0)
+    check_metrics(run.metrics, expected)
+
+
 def test_max_num_seqs_caps_residents_like_free_slots():
     # greedy, C=100, max_num_seqs=2. A(0,1,2), B(0,1,1), C(0,1,1).
     # k=0: 2 seats: A, B admitted (C blocked, FCFS); both prefill 1 and generate: memory 4,

@@ -50,7 +50,7 @@ def test_trace_invariants(name):
     def check(workload, system):
         run = jt.run_jax(name, SHAPE, workload, system)
         col = lambda f: _column(run, f)  # noqa: E731
-        cap, d0, d1 = system["capacity"], system["d0"], system["d1"]
+        cap, d0, d1, d2 = system["capacity"], system["d0"], system["d1"], system.get("d2", 0.0)
         np.testing.assert_array_equal(
             col("arrived"), col("num_completed") + col("num_waiting") + col("num_resident"))
         assert np.all(col("memory") <= cap), (col("memory"), cap)
@@ -58,9 +58,15 @@ def test_trace_invariants(name):
         assert np.all(col("evicted")[col("overflow")] >= 1)
         np.testing.assert_array_equal(col("num_completed"), np.cumsum(col("completed")))
         assert np.all(np.diff(col("arrived")) >= 0)
-        np.testing.assert_allclose(
-            col("duration"), d0 + d1 * (col("prefill_tokens") + col("context_tokens")),
-            rtol=1e-6)
+        # tau = d0 + d1 (P + D) + d2 R: R prefilling requests, >= 1 iff P > 0, <= max_batch.
+        extra = col("duration") - (d0 + d1 * (col("prefill_tokens") + col("context_tokens")))
+        if d2 == 0:
+            np.testing.assert_allclose(extra, 0.0, atol=1e-6 * (1 + col("duration").max()))
+        else:
+            r = extra / d2
+            np.testing.assert_allclose(r, np.round(r), atol=1e-4)
+            np.testing.assert_array_equal(np.round(r) >= 1, col("prefill_tokens") > 0)
+            assert np.all(np.round(r) <= np.minimum(col("prefill_tokens"), SHAPE.max_batch))
         np.testing.assert_allclose(col("time")[1:], (col("time") + col("duration"))[:-1],
                                    rtol=1e-6)
         assert col("time")[0] == 0.0

@@ -52,11 +52,11 @@ def _workload(seed: int, n: int = 48, span: float = 24.0, offset: float = 0.0):
 
 
 def _run(policy: str, values: dict, workload, relax: str, temperature=None, *, capacity=40.0,
-         d1=0.0, horizon=40):
+         d1=0.0, horizon=40, d2=0.0):
     pol = get_policy(policy)
     shape = SimShape(max_batch=12, queue_size=8, horizon=horizon, num_classes=2, relax=relax)
     pp = make_params(pol, values, num_classes=2)
-    sp = sim.SimParams(system_params(capacity, 1.0, d1, True), pp,
+    sp = sim.SimParams(system_params(capacity, 1.0, d1, True, d2), pp,
                        None if relax == "hard" else jnp.float32(temperature))
     res = sim.simulate(pol, shape, jax.random.PRNGKey(1)[None], jt.stack([workload]), sp)
     return {k: float(np.asarray(v)[0]) for k, v in res.metrics.items()}
@@ -86,6 +86,19 @@ def test_straight_through_forward_is_hard(policy, values):
         st = _run(policy, values, wl, "straight_through", temp)
         for m in METRICS:
             assert st[m] == pytest.approx(hard[m], rel=1e-6, nan_ok=True), (m, temp)
+
+
+def test_prefill_request_time_relaxes_to_hard():
+    # tau = d0 + d1 (P + D) + d2 R: the relaxed R is the admitted mass of prefilling requests.
+    policy, values = CASES[0]
+    wl = _workload(0)
+    hard = _run(policy, values, wl, "hard", d1=0.125, d2=0.5)
+    base = _run(policy, values, wl, "hard", d1=0.125)
+    assert hard["completed_per_time"] != base["completed_per_time"], "d2 must change time"
+    for relax, temp, tol in (("relaxed", 1e-3, 1e-5), ("straight_through", 0.5, 1e-6)):
+        got = _run(policy, values, wl, relax, temp, d1=0.125, d2=0.5)
+        for m in METRICS:
+            assert got[m] == pytest.approx(hard[m], rel=tol, nan_ok=True), (relax, m)
 
 
 def test_relaxed_mode_needs_a_known_mode():

@@ -120,6 +120,7 @@ class RelaxedObjective:
         self._fn = compiled_simulator(exp.policy, self.shape, batched_params=True)
         cfg = job.config
         self._time = (cfg.workload.horizon, cfg.workload.warmup, float(cfg.d0), float(cfg.d1))
+        self._d2 = float(cfg.d2)
 
     def params(self, u):
         """The traced policy parameters (leading axis R) of unit-cube points ``u`` (R, D)."""
@@ -136,7 +137,7 @@ class RelaxedObjective:
         temp = jnp.broadcast_to(jnp.asarray(temperature, jnp.float32), (self.restarts,))
         params = SimParams(system=self._system, policy=self.params(u), temperature=temp)
         res = self._fn(self.keys, self.workloads, params)
-        elapsed = measured_time(*self._time, res.final_time)
+        elapsed = measured_time(*self._time, res.final_time, d2=self._d2)
         return aggregate(add_derived(res.metrics, elapsed), xp=jnp)
 
     def loss(self, u, temperature):

@@ -79,15 +79,16 @@ METRIC_DIRECTIONS: dict[str, Direction] = {
 """The natural direction of every metric (``[tune.directions]`` overrides it)."""
 
 
-def measured_time(horizon: int, warmup: int, d0: float, d1: float, final_time):
+def measured_time(horizon: int, warmup: int, d0: float, d1: float, final_time,
+                  d2: float = 0.0):
     """Time over which the metrics are measured (iterations ``warmup..horizon-1``).
 
-    Exact for a constant iteration time (``d1 = 0``: ``(horizon - warmup) d0``); with
-    ``d1 > 0`` the simulator does not report the warmup's end, so this is
+    Exact for a constant iteration time (``d1 = d2 = 0``: ``(horizon - warmup) d0``); with
+    ``d1 > 0`` or ``d2 > 0`` the simulator does not report the warmup's end, so this is
     ``final_time (horizon - warmup) / horizon`` (iterations of equal length).
     """
     frac = (horizon - warmup) / horizon
-    if d1 == 0:
+    if d1 == 0 and d2 == 0:
         return (horizon - warmup) * d0 + 0 * final_time
     return final_time * frac
 

@@ -144,7 +144,7 @@ def calibrate(
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ):
-    """Fit the simulator's iteration time d0 + d1 (P + D) on the engine; write a profile."""
+    """Fit the simulator's iteration time d0 + d1 (P + D) + d2 R on the engine; write a profile."""
     from rich.console import Console
     from rich.table import Table
 
@@ -175,17 +175,23 @@ def calibrate(
                   f"C = {result.capacity} tokens, {result.timer} timer, fastest of "
                   f"{result.timing_repeats} runs of each iteration's calls")
     table = Table()
-    for col in ("run", "iterations", "mean P", "mean D", "measured ms", "fit ms", "bias",
-                "overhead ms"):
+    for col in ("run", "iterations", "mean P", "mean D", "mean R", "measured ms", "fit ms",
+                "bias", "overhead ms"):
         table.add_column(col, justify="right")
     for r in result.rows:
         table.add_row(r.run, str(r.iterations), f"{r.mean_prefill:.1f}", f"{r.mean_context:.1f}",
-                      f"{r.measured_ms:.3f}", f"{r.predicted_ms:.3f}",
+                      f"{r.mean_requests:.2f}", f"{r.measured_ms:.3f}", f"{r.predicted_ms:.3f}",
                       f"{(r.predicted_ms - r.measured_ms) / max(r.measured_ms, 1e-12):+.1%}",
                       f"{r.overhead_ms:.3f}")
     console.print(table)
+    if result.base_d0 == result.base_d0:
+        console.print(
+            f"without d2: d0 = {1e3 * result.base_d0:.4f} ms, d1 = {1e6 * result.base_d1:.4f} "
+            f"us/token; fit error: RMS {result.base_rel_error:.1%} of the mean, mean |rel| "
+            f"{result.base_mean_abs_rel_error:.1%}")
     console.print(
-        f"d0 = {1e3 * result.d0:.4f} ms, d1 = {1e6 * result.d1:.4f} us/token over "
+        f"d0 = {1e3 * result.d0:.4f} ms, d1 = {1e6 * result.d1:.4f} us/token, d2 = "
+        f"{1e3 * result.d2:.4f} ms/prefilling request over "
         f"{result.samples} iterations; fit error: RMS {1e3 * result.fit_rms:.4f} ms "
         f"({result.fit_rel_error:.1%} of the mean), mean |rel| {result.mean_abs_rel_error:.1%}; "
         f"scheduling overhead {1e3 * result.overhead_mean:.3f} ms/iteration (not fitted); "
@@ -294,7 +300,8 @@ def compare_sim(
     console = Console(width=140)
     console.print(f"jaxsched compare-sim: {pol.name}, {len(requests)} requests from {source}; "
                   f"C = {system['capacity']}, d0 = {1e3 * system['d0']:.4f} ms, "
-                  f"d1 = {1e6 * system['d1']:.4f} us/token")
+                  f"d1 = {1e6 * system['d1']:.4f} us/token, "
+                  f"d2 = {1e3 * float(system.get('d2', 0.0)):.4f} ms/prefilling request")
     table = Table()
     for col in ("metric", "engine", "simulator", "rel error"):
         table.add_column(col, justify="right")

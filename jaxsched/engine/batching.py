@@ -21,8 +21,9 @@ applied with the same rules as :func:`jaxsched.sim.step`:
    plus the tokens generated so far.
 5. **Execution.** Each prefilling survivor runs its chunk (one jitted call per request,
    padded to a power-of-two bucket); all decoding survivors run in one jitted decode call.
-   The record counts the calls (``model_calls``): an iteration costs a fixed amount per call
-   besides its tokens, which ``tau = d0 + d1 (P + D)`` folds into ``d0`` and ``d1``.
+   The record counts the calls (``model_calls``) and the prefilling requests
+   (``prefill_requests``, ``R``): an iteration costs a fixed amount per call besides its
+   tokens, which ``tau = d0 + d1 (P + D) + d2 R`` models (the decode call's share in ``d0``).
 6. **Completion.** A request finishes at ``max_tokens`` tokens, at EOS (unless
    ``ignore_eos``) or at a stop sequence, and frees its blocks.
 
@@ -60,8 +61,8 @@ Differences from the simulator
   over busy iterations only. With requests present, every iteration is run, including ones
   where the policy holds everything back.
 * Evicted requests always keep their tokens (``restart_on_evict = False``).
-* Iteration times are measured, not ``d0 + d1 (P + D)``; the records
-  (:class:`IterationRecord`) are the data to fit ``d0, d1`` on. With
+* Iteration times are measured, not ``d0 + d1 (P + D) + d2 R``; the records
+  (:class:`IterationRecord`) are the data to fit ``d0, d1, d2`` on. With
   ``Engine.timing_repeats = k > 1`` (calibration and ``compare-sim``) each iteration's model
   calls run ``k`` times and ``compute_time`` is the fastest pass.
 
@@ -217,7 +218,7 @@ class Request:
 
 @dataclasses.dataclass(frozen=True)
 class IterationRecord:
-    """One iteration, for metrics and calibration of ``tau = d0 + d1 (P + D)``."""
+    """One iteration, for metrics and calibration of ``tau = d0 + d1 (P + D) + d2 R``."""
 
     index: int
     start: float  # seconds since the engine started
@@ -235,6 +236,7 @@ class IterationRecord:
     num_running: int  # after the iteration
     blocks_used: int  # during execution
     model_calls: int = 0  # jitted model calls executed (prefill chunks + one decode batch)
+    prefill_requests: int = 0  # R_k: requests that processed prefill tokens (one call each)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -574,7 +576,7 @@ class Engine:
 
         # 5. Execution.
         t_compute = self.now()
-        prefill_tokens = context_tokens = model_calls = 0
+        prefill_tokens = context_tokens = model_calls = prefill_requests = 0
         new_tokens: dict[int, int] = {}
         decoders = []
         calls: list[tuple[Callable, tuple]] = []  # the model calls, for timing repeats
@@ -591,6 +593,7 @@ class Engine:
                 tok = self.runner.prefill(*args)
                 prefill_tokens += c
                 model_calls += 1
+                prefill_requests += 1
                 req.kv_len += c
                 req.cached += c
                 if dec.token[i]:
@@ -646,7 +649,8 @@ class Engine:
             context_tokens=context_tokens, decode_tokens=len(new_tokens), memory=memory,
             overflow=bool(dec.excess > 0), admitted=len(admitted), evicted=int(np.sum(dec.evict)),
             completed=completed, num_waiting=len(self.waiting), num_running=len(self.residents),
-            blocks_used=blocks_used, model_calls=model_calls)
+            blocks_used=blocks_used, model_calls=model_calls,
+            prefill_requests=prefill_requests)
         self.records.append(record)
         self.iteration += 1
         self._counters["generated_tokens"] += len(new_tokens)

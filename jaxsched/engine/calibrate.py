@@ -1,4 +1,4 @@
-"""Calibrate the simulator's iteration-time model ``tau = d0 + d1 (P + D)`` on the engine.
+"""Calibrate the simulator's iteration-time model ``tau = d0 + d1 (P + D) + d2 R`` on the engine.
 
 :func:`calibrate` drives an :class:`~jaxsched.engine.batching.Engine` through two kinds of runs
 and records every iteration it executes (:class:`~jaxsched.engine.batching.IterationRecord`):
@@ -12,10 +12,14 @@ and records every iteration it executes (:class:`~jaxsched.engine.batching.Itera
   Poisson arrivals with uniform lengths, or windows of a workload config (a trace) scaled to
   the engine as ``compare-sim`` scales them.
 
-A first pass over every prefill bucket and the grid compiles every shape and is discarded. Each iteration gives one
-sample ``(P_k + D_k, compute_time_k)``; ``d0, d1`` are their least-squares fit
-(``numpy.linalg.lstsq``, with ``d0, d1 >= 0`` enforced by refitting one of them when the
-unconstrained fit makes it negative). ``compute_time`` is the engine's model calls, timed by
+A first pass over every prefill bucket and the grid compiles every shape and is discarded.
+Each iteration gives one sample ``(P_k + D_k, R_k, compute_time_k)`` (``R_k``: the requests
+that process prefill tokens in it, ``IterationRecord.prefill_requests``; the engine runs each
+as its own model call); ``d0, d1, d2`` are their non-negative least-squares fit
+(:func:`fit_nonneg`: ``numpy.linalg.lstsq`` on every subset of the coefficients, the best fit
+with all of them ``>= 0``). The same samples fitted with ``d2 = 0`` (``tau = d0 + d1 (P +
+D)``, the papers' model) give the error *before* the per-request term, reported beside the
+error after it. ``compute_time`` is the engine's model calls, timed by
 the ``timer``: ``"wall"`` (``time.perf_counter``) or ``"cpu"`` (``time.process_time``, this
 process's CPU seconds: on a machine shared with other jobs it is far less disturbed by them
 than wall time; the engine's XLA calls run on one thread, so on an idle machine both agree).
@@ -35,9 +39,10 @@ samples are also fitted with separate prefill and context coefficients,
 ``[system] profile = "profile.toml"`` (read by :func:`jaxsched.config.load_profile` as a
 :class:`~jaxsched.config.SystemProfile`)::
 
-    [system]          name, model, device, capacity (the engine's C in tokens), d0, d1,
+    [system]          name, model, device, capacity (the engine's C in tokens), d0, d1, d2,
                       time_unit, fit_rms, fit_rel_error, samples, note
-    [calibration]     timer, mean |rel| error, the prefill/context fit (not read by configs)
+    [calibration]     timer, mean |rel| error, the fit without d2, the prefill/context fit
+                      (not read by configs)
     [engine]          the EngineConfig the profile was measured with (compare-sim rebuilds it)
 """
 
@@ -60,6 +65,7 @@ __all__ = [
     "open_engine",
     "model_label",
     "device_description",
+    "fit_nonneg",
     "fit_tau",
     "fit_linear",
     "calibrate",
@@ -85,8 +91,9 @@ class CalibrationRow:
     mean_prefill: float  # mean P
     mean_context: float  # mean D
     measured_ms: float  # mean compute time
-    predicted_ms: float  # mean d0 + d1 (P + D)
+    predicted_ms: float  # mean d0 + d1 (P + D) + d2 R
     overhead_ms: float  # mean duration - compute_time
+    mean_requests: float = 0.0  # mean R (prefilling requests)
 
     @property
     def mean_tokens(self) -> float:
@@ -119,6 +126,12 @@ class CalibrationResult:
     pc_dp: float = math.nan
     pc_dc: float = math.nan
     pc_rel_error: float = math.nan  # its RMS residual / mean time
+    d2: float = 0.0  # time per prefilling request
+    # The same samples fitted without the per-request term (d2 = 0): the error before it.
+    base_d0: float = math.nan
+    base_d1: float = math.nan
+    base_rel_error: float = math.nan  # RMS residual / mean time
+    base_mean_abs_rel_error: float = math.nan
 
     def profile_dict(self, name: str | None = None) -> dict[str, Any]:
         """The ``[system]`` table of the profile."""
@@ -129,13 +142,14 @@ class CalibrationResult:
             "capacity": int(self.capacity),
             "d0": float(self.d0),
             "d1": float(self.d1),
+            "d2": float(self.d2),
             "time_unit": "s",
             "fit_rms": float(self.fit_rms),
             "fit_rel_error": float(self.fit_rel_error),
             "samples": int(self.samples),
             "note": ("measured by jaxsched calibrate: tau = d0 + d1 (prefill + context tokens) "
-                     f"fitted to the engine's model compute time per iteration ({self.timer} "
-                     "timer); scheduling overhead of "
+                     "+ d2 (prefilling requests) fitted to the engine's model compute time per "
+                     f"iteration ({self.timer} timer); scheduling overhead of "
                      f"{1e3 * self.overhead_mean:.2f} ms/iteration not included"),
         }
 
@@ -144,6 +158,10 @@ class CalibrationResult:
         out = {"timer": self.timer, "timing_repeats": self.timing_repeats,
                "mean_abs_rel_error": float(self.mean_abs_rel_error),
                "overhead_s": float(self.overhead_mean)}
+        if math.isfinite(self.base_d0):
+            out.update(without_d2_d0=float(self.base_d0), without_d2_d1=float(self.base_d1),
+                       without_d2_rel_error=float(self.base_rel_error),
+                       without_d2_mean_abs_rel_error=float(self.base_mean_abs_rel_error))
         if math.isfinite(self.pc_dp):
             out.update(prefill_context_d0=float(self.pc_d0), prefill_context_dp=float(self.pc_dp),
                        prefill_context_dc=float(self.pc_dc),
@@ -206,26 +224,49 @@ def device_description() -> str:
     return f"{d.platform} ({getattr(d, 'device_kind', d.platform)})"
 
 
-def fit_tau(tokens: Sequence[float], times: Sequence[float]) -> tuple[float, float, float, float, float]:
-    """Least-squares ``times ~ d0 + d1 tokens`` with ``d0, d1 >= 0``.
+def fit_nonneg(columns: Sequence[Sequence[float]], times: Sequence[float]
+               ) -> tuple[np.ndarray, float, float, float]:
+    """Non-negative least squares ``times ~ c0 + sum_j c_j columns_j`` with every ``c >= 0``.
 
-    Returns ``(d0, d1, rms, rel_rms, mean_abs_rel)``: the RMS residual in seconds, that RMS over
+    Exact for a few columns: the optimum of a convex problem over the orthant is the
+    unconstrained optimum on one of its faces, so every subset of coefficients is fitted
+    unconstrained (the others 0) and the best non-negative fit is kept. Returns
+    ``(coefficients, rms, rel_rms, mean_abs_rel)``: the RMS residual in seconds, that RMS over
     the mean time, and the mean per-sample ``|residual| / time``."""
-    x = np.asarray(tokens, np.float64)
     y = np.asarray(times, np.float64)
-    if x.size < 2:
+    if y.size < 2:
         raise JaxschedError("calibration needs at least 2 measured iterations")
-    a = np.stack([np.ones_like(x), x], axis=1)
-    (d0, d1), *_ = np.linalg.lstsq(a, y, rcond=None)
-    if d1 < 0:  # no token dependence visible: a constant
-        d0, d1 = float(np.mean(y)), 0.0
-    elif d0 < 0:  # through the origin
-        d0, d1 = 0.0, float(np.dot(x, y) / max(np.dot(x, x), 1e-30))
-    resid = d0 + d1 * x - y
+    a = np.stack([np.ones_like(y)] + [np.asarray(c, np.float64) for c in columns], axis=1)
+    k = a.shape[1]
+    best, best_sse = np.zeros(k), float(np.sum(y ** 2))
+    for mask in range(1, 1 << k):
+        free = [j for j in range(k) if mask >> j & 1]
+        sub, *_ = np.linalg.lstsq(a[:, free], y, rcond=None)
+        if np.any(sub < 0):
+            continue
+        coef = np.zeros(k)
+        coef[free] = sub
+        sse = float(np.sum((a @ coef - y) ** 2))
+        if sse < best_sse:
+            best, best_sse = coef, sse
+    resid = a @ best - y
     rms = float(np.sqrt(np.mean(resid ** 2)))
     rel = rms / max(float(np.mean(y)), 1e-30)
     mean_abs_rel = float(np.mean(np.abs(resid) / np.maximum(y, 1e-30)))
-    return float(d0), float(d1), rms, rel, mean_abs_rel
+    return best, rms, rel, mean_abs_rel
+
+
+def fit_tau(tokens: Sequence[float], times: Sequence[float],
+            requests: Sequence[float] | None = None
+            ) -> tuple[float, float, float, float, float, float]:
+    """Least-squares ``times ~ d0 + d1 tokens + d2 requests`` with ``d0, d1, d2 >= 0``
+    (:func:`fit_nonneg`; ``requests=None``: ``d2 = 0``, the papers' ``d0 + d1 tokens``).
+
+    Returns ``(d0, d1, d2, rms, rel_rms, mean_abs_rel)``."""
+    cols = [tokens] if requests is None else [tokens, requests]
+    coef, rms, rel, mean_abs_rel = fit_nonneg(cols, times)
+    d2 = float(coef[2]) if requests is not None else 0.0
+    return float(coef[0]), float(coef[1]), d2, rms, rel, mean_abs_rel
 
 
 def fit_linear(columns: Sequence[Sequence[float]], times: Sequence[float]
@@ -256,7 +297,7 @@ def calibrate(engine, batch_sizes: Sequence[int] = (1, 2, 4, 8),
               progress=None, serving=None, clock=None, timer: str = "wall",
               timing_repeats: int = 1) -> CalibrationResult:
     """Measure ``engine`` over the (batch size, prompt length) grid and the serving runs, then
-    fit ``d0, d1``. ``serving(d0) -> [(label, requests), ...]`` builds the serving runs (lists
+    fit ``d0, d1, d2``. ``serving(d0) -> [(label, requests), ...]`` builds the serving runs (lists
     of :class:`~jaxsched.engine.compare.ReplayRequest`) given a preliminary ``d0`` fitted on
     the grid; they are replayed on ``clock``, the
     :class:`~jaxsched.engine.compare.VirtualClock` the engine was built with. ``timer`` names
@@ -303,7 +344,8 @@ def calibrate(engine, batch_sizes: Sequence[int] = (1, 2, 4, 8),
         grid_recs = [rec for v in runs.values() for rec in v
                      if rec.prefill_tokens + rec.context_tokens > 0]
         d0_grid = fit_tau([rec.prefill_tokens + rec.context_tokens for rec in grid_recs],
-                          [rec.compute_time for rec in grid_recs])[0]
+                          [rec.compute_time for rec in grid_recs],
+                          [rec.prefill_requests for rec in grid_recs])[0]
         serving = list(serving(max(d0_grid, 1e-6)))
     for r in range(max(1, repeats)):
         for j, (label, requests) in enumerate(serving or ()):
@@ -318,8 +360,10 @@ def calibrate(engine, batch_sizes: Sequence[int] = (1, 2, 4, 8),
     recs = [rec for v in runs.values() for rec in v]
     P = np.array([rec.prefill_tokens for rec in recs], np.float64)
     D = np.array([rec.context_tokens for rec in recs], np.float64)
+    R = np.array([rec.prefill_requests for rec in recs], np.float64)
     times = np.array([rec.compute_time for rec in recs])
-    d0, d1, rms, rel, mar = fit_tau(P + D, times)
+    b0, b1, _, _, b_rel, b_mar = fit_tau(P + D, times)  # before: d2 = 0
+    d0, d1, d2, rms, rel, mar = fit_tau(P + D, times, R)
     pc, pc_rel = fit_linear([P, D], times) if len(recs) >= 3 else (np.full(3, math.nan), math.nan)
     rows = []
     for label, rr in runs.items():
@@ -327,19 +371,21 @@ def calibrate(engine, batch_sizes: Sequence[int] = (1, 2, 4, 8),
             continue
         p = np.array([r.prefill_tokens for r in rr], np.float64)
         c = np.array([r.context_tokens for r in rr], np.float64)
+        q = np.array([r.prefill_requests for r in rr], np.float64)
         ct = np.array([r.compute_time for r in rr])
         ov = np.array([r.duration - r.compute_time for r in rr])
         rows.append(CalibrationRow(label, len(rr), float(p.mean()), float(c.mean()),
                                    1e3 * float(ct.mean()),
-                                   1e3 * float(np.mean(d0 + d1 * (p + c))),
-                                   1e3 * float(ov.mean())))
+                                   1e3 * float(np.mean(d0 + d1 * (p + c) + d2 * q)),
+                                   1e3 * float(ov.mean()), float(q.mean())))
     overhead = float(np.mean([r.duration - r.compute_time for r in recs]))
     return CalibrationResult(
         d0=d0, d1=d1, fit_rms=rms, fit_rel_error=rel, mean_abs_rel_error=mar,
         samples=len(recs), capacity=int(ec.capacity), model=model,
         device=device_description(), engine=dataclasses.asdict(ec), rows=tuple(rows),
         overhead_mean=overhead, timer=timer, timing_repeats=int(timing_repeats), pc_d0=float(pc[0]), pc_dp=float(pc[1]),
-        pc_dc=float(pc[2]), pc_rel_error=float(pc_rel))
+        pc_dc=float(pc[2]), pc_rel_error=float(pc_rel), d2=d2, base_d0=b0, base_d1=b1,
+        base_rel_error=b_rel, base_mean_abs_rel_error=b_mar)
 
 
 def poisson_serving(num_requests: int = 48, loads: Sequence[float] = (0.1, 0.2, 0.4),
@@ -402,12 +448,13 @@ def write_profile(result: CalibrationResult, path: str | Path, name: str | None 
     lines = [
         "# System profile measured by `jaxsched calibrate` on the jaxsched engine.",
         "# Include it from a config with:  [system] profile = \"" + path.name + "\"",
-        "# tau = d0 + d1 * (prefill tokens + context tokens), in seconds per iteration.",
+        "# tau = d0 + d1 * (prefill tokens + context tokens) + d2 * (prefilling requests),",
+        "# in seconds per iteration.",
         "[system]",
     ]
     lines += [f"{k} = {_toml_value(v)}" for k, v in result.profile_dict(name).items()]
-    lines += ["", "# How it was measured; tau = d0' + dp P + dc D fitted on the same samples "
-              "(evidence only).", "[calibration]"]
+    lines += ["", "# How it was measured; the fit without d2 and tau = d0' + dp P + dc D on the "
+              "same samples (evidence only).", "[calibration]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in result.calibration_dict().items()]
     lines += ["", "# The engine shape the profile was measured with (jaxsched compare-sim "
               "rebuilds it).", "[engine]"]
@@ -429,7 +476,8 @@ def read_engine_section(path: str | Path) -> tuple[dict[str, Any], dict[str, Any
 
 
 def read_profile(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """``(system, engine, calibration)`` tables of a profile (the last two may be empty)."""
+    """``(system, engine, calibration)`` tables of a profile (the last two may be empty);
+    ``d2`` is 0 where the profile has none (profiles written before it existed)."""
     import tomllib
 
     path = Path(path)
@@ -443,4 +491,8 @@ def read_profile(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], dict
     if not isinstance(system, dict) or not {"capacity", "d0", "d1"} <= set(system):
         raise JaxschedError(f"{path}: not a system profile (needs a [system] table with "
                             "capacity, d0, d1; run jaxsched calibrate)")
+    system = {**system, "d2": system.get("d2", 0.0)}
+    d2 = system["d2"]
+    if isinstance(d2, bool) or not isinstance(d2, (int, float)) or not d2 >= 0:
+        raise JaxschedError(f"{path}: system.d2: expected a number >= 0, got {system['d2']!r}")
     return system, dict(data.get("engine") or {}), dict(data.get("calibration") or {})

@@ -29,7 +29,7 @@ host overhead of this small CPU engine is excluded.
 Simulator
 ---------
 The same list becomes a one-replica :class:`~jaxsched.model.Workload`, simulated with the
-profile's ``capacity, d0, d1``, the engine's ``max_batch``/``queue_size``,
+profile's ``capacity, d0, d1, d2``, the engine's ``max_batch``/``queue_size``,
 ``restart_on_evict = false`` (the engine keeps generated tokens) and the same policy and
 parameters, for enough iterations to complete every request.
 
@@ -259,8 +259,9 @@ def replay_engine(engine, clock: VirtualClock, requests: Sequence[ReplayRequest]
 
 def simulate_requests(requests: Sequence[ReplayRequest], policy, params, capacity: float,
                       d0: float, d1: float, max_batch: int, queue_size: int, horizon: int,
-                      num_classes: int = 1, seed: int = 0) -> dict[str, Any]:
-    """Simulate ``requests`` (one replica) for ``horizon`` iterations."""
+                      num_classes: int = 1, seed: int = 0, d2: float = 0.0) -> dict[str, Any]:
+    """Simulate ``requests`` (one replica) for ``horizon`` iterations with
+    ``tau = d0 + d1 (P + D) + d2 R``."""
     import jax
     import jax.numpy as jnp
 
@@ -279,7 +280,7 @@ def simulate_requests(requests: Sequence[ReplayRequest], policy, params, capacit
                      num_classes=num_classes, warmup=0, record_trace=True)
     if policy.check_shape is not None:
         policy.check_shape(params, shape, "policy.")
-    sp = SimParams(system=system_params(capacity, d0, d1, False), policy=params)
+    sp = SimParams(system=system_params(capacity, d0, d1, False, d2), policy=params)
     keys = jax.random.split(jax.random.key(seed), 1)
     res = jax.block_until_ready(compiled_simulator(policy, shape)(keys, wl, sp))
     m = {k: float(np.asarray(v)[0]) for k, v in res.metrics.items()}
@@ -309,12 +310,14 @@ def simulate_requests(requests: Sequence[ReplayRequest], policy, params, capacit
 
 def compare(engine, clock: VirtualClock, requests: Sequence[ReplayRequest], policy, params,
             profile: dict[str, Any], seed: int = 0) -> CompareResult:
-    """Replay on the engine, then simulate with the profile's ``capacity, d0, d1``."""
+    """Replay on the engine, then simulate with the profile's ``capacity, d0, d1, d2``
+    (``d2`` 0 when the profile has none)."""
     if not requests:
         raise JaxschedError("no requests to replay")
     eng = replay_engine(engine, clock, requests, seed)
     ec = engine.engine_cfg
     d0, d1 = float(profile["d0"]), float(profile["d1"])
+    d2 = float(profile.get("d2", 0.0))
     capacity = float(profile.get("capacity", ec.capacity))
     # Enough iterations for the simulator to finish: the engine's busy iterations plus its
     # idle time in units of d0, doubled; retried longer if that was not enough.
@@ -322,7 +325,7 @@ def compare(engine, clock: VirtualClock, requests: Sequence[ReplayRequest], poli
     horizon = int(min(2 * eng["iterations"] + idle + 64, 400_000))
     for _ in range(3):
         sim = simulate_requests(requests, policy, params, capacity, d0, d1, ec.max_batch,
-                                ec.queue_size, horizon, ec.num_classes, seed)
+                                ec.queue_size, horizon, ec.num_classes, seed, d2)
         if sim["all_done"]:
             break
         horizon *= 4
