@@ -107,3 +107,43 @@ def test_cli_gradient_writes_a_study_that_exports(tmp_path):
                               "--checkpoint-dir", str(tmp_path / "ck"), *sets])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout.strip().splitlines()[-1])["trials"] == data["trials"]
+
+
+def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """A real kill: the CLI run is SIGKILLed once it has checkpointed; the same run resumed
+    from its checkpoint folder ends exactly where an uninterrupted run does."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    steps = 30
+    overrides = _overrides(tmp_path, 120, steps, small=True)
+    ckpt = tmp_path / "ck"
+    cmd = [sys.executable, "-m", "jaxsched", "tune", str(SMALL), "--method", "gradient",
+           "--no-plots", "--json", "--checkpoint-dir", str(ckpt)]
+    cmd += [a for o in overrides for a in ("--set", o)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            saved = [int(p.name) for p in ckpt.glob("*") if p.name.isdigit()] if ckpt.exists() else []
+            if saved and max(saved) >= 4:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    cfg = load_config(SMALL, overrides)
+    job = _job(cfg)
+    gs = gradient_settings(cfg.tune["gradient"], cfg.source)
+    resumed = run_gradient(job, gs, seed=0, record=False, checkpoint_dir=ckpt)
+    assert resumed.resumed_from is not None and 4 <= resumed.resumed_from < steps
+    full = run_gradient(job, gs, seed=0, record=False)
+    assert resumed.points == full.points
+    np.testing.assert_array_equal(resumed.history, full.history)
