@@ -219,11 +219,6 @@ def _initial_points(job: TuneJob, restarts: int, seed: int) -> np.ndarray:
     return u.astype(np.float32)
 
 
-def _point(job: TuneJob, u) -> dict:
-    """The search-space point of unit coordinates ``u`` (clipped, integers rounded)."""
-    return {d.name: d.clip(float(d.from_unit(float(x), np))) for d, x in zip(job.space.dims, u)}
-
-
 class _Checkpoints:
     """Orbax checkpoints of the descent's state in ``directory`` (None: none)."""
 
@@ -415,7 +410,7 @@ def _best_iterates(job: TuneJob, objective: Objective, evaluator: BatchEvaluator
     best_points: list[dict | None] = [None] * iterates.shape[1]
     best_results: list[dict | None] = [None] * iterates.shape[1]
     for it in iterates:
-        points = [_point(job, row) for row in it]
+        points = [job.space.point_from_unit(row) for row in it]
         for i, (p, m) in enumerate(zip(points, evaluator.evaluate(points))):
             if best_results[i] is None or _rank(objective, m) > _rank(objective, best_results[i]):
                 best_points[i], best_results[i] = p, m
@@ -544,12 +539,13 @@ def tune_command(cfg, settings, *, trials=None, storage=None, study=None, seed=N
     for d in job.space.dims:
         table.add_column(d.name)
     table.add_column("score")
-    for m in objective_metrics(outcome.objective):
+    metrics = list(outcome.objective.metrics)
+    for m in metrics:
         table.add_column(m)
     for i, (p, res, s) in enumerate(zip(outcome.points, outcome.results, outcome.scores)):
         mark = " *" if i == outcome.best_index else ""
         table.add_row(f"{i}{mark}", *[f"{p[d.name]:.4g}" for d in job.space.dims], f"{s:.4g}",
-                      *[f"{res.get(m, math.nan):.4g}" for m in objective_metrics(outcome.objective)])
+                      *[f"{res.get(m, math.nan):.4g}" for m in metrics])
     console.print(table)
     console.print(f"baseline (config's point) score {outcome.baseline_score:.4g}; best "
                   f"{outcome.scores[outcome.best_index]:.4g} (restart {outcome.best_index}); "
@@ -562,10 +558,6 @@ def tune_command(cfg, settings, *, trials=None, storage=None, study=None, seed=N
         console.print(f"wrote {p}")
     return outcome
 
-
-def objective_metrics(objective: Objective) -> list[str]:
-    """The metrics the objective reads, for tables."""
-    return list(objective.metrics)
 
 
 # ------------------------------------------------------------------------------------------
@@ -630,7 +622,7 @@ def bench_gradient_vs_optuna(cfg, *, optuna_trials: int = 64, batch: int = 16,
     best_by_step = []
     best = -math.inf
     for it in out.trail:
-        pts = [_point(job, row) for row in it]
+        pts = [job.space.point_from_unit(row) for row in it]
         for m in evaluator.evaluate(pts):
             if objective.feasible(m):
                 best = max(best, float(objective.score(m)))

@@ -931,11 +931,7 @@ def bench_tune(cfg: Config, trials: int = 32, batch: int = 16, sampler: str | No
     rng = np.random.default_rng(seed)
     pts = []
     for _ in range(min(batch, 4)):
-        u = rng.uniform(size=len(job.space.dims))
-        p = {}
-        for d, x in zip(job.space.dims, u):
-            p[d.name] = d.clip(float(d.from_unit(x)))
-        pts.append(p)
+        pts.append(job.space.point_from_unit(rng.uniform(size=len(job.space.dims))))
     a = big.evaluate_per_workload(pts)
     b = [one.evaluate_per_workload([p]) for p in pts]
     worst, identical = 0.0, True

@@ -149,6 +149,11 @@ class SearchSpace:
         """(D,) coordinates in the unit cube."""
         return np.array([d.to_unit(float(point[d.name])) for d in self.dims], np.float64)
 
+    def point_from_unit(self, u) -> dict[str, float | int]:
+        """The point (dimension name -> value, clipped, integers rounded) at unit-cube
+        coordinates ``u`` (D,)."""
+        return {d.name: d.clip(float(d.from_unit(float(x), np))) for d, x in zip(self.dims, u)}
+
     def from_unit(self, u, xp=None, round_integers: bool = False) -> dict[str, Any]:
         """Parameter pytree from unit-cube coordinates ``u`` (D,), with array operations only
         (differentiable with ``xp = jax.numpy``; integers stay continuous unless
