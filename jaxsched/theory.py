@@ -80,6 +80,8 @@ __all__ = [
     "nested_wait",
     "nested_wait_theta",
     "nested_wait_thresholds",
+    "NestedWaitFluid",
+    "nested_wait_fluid_thresholds",
     # flow control
     "FlowLoad",
     "flow_load",
@@ -666,6 +668,76 @@ def nested_wait(prompt_len: float, output_len: Sequence[int], rate: Sequence[flo
         iteration_time=float(dt), rate_ok=bool(rate_ok), ratio_ok=tuple(ratio_ok),
         theta=tuple(float(t) for t in theta), log_term=log_term,
         buffer=tuple(float(b) for b in buffer), memory_needed=needed, capacity=cap,
+        feasible=bool(feasible), reason=reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class NestedWaitFluid:
+    """Nested WAIT thresholds at the fluid equilibrium (see :func:`nested_wait_fluid_thresholds`)."""
+
+    thresholds: tuple[int, ...]  # n_1..n_m
+    segment_rate: tuple[float, ...]  # Lambda_k = sum_{j>=k} lambda_j
+    iteration_time: float  # t = d0 + d1 M^pi(n)
+    base_memory: float  # M^pi = sum_k n_k (l + sbar_k) delta_k
+    entry_memory: float  # sum_{k>=2} (l + l'_{k-1}) n_k: one cohort waiting at each entry
+    capacity: float
+    feasible: bool  # M^pi + entry_memory <= C
+    reason: str
+
+
+def nested_wait_fluid_thresholds(prompt_len: float, output_len: Sequence[int],
+                                 rate: Sequence[float], *, capacity: float, d0: float,
+                                 d1: float, max_iter: int = 100_000) -> NestedWaitFluid:
+    """Nested WAIT thresholds from the fluid model alone, without the overflow guarantee.
+
+    arXiv 2504.11320, Nested WAIT (PAPERS.md Sec. 2). In the fluid model segment ``k`` carries
+    ``Lambda_k = sum_{j>=k} lambda_j`` prompts per unit time, so at iteration time ``t`` every
+    stage of segment ``k`` holds ``Lambda_k t`` prompts and ``n_k / n_{k-1} = p_k`` exactly:
+    the edge of the paper's interval ``p_k < n_k / n_{k-1} < 1``, where the Chernoff exponent
+    ``theta_k`` is 0 and the paper's safety buffer is unbounded. Integer thresholds keep up
+    with their inflow iff::
+
+        d0 + d1 M^pi(n) <= n_k / Lambda_k   for every k,   M^pi = sum_k n_k (l + sbar_k) delta_k
+
+    (``k = 1`` is the paper's ``dT(n) <= n_1 / sum lambda``). As in :func:`wait_thresholds`
+    the smallest such integers are ``ceil(Lambda t)`` at the least ``t`` with
+    ``d0 + d1 M^pi(ceil(Lambda t)) <= t``: start at ``dT* = d0 / (1 - d1 S)`` and iterate.
+    The memory check keeps the deterministic part of the paper's buffer, one cohort waiting
+    at each segment entry: ``C >= M^pi + sum_{k>=2} (l + l'_{k-1}) n_k``. An unstable fluid
+    (``d1 S >= 1``) raises :class:`JaxschedError`; too little memory is an answer
+    (``feasible = False`` with a reason).
+    """
+    fn = "nested_wait_fluid_thresholds"
+    l, o, lam = _nested_inputs(fn, prompt_len, output_len, rate)
+    cap = _num(fn, "capacity", capacity, low=0, allow_inf=True)
+    d0 = _num(fn, "d0", d0, low=0, strict=True)
+    d1 = _num(fn, "d1", d1, low=0)
+    seg_len, sbar, _ = _segments(l, o, lam)
+    weight = (l + sbar) * seg_len  # memory of one prompt per stage of segment k
+    inflow = np.cumsum(lam[::-1])[::-1]  # Lambda_k
+    load = float(np.sum(inflow * weight))  # S: the same sum as wait_fluid's
+    if d1 * load >= 1:
+        raise JaxschedError(f"{fn}: no finite thresholds, the fluid is unstable "
+                            f"(d1*S = {d1 * load:.6g} >= 1)")
+    t = d0 / (1 - d1 * load)
+    n = None
+    for _ in range(max_iter):
+        new = np.array([max(1, _ceil(x)) for x in inflow * t], dtype=float)
+        if n is not None and np.array_equal(new, n):
+            break
+        n = new
+        t = d0 + d1 * float(np.sum(n * weight))
+    else:
+        raise JaxschedError(f"{fn}: thresholds did not settle in {max_iter} rounds "
+                            f"(d1*S = {d1 * load:.6g} is too close to 1)")
+    base = float(np.sum(n * weight))
+    entry = float(np.sum((l + o[:-1]) * n[1:]))
+    feasible = base + entry <= cap
+    reason = (f"M^pi + entry cohorts = {base + entry:.6g} {'<=' if feasible else '>'} "
+              f"C = {cap:.6g}; iteration time {t:.6g}")
+    return NestedWaitFluid(
+        thresholds=tuple(int(v) for v in n), segment_rate=_tup(inflow),
+        iteration_time=float(t), base_memory=base, entry_memory=entry, capacity=cap,
         feasible=bool(feasible), reason=reason)
 
 

@@ -220,6 +220,23 @@ def test_nested_wait_admission_keeps_the_safety_buffer():
     assert sum(column(few, "admitted")) == 0
 
 
+def test_nested_wait_runs_its_residents_while_memory_refuses_the_cohort():
+    """C = 8, n = (1, 1), two prompts of 3 (output 4) at t = 0. it0: r0 enters (4 tokens).
+    it1-3: r1 waits but r0 (5, 6, 7 tokens) + r1 (4) > C: the cohort is refused for memory,
+    not for want of arrivals, so r0 keeps running (the paper's rule would pause it for ever:
+    nothing would complete and no memory would be freed) and completes at it3; it4: r1
+    enters. The twin agrees."""
+    reqs = [(0.0, 3, 4), (0.0, 3, 4)]
+    out = run("nested_wait", reqs, 8.0, boundary=[2, 9], threshold=[1, 1])
+    assert column(out, "admitted")[:5] == [1, 0, 0, 0, 1]
+    assert column(out, "decode_tokens")[:5] == [1, 1, 1, 1, 1]
+    assert column(out, "completed")[:5] == [0, 0, 0, 1, 0]
+    assert column(out, "memory")[:5] == [4, 5, 6, 7, 4]
+    params = {"boundary": [2, 9], "threshold": [1, 1], "safety_buffer": 0.0}
+    jax_run, ref = run_pair("nested_wait", {}, params, jt.make_workload(reqs, n=N), 8.0)
+    jt.assert_same_trajectory(jax_run, ref, label="nested_wait blocked")
+
+
 def test_nested_wait_reads_no_lengths_or_classes():
     """Swapping the output lengths and classes of waiting requests does not change admission
     or the plan until one completes."""
@@ -352,6 +369,23 @@ def test_nested_fit_defaults_sort_segments_and_size_the_buffer():
     dup = nested.fit_defaults({**info, "output_len": [20, 20, 40, 40]})
     assert dup["boundary"] == [20, 20, 40, 40] and dup["threshold"][0] == dup["threshold"][1]
     make_params(nested, dup, num_classes=4)
+
+
+def test_nested_fit_falls_back_to_the_fluid_thresholds():
+    """wait-high's numbers: rates 3:2:1 make p = (1/2, 1/3), and the strict ratios need a chain
+    such as (6, 4, 2), whose M^pi = 164,720 exceeds C; the fluid thresholds
+    ceil(Lambda_k t) = (6, 3, 1) (M^pi = 120,620, entry cohorts (20 + 100) 3 + (20 + 200) 1
+    = 580) fit. With too little memory for both, one line names both reasons."""
+    nested = get_policy("nested_wait")
+    info = {"capacity": 136490.0, "d0": 0.0276, "d1": 3.5e-7, "prompt_len": [20] * 3,
+            "output_len": [100, 200, 300], "rate": [42.1, 28.1, 14.0], "weight": [1] * 3,
+            "horizon": 3000}
+    fit = nested.fit_defaults(info)
+    assert fit == {"boundary": [100, 200, 300], "threshold": [6, 3, 1], "safety_buffer": 580.0}
+    with pytest.raises(PolicyError, match="nested_wait: no feasible thresholds") as err:
+        nested.fit_defaults({**info, "capacity": 121199.0})
+    msg = str(err.value)
+    assert "\n" not in msg and "fluid thresholds [6, 3, 1]" in msg and "121200 > C" in msg
 
 
 # ----------------------------------------------------------------- params and shapes

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from jaxsched import api, theory
 from jaxsched.config import load_config
-from jaxsched.policies import PolicyError
 from jaxsched.reproduce import (
     WAIT_LABELS,
     _saturated_config,
@@ -58,31 +56,30 @@ def _wait_runs(base, keys):
     return {k: api.run(_with_policy(base, settings[WAIT_LABELS[k]])).summary for k in keys}
 
 
-def test_wait_reaches_the_fluid_bound_without_evictions_and_beats_the_papers_baselines():
-    """wait-high (1 of its 4 workloads): WAIT's fitted thresholds keep memory below C and
-    reach the fluid throughput; vLLM's prefill-first iterations stall the decodes until
+def test_wait_and_nested_wait_reach_the_fluid_bound_and_beat_the_papers_baselines():
+    """wait-high (1 of its 4 workloads): WAIT's and Nested WAIT's fitted thresholds (Nested
+    WAIT: the fluid thresholds (6, 3, 1), as the strict ratios do not fit C) keep memory below
+    C and reach the fluid throughput; vLLM's prefill-first iterations stall the decodes until
     greedy admission overflows memory, and Sarathi's 512-token budget cannot decode the ~950
-    residents the load needs: both fall behind (measured: latency 11.4 s vs 31.7 s and 33.1 s)."""
+    residents the load needs: both fall behind (measured, all 4 workloads: latency 11.6 s and
+    12.5 s vs 31.4 s and 32.8 s)."""
     base = load_config("configs/wait-high.toml", ["workload.num_workloads=1"])
     bound, _ = _wait_bound(base)
-    runs = _wait_runs(base, ("wait", "vllm_v0", "sarathi"))
-    wait = runs["wait"]
-    assert wait["tokens_per_time"] >= 0.95 * bound
-    assert wait["evictions"] == 0 and wait["peak_memory"] <= base.capacity
-    for other in ("vllm_v0", "sarathi"):
-        assert wait["latency_mean"] < 0.8 * runs[other]["latency_mean"], other
-        assert wait["latency_p95"] < runs[other]["latency_p95"], other
+    runs = _wait_runs(base, ("wait", "nested_wait", "vllm_v0", "sarathi"))
+    for key in ("wait", "nested_wait"):
+        ours = runs[key]
+        assert ours["tokens_per_time"] >= 0.95 * bound, key
+        assert ours["evictions"] == 0 and ours["peak_memory"] <= base.capacity, key
+        for other in ("vllm_v0", "sarathi"):
+            assert ours["latency_mean"] < 0.8 * runs[other]["latency_mean"], (key, other)
+            assert ours["latency_p95"] < runs[other]["latency_p95"], (key, other)
     assert runs["vllm_v0"]["evictions"] > 0  # greedy admission overflows under long decodes
 
 
-def test_nested_wait_is_refused_on_wait_high_and_meets_the_bound_on_wait_low():
-    """Nested WAIT's ratio conditions leave only thresholds (3, 2, 1) on wait-high, too few
-    for its load: a one-line error. On wait-low its fitted thresholds hold: no evictions, the
-    fluid throughput, and lower latency than vLLM's prefill-first scheduler."""
-    high = load_config("configs/wait-high.toml")
-    with pytest.raises(PolicyError, match="nested_wait: no feasible thresholds") as err:
-        api.build_experiment(_with_policy(high, {"name": "nested_wait"}))
-    assert "\n" not in str(err.value) and "cannot keep up" in str(err.value)
+def test_nested_wait_meets_the_bound_on_wait_low():
+    """On wait-low Nested WAIT's guaranteed thresholds (strict ratios, Chernoff buffer) hold:
+    no evictions, the fluid throughput, and lower latency than vLLM's prefill-first
+    scheduler."""
     low = load_config("configs/wait-low.toml", ["workload.num_workloads=1",
                                                  "workload.horizon=1500", "workload.warmup=300"])
     bound, _ = _wait_bound(low)

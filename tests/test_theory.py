@@ -242,6 +242,26 @@ def test_nested_wait_thresholds_rule():
     assert "unstable" in one_line_error(e)
 
 
+def test_nested_wait_fluid_thresholds_hand():
+    # l = 10, l' = (20, 40), lambda = (3, 1), d0 = 1, d1 = 2e-4. Segment memory per prompt per
+    # stage: (10 + 10) 21 = 420 and (10 + 30.5) 20 = 810; Lambda = (4, 1); S = 4 * 420 + 810
+    # = 2490, d1 S = 0.498, dT* = 1 / 0.502 = 1.99203 -> n = ceil(7.968, 1.992) = (8, 2);
+    # M^pi = 8 * 420 + 2 * 810 = 4980, t = 1 + 2e-4 * 4980 = 1.996 -> n = (8, 2) again.
+    # Entry cohort: (10 + 20) * 2 = 60, so C = 5040 holds it and 5039 does not.
+    fl = th.nested_wait_fluid_thresholds(10, [20, 40], [3, 1], capacity=5040, d0=1.0, d1=2e-4)
+    assert fl.thresholds == (8, 2) and fl.segment_rate == (4.0, 1.0)
+    assert fl.base_memory == 4980 and fl.entry_memory == 60
+    assert fl.iteration_time == pytest.approx(1.996) and fl.feasible
+    assert not th.nested_wait_fluid_thresholds(10, [20, 40], [3, 1], capacity=5039, d0=1.0,
+                                               d1=2e-4).feasible
+    # n_2 / n_1 = p_2 = 1/4 exactly: the edge of the guarantee's interval
+    nw = th.nested_wait(10, [20, 40], [3, 1], fl.thresholds, d0=1.0, d1=2e-4, horizon=1e4)
+    assert nw.rate_ok and nw.ratio_ok == (False,)
+    with pytest.raises(JaxschedError) as e:  # d1 S = 2.49
+        th.nested_wait_fluid_thresholds(10, [20, 40], [3, 1], capacity=1e9, d0=1.0, d1=1e-3)
+    assert "unstable" in one_line_error(e)
+
+
 # ------------------------------------------------------------------------------------------
 # flow control
 # ------------------------------------------------------------------------------------------

@@ -78,7 +78,12 @@ earlier ones run ("if segment k is short, k and all later segments pause"). In a
 segment ``k``, the ``n_k`` oldest residents of each stage run (at the entry stage: the
 cohort of the ``n_k`` oldest entrants), the rest pause with their cache. A request simply
 completes when it reaches its (unknown) length. The rule is the paper's steady state: when
-arrivals stop, segment 1 stays short and every resident waits.
+arrivals stop, segment 1 stays short and every resident waits. One addition the paper does
+not need: when ``n_1`` requests wait but the cohort is refused (memory with the buffer, or the
+resident slots; impossible when ``C >= M^pi + buffer``), the server is not waiting for
+arrivals but for memory, so no segment is short and every resident runs (stage caps still
+apply) until the cohort fits. Without it, thresholds above the memory condition deadlock:
+nothing runs, so nothing completes and no memory is ever freed.
 
 The safety buffer is headroom for the prompts that wait at the segment entries:
 ``C >= M^pi + buffer`` with ``buffer = sum_{k>=2} (l + l'_{k-1})(n_k + ln(m (1 + zeta T / d0)
@@ -239,7 +244,12 @@ def _fit_nested(info: dict) -> dict:
     ``sum_{k>=2} (l + l'_{k-1})(n_k + ln(m (1 + T / d0) / delta) / theta_k)`` becomes
     ``safety_buffer``. With rates: the smallest ``n_1`` meeting every condition
     (``dT(n) < n_1 / sum lambda``, ratios, ``M^pi + buffer <= C``); without (saturated): the
-    largest with ``M^pi + buffer <= C``. None found raises a one-line :class:`PolicyError`.
+    largest with ``M^pi + buffer <= C``. With rates and no chain meeting the guarantee (the
+    strict ratios need larger cohorts than ``C`` holds, e.g. when the rates make ``p_k`` a
+    ratio of small integers), the fluid thresholds
+    :func:`jaxsched.theory.nested_wait_fluid_thresholds` (``n_k = ceil(Lambda_k t)``, ratios
+    at ``p_k``; the overflow guarantee is lost, LIFO eviction stays the safety net) with the
+    entry cohorts' memory as ``safety_buffer``. Neither fits: a one-line :class:`PolicyError`.
     """
     from jaxsched import theory
     from jaxsched.errors import JaxschedError
@@ -300,6 +310,19 @@ def _fit_nested(info: dict) -> dict:
         raise PolicyError(f"nested_wait: cannot fit thresholds: {err}") from None
     if first is None:
         why = best.reason if best is not None else "no threshold chain fits the interval (p_k, 1)"
+        if rates is not None:  # no guarantee fits: the fluid thresholds, if memory holds them
+            try:
+                fluid = theory.nested_wait_fluid_thresholds(ell, distinct, merged, capacity=cap,
+                                                            d0=d0, d1=d1)
+            except JaxschedError as err:
+                why += f"; fluid thresholds: {err}"
+            else:
+                if fluid.feasible:
+                    by_length = dict(zip(distinct, fluid.thresholds))
+                    threshold = [int(by_length.get(b, fluid.thresholds[-1])) for b in bounds]
+                    return {"boundary": bounds, "threshold": threshold,
+                            "safety_buffer": float(fluid.entry_memory)}
+                why += f"; fluid thresholds {list(fluid.thresholds)}: {fluid.reason}"
         raise PolicyError(f"nested_wait: no feasible thresholds up to n_1 = "
                           f"{min(top, _NESTED_SCAN)}: {why}")
     fit = check(first)[0]
@@ -433,7 +456,8 @@ def nested_wait(eviction: str = "newest") -> Policy:
         seg, at_entry, nonempty = _segments(params, s)
         entrants = jnp.sum(at_entry[:, None] & (seg[:, None] == jnp.arange(k)), axis=0)
         ready = (entrants >= n).at[0].set(jnp.any(s.valid & s.is_new))
-        short = nonempty & ~ready
+        blocked = (view.num_waiting >= n[0]) & ~ready[0]
+        short = nonempty & ~ready & ~blocked
         seg_runs = jnp.cumsum(short) == 0
         run = stage_cap(s, jnp.zeros_like(seg), n[seg]) & seg_runs[seg]
         return Plan(run=run, chunk=jnp.full(run.shape, BIG_CHUNK, jnp.int32))

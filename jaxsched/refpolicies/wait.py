@@ -132,6 +132,8 @@ class RefNestedWait(RefPolicy):
         seg = [self.segment(r.generated) for r in res]
         runs_seg = []
         stopped = False
+        # n_1 wait but the cohort was refused (memory or slots): every segment runs.
+        blocked = view.num_waiting >= self.n[0] and not any(r.is_new for r in res)
         for k in range(k_total):
             nonempty = k == k_total - 1 or self.bounds[k] > self.start(k)
             if k == 0:
@@ -140,7 +142,7 @@ class RefNestedWait(RefPolicy):
                 entrants = sum(1 for r, s in zip(res, seg)
                                if s == k and r.generated == self.start(k))
                 ready = entrants >= self.n[k]
-            if nonempty and not ready:
+            if nonempty and not ready and not blocked:
                 stopped = True
             runs_seg.append(not stopped)
         cap = _stage_cap(view, [0] * len(res), [self.n[s] for s in seg])
