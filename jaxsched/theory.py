@@ -1524,6 +1524,14 @@ def theory_report(prompt_len: Sequence[float], output_len: Sequence[float],
             add(sec, "memory needed", nw.memory_needed,
                 f"overflow prob <= {delta:g} over T = {horizon:g}, zeta = {zeta:g}")
             add(sec, "feasible", nw.feasible, nw.reason)
+        if cap is not None and np.isfinite(cap):
+            try:
+                nf = nested_wait_fluid_thresholds(l[0], os_, ls_, capacity=cap, d0=d0, d1=d1)
+                add(sec, "fluid thresholds", nf.thresholds,
+                    "ceil(Lambda_k t), ratios at p_k: no overflow guarantee")
+                add(sec, "fluid feasible", nf.feasible, nf.reason)
+            except JaxschedError as err:
+                add(sec, "fluid thresholds", None, str(err))
 
     # ---- flow control (arXiv 2604.11001) ----
     sec = "flow_control"

@@ -520,6 +520,15 @@ def test_report_paper_setting():
     assert {row.section for row in rows} >= {"wait", "nested_wait", "flow_control", "congestion"}
 
 
+def test_report_nested_wait_fluid_thresholds():
+    """wait-high's numbers (see test_nested_fit_falls_back_to_the_fluid_thresholds)."""
+    rows = _rows(th.theory_report([20] * 3, [100, 200, 300], [42.1, 28.1, 14.0],
+                                  capacity=136490, d0=0.0276, d1=3.5e-7))
+    assert rows["nested_wait", "fluid thresholds"].value == (6, 3, 1)
+    assert rows["nested_wait", "fluid feasible"].value is True
+    assert "121200 <= C" in rows["nested_wait", "fluid feasible"].note
+
+
 def test_report_homogeneous_saturated_and_trace():
     _, _, trace = _greedy_saturated(2000, 10, 40, 800)
     rows = th.theory_report([10], [40], None, capacity=2000, memory_trace=trace, warmup=200)
