@@ -245,3 +245,27 @@ def test_timing_repeats_change_nothing_but_the_timing():
     assert all(r.duration >= r.compute_time >= 0 for r in recs)
     assert all(r.model_calls == 0 for r in recs if not (r.prefill_tokens or r.decode_tokens))
     assert sum(r.model_calls for r in recs) >= len(PROMPTS[:4])
+
+
+def test_speed_probe_scales_the_compute_time_and_changes_no_output():
+    """With ``speed_reference`` every timing pass is followed by the probe (a decode of padding
+    rows: it leaves the cache alone, so outputs equal solo decoding) and ``compute_time =
+    reference x median(pass / probe)``: with the probe pinned at q, ``reference / q`` times
+    the median pass, which is at least the fastest (``raw_compute_time``)."""
+    engine = Engine(engine_cfg=SMALL, params=tiny_params())
+    engine.timing_repeats = 3
+    engine.speed_reference = 0.5
+    outs = engine.generate(PROMPTS[:4], GREEDY[:4])
+    assert [o.token_ids for o in outs] == solo_outputs(PROMPTS[:4], GREEDY[:4])
+    ran = [r for r in engine.records if r.model_calls]
+    assert ran and all(r.probe_time > 0 and r.raw_compute_time > 0 for r in ran)
+    engine = Engine(engine_cfg=SMALL, params=tiny_params())
+    engine.timing_repeats = 3
+    engine.speed_reference = 0.5
+    engine._probe_once = lambda: 0.25
+    engine.generate(PROMPTS[:2], GREEDY[:2])
+    ran = [r for r in engine.records if r.model_calls]
+    assert all(r.probe_time == 0.25 for r in ran)
+    assert all(r.compute_time >= 2.0 * r.raw_compute_time * (1 - 1e-9) for r in ran)
+    idle = [r for r in engine.records if not r.model_calls]
+    assert all(r.probe_time != r.probe_time for r in idle)  # nan: nothing to time

@@ -32,7 +32,7 @@ def profile(tmp_path_factory):
     out = tmp_path_factory.mktemp("cal") / "profile.toml"
     rc = main(["calibrate", "--out", str(out), "--batches", "1,4", "--prompts", "8,48",
                "--output-len", "4", "--serve-runs", "2", "--num-requests", "8",
-               "--timer", "cpu"])
+               "--timer", "cpu", "--probe"])
     assert rc == 0
     return out
 
@@ -48,7 +48,7 @@ def test_calibrate_writes_profile(profile, tmp_path, capsys):
     assert system["fit_rms"] >= 0 and system["samples"] >= 2
     assert data["engine"]["max_batch"] == 8
     cal = data["calibration"]  # how it was measured, and the prefill/context evidence fit
-    assert cal["timer"] == "cpu"
+    assert cal["timer"] == "cpu" and cal["probe_reference_s"] > 0  # --probe
     for key in ("mean_abs_rel_error", "overhead_s", "prefill_context_d0", "prefill_context_dp",
                 "prefill_context_dc", "prefill_context_rel_error", "without_d2_d0",
                 "without_d2_d1", "without_d2_rel_error", "without_d2_mean_abs_rel_error"):
@@ -128,6 +128,8 @@ def test_compare_sim_table_and_plot(profile, tmp_path, capsys):
     for side in ("engine", "sim", "rel_error"):
         assert set(out[side]) == set(COMPARE_KEYS)
     assert out["engine"]["completed"] == out["sim"]["completed"] == 10
+    cal = tomllib.loads(profile.read_text())["calibration"]
+    assert out["probe_reference_s"] == cal["probe_reference_s"]  # as calibrated
     assert png.is_file() and png.stat().st_size > 1000
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -140,6 +142,23 @@ def test_compare_sim_from_workload_config(profile, tmp_path, capsys):
     text = capsys.readouterr().out
     for key in COMPARE_KEYS:
         assert key in text
+
+
+def test_compare_sim_probe_needs_a_probed_profile(profile, tmp_path, capsys):
+    """--probe with a profile calibrated without it is a one-line error; --no-probe turns the
+    profile's normalization off."""
+    text = profile.read_text()
+    bare = tmp_path / "bare.toml"
+    bare.write_text("\n".join(line for line in text.splitlines()
+                              if not line.startswith("probe_reference_s")))
+    capsys.readouterr()
+    rc = main(["compare-sim", "--policy", "greedy", "--profile", str(bare), "--probe",
+               "--num-requests", "2"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "probe_reference_s" in err and "\n" not in err
+    rc = main(["compare-sim", "--policy", "greedy", "--profile", str(profile), "--no-probe",
+               "--num-requests", "4", "--max-output", "4", "--json"])
+    assert rc == 0 and json.loads(capsys.readouterr().out)["probe_reference_s"] is None
 
 
 @pytest.mark.parametrize("content", ["{not json", '{"schema_version": 99}'])

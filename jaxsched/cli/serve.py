@@ -105,7 +105,7 @@ def _serving(serve_runs: int, workload: Optional[Path], limit: int, num_requests
 
 
 def _calibrate(model, ec, batches, prompts, output_len, repeats, seed, timer, serving,
-               repeat_calls=1, progress=None):
+               repeat_calls=1, progress=None, probe=False):
     from jaxsched.engine import compare as C
     from jaxsched.engine.calibrate import TIMERS, calibrate as run_calibration, model_label
     from jaxsched.engine.calibrate import open_engine
@@ -116,7 +116,7 @@ def _calibrate(model, ec, batches, prompts, output_len, repeats, seed, timer, se
     engine = open_engine(model, ec, "greedy", None, seed, clock=clock)
     return run_calibration(engine, batches, prompts, output_len, repeats, model_label(model),
                            seed, progress=progress, serving=serving, clock=clock, timer=timer,
-                           timing_repeats=repeat_calls)
+                           timing_repeats=repeat_calls, probe=probe)
 
 
 @app.command()
@@ -141,6 +141,9 @@ def calibrate(
                               "(process CPU time: robust on a shared machine)"),
     repeat_calls: int = typer.Option(5, "--repeat-calls", help="run each iteration's model "
                                      "calls this often, keep the fastest (1: measure once)"),
+    probe: bool = typer.Option(False, "--probe/--no-probe", help="scale every iteration's "
+                               "time by a speed probe timed beside it (steadier on a shared "
+                               "machine; compare-sim then does the same)"),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ):
@@ -162,7 +165,7 @@ def calibrate(
                        time_scale, ec.num_classes, seed)
     with err.status("calibrating…") as status:
         result = _calibrate(model, ec, bs, ls, output_len, repeats, seed, timer, serving,
-                            repeat_calls, progress=lambda m: status.update(m))
+                            repeat_calls, progress=lambda m: status.update(m), probe=probe)
     write_profile(result, out)
     if as_json:
         d = dataclasses.asdict(result)
@@ -173,7 +176,9 @@ def calibrate(
     console = Console(width=140)
     console.print(f"jaxsched calibrate: {result.model} on {result.device}, "
                   f"C = {result.capacity} tokens, {result.timer} timer, fastest of "
-                  f"{result.timing_repeats} runs of each iteration's calls")
+                  f"{result.timing_repeats} runs of each iteration's calls"
+                  + (f", speed probe {1e3 * result.probe_reference:.3f} ms"
+                     if result.probe_reference == result.probe_reference else ""))
     table = Table()
     for col in ("run", "iterations", "mean P", "mean D", "mean R", "measured ms", "fit ms",
                 "bias", "overhead ms"):
@@ -222,6 +227,9 @@ def compare_sim(
     repeat_calls: Optional[int] = typer.Option(None, "--repeat-calls", help="timing repeats "
                                                "of each iteration's calls (default: the "
                                                "profile's, else 5)"),
+    probe: Optional[bool] = typer.Option(None, "--probe/--no-probe", help="speed probe "
+                                         "normalization (default: as the profile was "
+                                         "calibrated, else off)"),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ):
@@ -249,6 +257,12 @@ def compare_sim(
         if timer not in TIMERS:
             raise JaxschedError(f"{profile}: [calibration] timer {timer!r}: expected one of "
                                 f"{', '.join(TIMERS)}")
+        reference = cal_table.get("probe_reference_s")
+        if probe and reference is None:
+            raise JaxschedError(f"{profile}: --probe needs a profile calibrated with --probe "
+                                "([calibration] probe_reference_s)")
+        if probe is False:
+            reference = None
     else:
         timer = timer or "wall"
         repeat_calls = 5 if repeat_calls is None else repeat_calls
@@ -257,7 +271,8 @@ def compare_sim(
             serving = _serving(2, workload, ec0.max_request_tokens, num_requests, max_output,
                                time_scale, 1, seed)
             cal = _calibrate(model, ec0, (1, 4, 8), (8, 64, 120), 6, 1, seed, timer, serving,
-                             repeat_calls)
+                             repeat_calls, probe=bool(probe))
+        reference = cal.probe_reference if probe else None
         system = cal.profile_dict()
         engine_table = cal.engine
     ec = _engine_cfg(engine_table, num_classes=k)
@@ -271,6 +286,15 @@ def compare_sim(
     if repeat_calls < 1:
         raise JaxschedError(f"--repeat-calls {repeat_calls}: must be >= 1")
     engine.timing_repeats = repeat_calls
+    if reference is not None:
+        try:
+            reference = float(reference)
+        except (TypeError, ValueError):
+            reference = -1.0
+        if not reference > 0:
+            raise JaxschedError(f"{profile}: [calibration] probe_reference_s must be a "
+                                "positive number of seconds")
+        engine.speed_reference = reference
     limit = ec.max_request_tokens
     if workload is not None:
         from jaxsched.config import load_config
@@ -294,6 +318,7 @@ def compare_sim(
         d["source"] = source
         d["timer"] = timer
         d["repeat_calls"] = repeat_calls
+        d["probe_reference_s"] = reference
         typer.echo(json.dumps(d))
         return
     rel = result.rel_errors()
@@ -312,8 +337,11 @@ def compare_sim(
         table.add_row(key, fmt(e), fmt(s), "n/a" if rel[key] != rel[key] else f"{rel[key]:.1%}")
     console.print(table)
     console.print(f"engine: {result.engine_iterations} iterations on a virtual clock advanced by "
-                  f"measured compute time ({timer} timer, fastest of {repeat_calls}); simulator: {result.sim_iterations} "
-                  "busy iterations; latency and time in seconds")
+                  f"measured compute time ({timer} timer, fastest of {repeat_calls}"
+                  + (f", scaled by the speed probe (reference {1e3 * reference:.3f} ms)"
+                     if reference is not None else "")
+                  + f"); simulator: {result.sim_iterations} busy iterations; latency and time "
+                  "in seconds")
 
 
 @bench_app.command("engine")

@@ -237,6 +237,8 @@ class IterationRecord:
     blocks_used: int  # during execution
     model_calls: int = 0  # jitted model calls executed (prefill chunks + one decode batch)
     prefill_requests: int = 0  # R_k: requests that processed prefill tokens (one call each)
+    probe_time: float = math.nan  # the speed probe's time beside this iteration (if timed)
+    raw_compute_time: float = math.nan  # compute_time before speed normalization
 
 
 @dataclasses.dataclass(frozen=True)
@@ -426,6 +428,15 @@ class Engine:
         this many times (the repeats rewrite the same KV and sample the same tokens) and
         record the fastest pass as ``compute_time``; the repeats are left out of
         ``duration``. The minimum filters out other jobs' interference on a shared machine."""
+        self.speed_reference: float | None = None
+        """Speed normalization (calibration, ``compare-sim``; see
+        :mod:`jaxsched.engine.calibrate`): when set (seconds), every timing pass of an
+        iteration's model calls is followed by one run of the runner's speed probe, and the
+        iteration records ``compute_time = speed_reference x median_r(pass_r / probe_r)``: the
+        time the calls would take at the speed the probe had when ``speed_reference`` was
+        measured (``raw_compute_time`` keeps the fastest pass). Other jobs that slow this
+        process (sharing a core, caches, memory bandwidth) slow the adjacent probe alike and
+        drop out of the ratio."""
 
     # ---------------------------------------------------------------- requests
 
@@ -613,13 +624,23 @@ class Engine:
             for (i, req), tok in zip(decoders, toks):
                 req.kv_len += 1
                 new_tokens[i] = tok
-        compute_time = self.now() - t_compute
+        passes = [self.now() - t_compute]
         t_repeats = self.now()
+        normalize = self.speed_reference is not None and bool(calls)
+        probes = [self._probe_once()] if normalize else []
         for _ in range(self.timing_repeats - 1 if calls else 0):
             t0 = self.now()
             for fn, args in calls:  # idempotent: the same KV to the same slots, same tokens
                 fn(*args)
-            compute_time = min(compute_time, self.now() - t0)
+            passes.append(self.now() - t0)
+            if normalize:
+                probes.append(self._probe_once())
+        raw_compute_time = compute_time = min(passes)
+        probe_time = math.nan
+        if normalize:  # each pass against the probe right after it, median of the ratios
+            probe_time = min(probes)
+            compute_time = self.speed_reference * float(
+                np.median(np.asarray(passes) / np.asarray(probes)))
         repeat_time = self.now() - t_repeats
 
         # 6. Tokens, completions.
@@ -650,7 +671,8 @@ class Engine:
             overflow=bool(dec.excess > 0), admitted=len(admitted), evicted=int(np.sum(dec.evict)),
             completed=completed, num_waiting=len(self.waiting), num_running=len(self.residents),
             blocks_used=blocks_used, model_calls=model_calls,
-            prefill_requests=prefill_requests)
+            prefill_requests=prefill_requests, probe_time=probe_time,
+            raw_compute_time=raw_compute_time)
         self.records.append(record)
         self.iteration += 1
         self._counters["generated_tokens"] += len(new_tokens)
@@ -658,6 +680,12 @@ class Engine:
         self._last_duration = record.duration
         self._recent.append((end, len(new_tokens)))
         return record
+
+    def _probe_once(self) -> float:
+        """Seconds of one run of the runner's speed probe on the engine's clock."""
+        t0 = self.now()
+        self.runner.probe()
+        return max(self.now() - t0, 1e-9)
 
     def _sample_args(self, req: Request) -> SampleArgs:
         sp = req.sampling

@@ -29,6 +29,16 @@ interference of other jobs, which on a shared machine otherwise changes the meas
 by tens of percent from one minute to the next. The engine's scheduling work
 (``duration - compute_time``) is not fitted and is reported separately as the overhead.
 
+*Speed probe* (``probe=True``, ``calibrate --probe``). The minimum does not remove a slowdown
+that lasts longer than an iteration (another job on the same physical core, sharing caches or
+memory bandwidth): the engine's CPU time then moves by 20-25% between identical replays on a
+2-core machine. With the probe, a reference ``s_ref`` is measured after warm-up (median of 15
+runs of :meth:`~jaxsched.engine.runner.ModelRunner.probe`, a decode call of padding rows), and
+every iteration's time is ``s_ref`` times the median over its timing passes of (pass time /
+the probe timed right after that pass) (``Engine.speed_reference``): ``d0, d1, d2`` are then in
+seconds at the reference speed, and ``compare-sim`` scales its replay's iterations by the
+same reference (``[calibration] probe_reference_s``), so both see one steady machine.
+
 The fit's error is reported three ways: the RMS residual relative to the mean time, the mean
 per-iteration ``|residual| / time``, and per run the *bias* ``sum(predicted) / sum(measured)
 - 1`` (what matters for throughput over a run). As evidence about the model itself, the same
@@ -69,6 +79,7 @@ __all__ = [
     "fit_tau",
     "fit_linear",
     "calibrate",
+    "measure_probe",
     "poisson_serving",
     "workload_serving",
     "write_profile",
@@ -132,6 +143,7 @@ class CalibrationResult:
     base_d1: float = math.nan
     base_rel_error: float = math.nan  # RMS residual / mean time
     base_mean_abs_rel_error: float = math.nan
+    probe_reference: float = math.nan  # seconds of the speed probe at the reference speed
 
     def profile_dict(self, name: str | None = None) -> dict[str, Any]:
         """The ``[system]`` table of the profile."""
@@ -158,6 +170,8 @@ class CalibrationResult:
         out = {"timer": self.timer, "timing_repeats": self.timing_repeats,
                "mean_abs_rel_error": float(self.mean_abs_rel_error),
                "overhead_s": float(self.overhead_mean)}
+        if math.isfinite(self.probe_reference):
+            out["probe_reference_s"] = float(self.probe_reference)
         if math.isfinite(self.base_d0):
             out.update(without_d2_d0=float(self.base_d0), without_d2_d1=float(self.base_d1),
                        without_d2_rel_error=float(self.base_rel_error),
@@ -295,7 +309,7 @@ def calibrate(engine, batch_sizes: Sequence[int] = (1, 2, 4, 8),
               prompt_lens: Sequence[int] = (8, 32, 96, 192), output_len: int = 8,
               repeats: int = 1, model: str = "tiny", seed: int = 0,
               progress=None, serving=None, clock=None, timer: str = "wall",
-              timing_repeats: int = 1) -> CalibrationResult:
+              timing_repeats: int = 1, probe: bool = False) -> CalibrationResult:
     """Measure ``engine`` over the (batch size, prompt length) grid and the serving runs, then
     fit ``d0, d1, d2``. ``serving(d0) -> [(label, requests), ...]`` builds the serving runs (lists
     of :class:`~jaxsched.engine.compare.ReplayRequest`) given a preliminary ``d0`` fitted on
@@ -303,7 +317,8 @@ def calibrate(engine, batch_sizes: Sequence[int] = (1, 2, 4, 8),
     :class:`~jaxsched.engine.compare.VirtualClock` the engine was built with. ``timer`` names
     what the clock measures (recorded in the result); ``timing_repeats`` sets the engine's
     :attr:`~jaxsched.engine.batching.Engine.timing_repeats` (each iteration's model calls run
-    that many times, the fastest pass is its time).
+    that many times, the fastest pass is its time); ``probe`` normalizes every iteration's
+    time by the speed probe (module docstring).
 
     Batch sizes above ``max_batch`` and prompt lengths that do not fit (``l + output_len``
     above the engine's per-request limit, or a batch above its capacity) are clipped."""
@@ -333,6 +348,8 @@ def calibrate(engine, batch_sizes: Sequence[int] = (1, 2, 4, 8),
         if progress:
             progress(f"compiling {i + 1}/{len(grid)} (batch {b}, prompt {l})")
         _run_batch(engine, b, l, min(2, output_len), rng)
+    if probe:
+        engine.speed_reference = measure_probe(engine)
     runs: dict[str, list] = {}
     for r in range(max(1, repeats)):
         for i, (b, l) in enumerate(grid):
@@ -385,7 +402,15 @@ def calibrate(engine, batch_sizes: Sequence[int] = (1, 2, 4, 8),
         device=device_description(), engine=dataclasses.asdict(ec), rows=tuple(rows),
         overhead_mean=overhead, timer=timer, timing_repeats=int(timing_repeats), pc_d0=float(pc[0]), pc_dp=float(pc[1]),
         pc_dc=float(pc[2]), pc_rel_error=float(pc_rel), d2=d2, base_d0=b0, base_d1=b1,
-        base_rel_error=b_rel, base_mean_abs_rel_error=b_mar)
+        base_rel_error=b_rel, base_mean_abs_rel_error=b_mar,
+        probe_reference=float(engine.speed_reference) if probe else math.nan)
+
+
+def measure_probe(engine, samples: int = 15) -> float:
+    """The speed probe's reference time: the median of ``samples`` runs of the runner's probe
+    on the engine's clock (a unit of time, the same for calibration and replay)."""
+    engine.runner.probe()  # compiled already by any decode; this keeps it out of the timings
+    return float(np.median([engine._probe_once() for _ in range(samples)]))
 
 
 def poisson_serving(num_requests: int = 48, loads: Sequence[float] = (0.1, 0.2, 0.4),
