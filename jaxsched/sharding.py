@@ -17,7 +17,11 @@ coordinator is given (flags, or ``JAX_COORDINATOR_ADDRESS`` with ``JAX_NUM_PROCE
 ``JAX_PROCESS_ID``, or ``JAXSCHED_DISTRIBUTED=1`` for JAX's cluster auto-detection on SLURM,
 Open MPI, TPU pods). Then :func:`jax.devices` lists every host's devices, every process builds
 the same batch from the same seed, feeds its own shards (:func:`put`), and gathers the results
-from all hosts (:func:`to_host`).
+from all hosts (:func:`to_host`), so every process ends with the whole result. The processes
+agree on the memory budget (:func:`min_over_processes`) and refuse, in one line, a launch
+whose processes hold different runs (:func:`check_same_on_all_processes`). On CPU the
+processes talk through JAX's CPU collectives (gloo): tested with 2 processes x 2 forced host
+devices on one machine (``tests/test_multiprocess.py``).
 """
 
 from __future__ import annotations
