@@ -215,6 +215,7 @@ def plan_run(shape: SimShape, num_workloads: int, bytes_per_rollout: int, device
     c = choose_chunk(shape.horizon, chunk)
     if max_memory is None:
         budget, source = auto_budget(devices)
+        budget = S.min_over_processes(budget)  # multi-host: every process plans the same run
     else:
         budget, source = int(max_memory), "--max-memory"
     per_device = budget // (bytes_per_rollout * per_device_p)
@@ -428,6 +429,9 @@ def run_chunked(policy: Policy, shape: SimShape, params: SimParams, num_workload
         keys, wl = get_batch(lo, hi)
         kd, impl = S.key_data(keys)
         wl, kd = S.pad_workloads(wl, kd, plan.batch)
+        if b == 0:  # multi-host: every process must hold the same run and batch
+            S.check_same_on_all_processes((plan, shape, policy.name, host_params, kd, wl),
+                                          "the run's plan, parameters and workloads")
         return S.put(kd, w_sharding), S.put(wl, w_sharding), impl, hi - lo
 
     keys, wl, impl, real = load(0)

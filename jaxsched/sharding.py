@@ -17,13 +17,20 @@ coordinator is given (flags, or ``JAX_COORDINATOR_ADDRESS`` with ``JAX_NUM_PROCE
 ``JAX_PROCESS_ID``, or ``JAXSCHED_DISTRIBUTED=1`` for JAX's cluster auto-detection on SLURM,
 Open MPI, TPU pods). Then :func:`jax.devices` lists every host's devices, every process builds
 the same batch from the same seed, feeds its own shards (:func:`put`), and gathers the results
-from all hosts (:func:`to_host`).
+from all hosts (:func:`to_host`), so every process ends with the whole result. The processes
+agree on the memory budget (:func:`min_over_processes`) and refuse, in one line, a launch
+whose processes hold different runs (:func:`check_same_on_all_processes`). On CPU the
+processes talk through JAX's CPU collectives (gloo): tested with 2 processes x 2 forced host
+devices on one machine (``tests/test_multiprocess.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
-from typing import Any, Sequence
+import sys
+from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +43,12 @@ from jaxsched.model import Workload
 __all__ = [
     "PARAM_AXIS",
     "WORKLOAD_AXIS",
+    "check_distributed_args",
     "initialize_distributed",
+    "is_main_process",
+    "min_over_processes",
+    "check_same_on_all_processes",
+    "native_stdout_to_stderr",
     "select_devices",
     "mesh_split",
     "make_mesh",
@@ -55,30 +67,70 @@ WORKLOAD_AXIS = "workloads"
 _initialized = False
 
 
+def _env_int(name: str) -> int | None:
+    text = os.environ.get(name, "")
+    if text == "":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise JaxschedError(f"{name}={text!r}: expected an integer") from None
+
+
+def check_distributed_args(coordinator: str | None, num_processes: int | None,
+                           process_id: int | None, auto: bool = False) -> None:
+    """Refuse an inconsistent multi-host launch in one line, before JAX is touched.
+
+    ``coordinator`` must be ``HOST:PORT``; with it, ``num_processes >= 1`` and
+    ``0 <= process_id < num_processes`` are required. Without a coordinator (and without
+    ``auto`` cluster detection) the process count and id mean nothing and are refused.
+    """
+    if coordinator is None:
+        if not auto and (num_processes is not None or process_id is not None):
+            raise JaxschedError("--num-processes/--process-id need --coordinator HOST:PORT "
+                                "(or JAX_COORDINATOR_ADDRESS)")
+    else:
+        host, sep, port = coordinator.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise JaxschedError(f"--coordinator {coordinator!r}: expected HOST:PORT, "
+                                "e.g. 10.0.0.1:1234")
+        if num_processes is None or process_id is None:
+            raise JaxschedError(
+                f"distributed run with coordinator {coordinator!r}: give --num-processes and "
+                "--process-id (or JAX_NUM_PROCESSES and JAX_PROCESS_ID)")
+    if num_processes is not None and num_processes < 1:
+        raise JaxschedError(f"--num-processes {num_processes}: must be >= 1")
+    if process_id is not None and process_id < 0:
+        raise JaxschedError(f"--process-id {process_id}: must be >= 0")
+    if num_processes is not None and process_id is not None and process_id >= num_processes:
+        raise JaxschedError(f"--process-id {process_id}: must be below --num-processes "
+                            f"{num_processes}")
+
+
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None) -> bool:
     """Join a multi-host run if one is configured; returns whether :mod:`jax.distributed` is on.
 
     Arguments win over the environment (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``,
     ``JAX_PROCESS_ID``); ``JAXSCHED_DISTRIBUTED=1`` alone asks JAX to detect the cluster.
-    Must run before the first JAX computation of the process; a second call is a no-op.
+    Bad values are refused by :func:`check_distributed_args`. On CPU the processes' devices
+    talk through JAX's CPU collectives (``jax_cpu_collectives_implementation``, gloo by
+    default). Must run before the first JAX computation of the process; a second call is a
+    no-op.
     """
     global _initialized
     if _initialized:
         return True
     env = os.environ
-    coordinator = coordinator or env.get("JAX_COORDINATOR_ADDRESS")
-    if num_processes is None and env.get("JAX_NUM_PROCESSES"):
-        num_processes = int(env["JAX_NUM_PROCESSES"])
-    if process_id is None and env.get("JAX_PROCESS_ID"):
-        process_id = int(env["JAX_PROCESS_ID"])
+    coordinator = coordinator or env.get("JAX_COORDINATOR_ADDRESS") or None
+    if num_processes is None:
+        num_processes = _env_int("JAX_NUM_PROCESSES")
+    if process_id is None:
+        process_id = _env_int("JAX_PROCESS_ID")
     auto = env.get("JAXSCHED_DISTRIBUTED", "") not in ("", "0")
+    check_distributed_args(coordinator, num_processes, process_id, auto)
     if coordinator is None and not auto:
         return False
-    if coordinator is not None and (num_processes is None or process_id is None):
-        raise JaxschedError(
-            f"distributed run with coordinator {coordinator!r}: give --num-processes and "
-            "--process-id (or JAX_NUM_PROCESSES and JAX_PROCESS_ID)")
     try:
         jax.distributed.initialize(coordinator_address=coordinator,
                                    num_processes=num_processes, process_id=process_id)
@@ -204,3 +256,84 @@ def to_host(x: Any) -> Any:
 
     return jax.tree.map(one, x)
 
+
+
+def is_main_process() -> bool:
+    """Whether this process writes output files: process 0 of a multi-host run (or the only one)."""
+    return jax.process_index() == 0
+
+
+def _allgather_bytes(data: bytes) -> list[bytes]:
+    """Every process's ``data`` (all of the same length), in process order."""
+    from jax.experimental import multihost_utils
+
+    rows = multihost_utils.process_allgather(np.frombuffer(data, np.uint8))
+    return [bytes(np.asarray(r, np.uint8)) for r in np.asarray(rows).reshape(-1, len(data))]
+
+
+def min_over_processes(value: int) -> int:
+    """The smallest of every process's ``value`` (itself on one process): per-host measurements
+    such as a memory budget must agree, or the processes would plan different batches."""
+    if jax.process_count() == 1:
+        return int(value)
+    return min(int(np.frombuffer(b, np.int64)[0])
+               for b in _allgather_bytes(np.int64(value).tobytes()))
+
+
+def _fingerprint(tree: Any) -> bytes:
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+            a = np.asarray(leaf)
+            h.update(f"{a.dtype}{a.shape}".encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        else:
+            h.update(repr(leaf).encode())
+    return h.digest()
+
+
+def check_same_on_all_processes(tree: Any, what: str) -> None:
+    """Refuse, in one line on every process, a multi-host run whose processes hold different
+    ``tree`` (arrays compared by value, anything else by ``repr``): each process feeds its
+    shards from its own copy of the batch, so a process launched with another config or seed
+    would silently change the result. A no-op on one process."""
+    if jax.process_count() == 1:
+        return
+    digests = _allgather_bytes(_fingerprint(tree))
+    differ = [i for i, d in enumerate(digests) if d != digests[0]]
+    if differ:
+        raise JaxschedError(f"processes {differ} disagree with process 0 on {what}: launch "
+                            "every process with the same config, flags and seed")
+
+
+def _flush_native_stdout() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):  # no C library to flush (not a POSIX libc)
+        pass
+
+
+@contextlib.contextmanager
+def native_stdout_to_stderr(enabled: bool = True) -> Iterator[None]:
+    """Send file descriptor 1 to stderr while the block runs (when ``enabled``).
+
+    JAX's CPU collectives (gloo) print connection messages on the process's stdout; inside
+    this block they land on stderr, so a multi-process ``simulate --json`` still prints
+    exactly one JSON object on stdout.
+    """
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    _flush_native_stdout()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        _flush_native_stdout()
+        os.dup2(saved, 1)
+        os.close(saved)

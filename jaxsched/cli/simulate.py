@@ -34,22 +34,25 @@ def simulate(
     from jaxsched.chunked import parse_bytes
     from jaxsched.cli.tables import metrics_table, run_progress
     from jaxsched.config import DEFAULT_CONFIG, load_config
-    from jaxsched.sharding import initialize_distributed, select_devices
+    from jaxsched.sharding import (initialize_distributed, is_main_process,
+                                   native_stdout_to_stderr, select_devices)
 
     err = Console(stderr=True)
     cfg = load_config(config or DEFAULT_CONFIG, set_)
     budget = None if max_memory is None else parse_bytes(max_memory)
-    initialize_distributed(coordinator, num_processes, process_id)
+    distributed = initialize_distributed(coordinator, num_processes, process_id)
     select_devices(devices)  # a bad --devices fails here, in one line
     exp = api.build_experiment(cfg, record_trace=plot is not None)
-    with run_progress(err, f"simulating {cfg.workload.num_workloads} workloads x "
-                      f"{cfg.workload.horizon} iterations ({exp.policy.name})") as progress:
+    # multi-process: the collectives' native messages go to stderr, stdout keeps the result
+    with native_stdout_to_stderr(distributed), \
+            run_progress(err, f"simulating {cfg.workload.num_workloads} workloads x "
+                         f"{cfg.workload.horizon} iterations ({exp.policy.name})") as progress:
         result = api.run_experiment(exp, devices=devices, chunk=chunk, max_memory=budget,
                                     progress=progress)
     if result.arrivals_ended > 0:
         err.print(f"[yellow]warning:[/] in {result.arrivals_ended:.0%} of the workloads the clock "
                   f"passed the arrival span ({exp.duration:g}); set workload.duration")
-    if plot is not None:
+    if plot is not None and is_main_process():  # multi-process: process 0 writes the files
         from jaxsched.plots import plot_simulation
 
         plot_simulation(result, plot)
