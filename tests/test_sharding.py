@@ -17,7 +17,7 @@ from jaxsched.cli import main
 
 # Runs in a subprocess: the device count is fixed when JAX starts.
 _SCRIPT = textwrap.dedent("""
-    import json, jax, numpy as np
+    import dataclasses, json, jax, numpy as np
     from jaxsched import api, testing as jt
     from jaxsched.config import DEFAULT_CONFIG, load_config
     assert len(jax.devices()) == 4, jax.devices()
@@ -42,6 +42,20 @@ _SCRIPT = textwrap.dedent("""
             res = api.run_experiment(exp, keys[:5], sub, stacked, batched_params=True,
                                      devices=kw["devices"])
             out[name + "_params"] = dict(per=res.per_workload, plan=[res.run_stats.plan.mesh])
+        # the tuners' K x W batch: 3 points of a flow_control search space, 1 vs 4 devices
+        from tuning import optuna_search as osr
+        tcfg = load_config(DEFAULT_CONFIG, ["workload.num_workloads=6", "workload.horizon=40",
+                                            "workload.warmup=5", "system.max_batch=16",
+                                            "system.queue_size=8", "system.capacity=600",
+                                            "policy.name=flow_control"])
+        for n in (1, 4):
+            job = osr.prepare(tcfg)
+            job = dataclasses.replace(job, settings=job.settings.model_copy(
+                update={"devices": n}))
+            ev = osr.BatchEvaluator(job, 3)
+            u = len(job.space.names)
+            pts = [job.space.point_from_unit(np.full(u, f)) for f in (0.2, 0.5, 0.9)]
+            out[f"tune{n}"] = dict(per=ev.evaluate_per_workload(pts), devices=ev.num_devices)
     print(json.dumps(jax.tree.map(lambda x: np.asarray(x).tolist(), out)))
 """)
 
@@ -63,6 +77,11 @@ def test_one_and_four_devices_give_identical_results():
     assert len(out["one_params"]["per"]["evictions"]) == 2
     assert len(out["one_params"]["per"]["evictions"][0]) == 5
     assert sum(out["one"]["per"]["evictions"]) > 0  # the small system does evict
+    # the tuners' evaluator shards its K x W batch when given 4 devices: same metrics
+    assert out["tune1"]["devices"] == 1 and out["tune4"]["devices"] == 4
+    assert out["tune4"]["per"] == out["tune1"]["per"]
+    assert len(out["tune1"]["per"]["evictions"]) == 3
+    assert len(set(map(tuple, out["tune1"]["per"]["completed_per_time"]))) > 1  # points differ
 
 
 @pytest.mark.parametrize("n,p,w,expected", [(4, None, 6, (1, 4)), (4, 2, 5, (2, 2)),

@@ -225,6 +225,12 @@ def test_cli_tune_json_and_errors(tmp_path, capsys, monkeypatch):
     rc = main(["tune", str(write_config(tmp_path, 'sampler = "grid"', name="bad.toml"))])
     err = capsys.readouterr().err
     assert rc == 2 and "bad.toml: tune.sampler:" in err
+    import jax
+
+    many = len(jax.devices()) + 1
+    rc = main(["tune", str(cfg), "--trials", "5", "--batch", "4", "--devices", str(many)])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"error: --devices {many}: only" in err
 
 
 # ------------------------------------------------------------------------------------------

@@ -128,6 +128,7 @@ class TuneSettings(_Strict):
     trials: int = Field(default=100, ge=1)
     batch: int = Field(default=16, ge=1)
     num_workloads: int | None = Field(default=None, ge=1)
+    devices: int | None = Field(default=None, ge=1)  # None: every device (sharded when > 1)
     seed: int = 0
     study: str | None = None
     storage: str | None = None

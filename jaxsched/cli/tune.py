@@ -63,6 +63,9 @@ def tune(
     sampler: Optional[str] = typer.Option(None, help="tpe | cmaes | nsga2 | random"),
     objective: Optional[str] = typer.Option(None, help="weighted | pareto (default: tune.objective)"),
     workloads: Optional[int] = typer.Option(None, min=1, help="workloads per trial"),
+    devices: Optional[int] = typer.Option(None, "--devices", min=1, help="devices the K x W "
+                                          "batch is sharded over (default: tune.devices, else "
+                                          "all)"),
     seed: Optional[int] = typer.Option(None, help="sampler seed (give each worker its own)"),
     set_: list[str] = typer.Option([], "--set", help="override: section.key=value (repeatable)"),
     plots: Optional[Path] = typer.Option(None, help="folder for the PNG plots (default: out/tune/<study>)"),
@@ -84,6 +87,8 @@ def tune(
     err = Console(stderr=True)
     cfg = load_config(config, set_)
     settings = tune_settings(cfg.tune, cfg.source)
+    if devices is not None:
+        settings = settings.model_copy(update={"devices": devices})
     method = method or settings.method
     if method not in METHODS:
         raise JaxschedError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
