@@ -436,19 +436,25 @@ def wait_thresholds(prompt_len: Sequence[float], output_len: Sequence[float],
     fluid = wait_fluid(l, o, lam, capacity=cap, d0=d0, d1=d1)
     if not fluid.stable:
         raise JaxschedError(f"{fn}: no finite thresholds, {fluid.reason}")
-    smt = wait_memory_time(l, o)
-    t = fluid.iteration_time
+    n, _ = _smallest_thresholds(fn, lam, wait_memory_time(l, o), fluid.iteration_time, d0, d1,
+                                fluid.load, max_iter)
+    return _wait_check(l, o, lam, n, cap, d0, d1)
+
+
+def _smallest_thresholds(fn: str, rate: np.ndarray, weight: np.ndarray, t: float, d0: float,
+                         d1: float, load: float, max_iter: int) -> tuple[np.ndarray, float]:
+    """The componentwise-smallest integers ``n >= 1`` with ``d0 + d1 sum(n weight) <= n / rate``:
+    ``n = ceil(rate t)`` iterated with ``t <- d0 + d1 sum(n weight)`` from the fluid ``t``
+    (nondecreasing, settles when ``d1 load < 1``). Returns ``(n, t)`` (floats)."""
     n = None
     for _ in range(max_iter):
-        new = np.array([max(1, _ceil(x)) for x in lam * t], dtype=float)
+        new = np.array([max(1, _ceil(x)) for x in rate * t], dtype=float)
         if n is not None and np.array_equal(new, n):
-            break
+            return n, t
         n = new
-        t = d0 + d1 * float(np.sum(n * smt))
-    else:
-        raise JaxschedError(f"{fn}: thresholds did not settle in {max_iter} rounds "
-                            f"(d1*S = {d1 * fluid.load:.6g} is too close to 1)")
-    return _wait_check(l, o, lam, n, cap, d0, d1)
+        t = d0 + d1 * float(np.sum(n * weight))
+    raise JaxschedError(f"{fn}: thresholds did not settle in {max_iter} rounds "
+                        f"(d1*S = {d1 * load:.6g} is too close to 1)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -719,17 +725,8 @@ def nested_wait_fluid_thresholds(prompt_len: float, output_len: Sequence[int],
     if d1 * load >= 1:
         raise JaxschedError(f"{fn}: no finite thresholds, the fluid is unstable "
                             f"(d1*S = {d1 * load:.6g} >= 1)")
-    t = d0 / (1 - d1 * load)
-    n = None
-    for _ in range(max_iter):
-        new = np.array([max(1, _ceil(x)) for x in inflow * t], dtype=float)
-        if n is not None and np.array_equal(new, n):
-            break
-        n = new
-        t = d0 + d1 * float(np.sum(n * weight))
-    else:
-        raise JaxschedError(f"{fn}: thresholds did not settle in {max_iter} rounds "
-                            f"(d1*S = {d1 * load:.6g} is too close to 1)")
+    n, t = _smallest_thresholds(fn, inflow, weight, d0 / (1 - d1 * load), d0, d1, load,
+                                max_iter)
     base = float(np.sum(n * weight))
     entry = float(np.sum((l + o[:-1]) * n[1:]))
     feasible = base + entry <= cap
