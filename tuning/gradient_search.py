@@ -18,8 +18,9 @@ gradient with respect to the policy's parameters. One run:
    the final points are recorded as complete trials of an Optuna study (the config's metrics, constraints and the study
    snapshot exactly as the Optuna tuner writes them), so ``jaxsched export`` reads the best one.
 
-Checkpoints (orbax): the coordinates, the optimizer state, the step, the PRNG key and the loss
-history every ``checkpoint_every`` steps; a run started again with the same checkpoint
+Checkpoints (orbax): the coordinates, the optimizer state, the step and the loss history
+every ``checkpoint_every`` steps (the starting points come from ``seed``, the descent draws
+nothing at random); a run started again with the same checkpoint
 directory resumes from the last one and ends exactly where an uninterrupted run would (every
 step is a deterministic function of the checkpointed state).
 
@@ -291,7 +292,6 @@ def run_gradient(job: TuneJob, gs: GradientSettings, *, seed: int = 0, storage=N
     opt = _optimizer(gs)
     u0 = jnp.asarray(_initial_points(job, r, seed))
     state = {"u": u0, "opt_state": opt.init(u0), "step": jnp.zeros((), jnp.int32),
-             "key": jax.random.key_data(jax.random.key(seed)),
              "history": jnp.full((gs.steps, r), jnp.nan, jnp.float32),
              "trail": jnp.zeros((gs.steps, r, len(job.space.dims)), jnp.float32)}
     ckpt = _Checkpoints(checkpoint_dir, gs.checkpoint_every)
@@ -333,7 +333,7 @@ def run_gradient(job: TuneJob, gs: GradientSettings, *, seed: int = 0, storage=N
             step += 1
             done_here += 1
             state = {"u": u, "opt_state": opt_state, "step": jnp.asarray(step, jnp.int32),
-                     "key": state["key"], "history": jnp.asarray(history),
+                     "history": jnp.asarray(history),
                      "trail": jnp.asarray(trail)}
             ckpt.save(step, state, force=step == gs.steps)
             if progress is not None:
