@@ -147,3 +147,19 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_result(tmp_path):
     full = run_gradient(job, gs, seed=0, record=False)
     assert resumed.points == full.points
     np.testing.assert_array_equal(resumed.history, full.history)
+
+
+def test_bench_tune_gradient_times_both_tuners(tmp_path):
+    """``jaxsched bench tune --gradient`` (small shapes): both tuners report a best value, the
+    target is the better one less 2% unless given, and whoever reaches it says when."""
+    sets = [a for o in _overrides(tmp_path, 120, 3, small=True) for a in ("--set", o)]
+    _register_commands()
+    res = CliRunner().invoke(app, ["bench", "tune", str(SMALL), "--gradient", "--trials", "4",
+                                   "--batch", "2", "--steps", "3", "--json", *sets])
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout.strip().splitlines()[-1])
+    best = max(d["gradient_best"], d["optuna_best"])
+    assert d["target"] == pytest.approx(best - 0.02 * abs(best))
+    winner = "gradient" if d["gradient_best"] >= d["optuna_best"] else "optuna"
+    assert d[f"{winner}_seconds_to_target"] is not None
+    assert d["optuna_trials"] == 4 and d["gradient_steps"] == 3

@@ -603,9 +603,8 @@ def bench_gradient_vs_optuna(cfg, *, optuna_trials: int = 64, batch: int = 16,
     value either reached, less 2% of its magnitude.
     """
     import jax
-    import optuna
 
-    from tuning.optuna_search import _make_sampler, _quiet, prepare
+    from tuning.optuna_search import _bench_loop, prepare
 
     say = progress or (lambda msg: None)
     job = prepare(cfg, num_workloads=num_workloads)
@@ -631,31 +630,19 @@ def bench_gradient_vs_optuna(cfg, *, optuna_trials: int = 64, batch: int = 16,
 
     say(f"Optuna: {optuna_trials} trials, {batch} per call")
     ev = BatchEvaluator(job, batch, evaluator.keys, evaluator.workloads)
+    curve = []  # (seconds, trials, best feasible score so far)
+
+    def track(seconds, done, results):
+        scores = [float(objective.score(m)) for m in results
+                  if objective.feasible(m) and not objective.nonfinite_reason(m)]
+        best = max([curve[-1][2] if curve else -math.inf]
+                   + [v for v in scores if math.isfinite(v)])
+        curve.append((seconds, done, best))
+
     sampler_name = sampler or job.settings.resolved_sampler
-    smp = _make_sampler(sampler_name, seed, batch, len(job.space.dims), 1)
-    with _quiet():
-        study = optuna.create_study(direction="maximize", sampler=smp)
-    dists = job.space.distributions()
-    curve = []  # (seconds, trials, best)
-    obest = -math.inf
-    t0 = time.perf_counter()
-    done = 0
-    while done < optuna_trials:
-        n = min(batch, optuna_trials - done)
-        with _quiet():
-            asked = [study.ask(dists) for _ in range(n)]
-        results = ev.evaluate([dict(t.params) for t in asked])
-        with _quiet():
-            for t, m in zip(asked, results):
-                v = float(objective.score(m))
-                if objective.nonfinite_reason(m) or not math.isfinite(v):
-                    study.tell(t, state=optuna.trial.TrialState.FAIL)
-                    continue
-                study.tell(t, v)
-                if objective.feasible(m):
-                    obest = max(obest, v)
-        done += n
-        curve.append((time.perf_counter() - t0, done, obest))
+    _bench_loop(job, ev, optuna_trials, sampler_name, seed, objective=objective,
+                on_batch=track)
+    obest = curve[-1][2] if curve else -math.inf
 
     gbest = best_by_step[-1] if best_by_step else -math.inf
     if target is None:

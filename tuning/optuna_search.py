@@ -918,10 +918,13 @@ class TuneBench:
 
 
 def _bench_loop(job: TuneJob, evaluator: BatchEvaluator, trials: int, sampler_name: str,
-                seed: int) -> float:
+                seed: int, objective=None, on_batch=None) -> float:
+    """Ask/simulate/tell ``trials`` trials ``evaluator.batch`` at a time in an in-memory study
+    (``objective``: default the job's); ``on_batch(seconds, trials_done, metrics)`` after each
+    batch. Returns the seconds taken."""
     import optuna
 
-    objective = job.objective
+    objective = objective or job.objective
     sampler = _make_sampler(sampler_name, seed, evaluator.batch, len(job.space.dims),
                             len(objective.directions))
     with _quiet():
@@ -930,19 +933,22 @@ def _bench_loop(job: TuneJob, evaluator: BatchEvaluator, trials: int, sampler_na
     if objective.needs_baseline:
         objective = objective.with_baseline(evaluator.evaluate([evaluator.default_point])[0])
     t0 = time.perf_counter()
-    left = trials
-    while left > 0:
-        n = min(evaluator.batch, left)
+    done = 0
+    while done < trials:
+        n = min(evaluator.batch, trials - done)
         with _quiet():
             asked = [study.ask(dists) for _ in range(n)]
         results = evaluator.evaluate([dict(t.params) for t in asked])
         with _quiet():
             for t, m in zip(asked, results):
-                if objective.nonfinite_reason(m):
+                values = [float(v) for v in objective.values(m)]
+                if objective.nonfinite_reason(m) or not all(map(math.isfinite, values)):
                     study.tell(t, state=optuna.trial.TrialState.FAIL)
                 else:
-                    study.tell(t, [float(v) for v in objective.values(m)])
-        left -= n
+                    study.tell(t, values)
+        done += n
+        if on_batch is not None:
+            on_batch(time.perf_counter() - t0, done, results)
     return time.perf_counter() - t0
 
 
