@@ -38,6 +38,8 @@ __all__ = [
     "config_from_dict",
     "apply_overrides",
     "load_profile",
+    "format_validation",
+    "read_text",
     "CONFIG_DIR",
     "DEFAULT_CONFIG",
 ]
@@ -230,9 +232,11 @@ class SystemProfile(_Strict):
         return 1
 
 
-def _format_validation(where: str, err: ValidationError) -> str:
+def format_validation(where: str, err: ValidationError, section: str = "") -> str:
+    """One line for a pydantic error: ``where: section.key.path: message (got value)``."""
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if p not in ("function-after",))
+    loc = section + ".".join(str(p) for p in first["loc"] if p not in ("function-after",))
+    loc = loc.rstrip(".")
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
@@ -243,13 +247,18 @@ def _format_validation(where: str, err: ValidationError) -> str:
     return f"{where}: {loc}: {msg}" if loc else f"{where}: {msg}"
 
 
-def _read_toml(path: Path) -> dict:
+def read_text(path: Path) -> str:
+    """A file's text; a missing or unreadable file is a one-line :class:`JaxschedError`."""
     try:
-        text = path.read_text()
+        return Path(path).read_text()
     except FileNotFoundError:
         raise JaxschedError(f"{path}: no such file") from None
     except OSError as err:
         raise JaxschedError(f"{path}: cannot read: {err.strerror}") from None
+
+
+def _read_toml(path: Path) -> dict:
+    text = read_text(path)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
@@ -274,7 +283,7 @@ def load_profile(ref: str, base_dir: Path) -> HardwareProfile | SystemProfile:
     try:
         return kind(**table)
     except ValidationError as err:
-        raise JaxschedError(_format_validation(str(path), err)) from None
+        raise JaxschedError(format_validation(str(path), err)) from None
     except TypeError as err:
         raise JaxschedError(f"{path}: {err}") from None
 
@@ -327,7 +336,7 @@ def config_from_dict(data: dict, source: str = "<config>", base_dir: Path | None
     try:
         cfg = Config(**data, source=source)
     except ValidationError as err:
-        raise JaxschedError(_format_validation(source, err)) from None
+        raise JaxschedError(format_validation(source, err)) from None
     sysc = cfg.system
     resolved: dict[str, Any] = {"hardware": None}
     if sysc.profile is not None:

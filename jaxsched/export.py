@@ -403,13 +403,10 @@ def read_policy_file(path: str | Path) -> PolicyFile:
     """Parse and check a policy file: JSON, schema version, fields (no unknown ones)."""
     from jaxsched import __version__
 
+    from jaxsched.config import read_text
+
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise JaxschedError(f"{path}: no such file") from None
-    except OSError as err:
-        raise JaxschedError(f"{path}: cannot read: {err.strerror}") from None
+    text = read_text(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:

@@ -39,6 +39,7 @@ from typing import Any, Callable, Literal, Mapping
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from jaxsched.config import format_validation
 from jaxsched.errors import JaxschedError
 from tuning.objectives import Objective, add_derived, aggregate, measured_time
 from tuning.optuna_search import (
@@ -89,10 +90,7 @@ def gradient_settings(raw: Mapping[str, Any] | None, source: str = "<config>") -
     try:
         return GradientSettings(**dict(raw or {}))
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise JaxschedError(f"{source}: tune.gradient.{loc}: {msg}") from None
+        raise JaxschedError(format_validation(source, e, "tune.gradient.")) from None
 
 
 # ------------------------------------------------------------------------------------------

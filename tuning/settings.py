@@ -46,6 +46,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from jaxsched.config import format_validation
 from jaxsched.errors import JaxschedError
 
 __all__ = [
@@ -172,24 +173,11 @@ class TuneSettings(_Strict):
         return self.pareto if self.pareto is not None else ParetoSettings(**DEFAULT_PARETO)
 
 
-def _format(where: str, err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-    if "input" in first and first["type"] not in ("extra_forbidden", "missing", "value_error"):
-        msg += f" (got {first['input']!r})"
-    return f"{where}: tune.{loc}: {msg}" if loc else f"{where}: tune: {msg}"
-
-
 def tune_settings(table: dict[str, Any] | None, source: str = "<config>") -> TuneSettings:
     """Validate a config's ``[tune]`` table (``cfg.tune``); errors name the file and key."""
     try:
         return TuneSettings(**dict(table or {}))
     except ValidationError as err:
-        raise JaxschedError(_format(source, err)) from None
+        raise JaxschedError(format_validation(source, err, "tune.")) from None
     except TypeError as err:
         raise JaxschedError(f"{source}: tune: {err}") from None
