@@ -70,6 +70,7 @@ __all__ = [
     "jax_states",
     "workloads",
     "systems",
+    "small_tuning_config",
 ]
 
 COUNT_METRICS = ("evictions", "recomputed_tokens", "overflow_steps", "queue_final",
@@ -434,3 +435,39 @@ def systems(capacity: tuple[int, int] = (6, 40), slotted: bool | None = None,
         lambda c, t, r: {"capacity": float(c), "d0": t[0], "d1": t[1], "d2": t[2],
                          "restart_on_evict": r},
         st.integers(*capacity), timing, restart)
+
+
+def small_tuning_config(tune: str = "", horizon: int = 120, workloads: int = 3,
+                        policy: str = "flow_control") -> str:
+    """TOML of the tuning tests' small setting: C = 600, 24 slots, two Poisson classes
+    (prompt 4, outputs 8 and 16, 0.6 per unit time each), ``policy`` and a ``[tune]`` table
+    holding ``tune`` (lines appended to it)."""
+    return f"""
+[system]
+capacity = 600
+max_batch = 24
+queue_size = 8
+
+[workload]
+kind = "poisson"
+horizon = {horizon}
+warmup = 20
+num_workloads = {workloads}
+seed = 0
+
+[[workload.classes]]
+prompt_len = 4
+output_len = 8
+rate = 0.6
+
+[[workload.classes]]
+prompt_len = 4
+output_len = 16
+rate = 0.6
+
+[policy]
+name = "{policy}"
+
+[tune]
+{tune}
+"""

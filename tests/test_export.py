@@ -13,46 +13,16 @@ from jaxsched import export as ex
 from jaxsched.cli import main
 from jaxsched.config import load_config
 from jaxsched.errors import JaxschedError
+from jaxsched.testing import small_tuning_config
 from tuning import optuna_search as osr
-
-CONFIG = """
-[system]
-capacity = 600
-max_batch = 24
-queue_size = 8
-
-[workload]
-kind = "poisson"
-horizon = 120
-warmup = 20
-num_workloads = 3
-seed = 0
-
-[[workload.classes]]
-prompt_len = 4
-output_len = 8
-rate = 0.6
-
-[[workload.classes]]
-prompt_len = 4
-output_len = 16
-rate = 0.6
-
-[policy]
-name = "flow_control"
-
-[tune]
-batch = 4
-{tune}
-"""
-
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
     """A small tuned study in an SQLite file: (storage URL, study name, job, folder)."""
     d = tmp_path_factory.mktemp("export")
     cfg = d / "small.toml"
-    cfg.write_text(CONFIG.format(tune='[[tune.constraints]]\nmetric = "evictions_per_request"\nmax = 5.0'))
+    cfg.write_text(small_tuning_config('batch = 4\n[[tune.constraints]]\n'
+                                       'metric = "evictions_per_request"\nmax = 5.0'))
     url = f"sqlite:///{d / 'tune.db'}"
     job = osr.prepare(load_config(cfg))
     osr.run_optuna(job, trials=8, batch=4, storage=url, study_name="ex")
@@ -227,7 +197,7 @@ def test_cli_export_validate_and_errors(tuned, tmp_path, capsys):
 
 def test_pareto_study_needs_a_trial_number(tmp_path):
     cfg = tmp_path / "p.toml"
-    cfg.write_text(CONFIG.format(tune='objective = "pareto"'))
+    cfg.write_text(small_tuning_config('batch = 4\nobjective = "pareto"'))
     url = f"sqlite:///{tmp_path / 'p.db'}"
     out = osr.run_optuna(osr.prepare(load_config(cfg)), trials=8, batch=4, storage=url,
                          study_name="par")

@@ -20,45 +20,14 @@ from optuna.trial import TrialState
 from jaxsched.cli import main
 from jaxsched.config import load_config
 from jaxsched.errors import JaxschedError
+from jaxsched.testing import small_tuning_config
 from tuning import optuna_search as osr
-
-SMALL = """
-[system]
-capacity = 600
-max_batch = 24
-queue_size = 8
-
-[workload]
-kind = "poisson"
-horizon = {horizon}
-warmup = 20
-num_workloads = {workloads}
-seed = 0
-
-[[workload.classes]]
-prompt_len = 4
-output_len = 8
-rate = 0.6
-
-[[workload.classes]]
-prompt_len = 4
-output_len = 16
-rate = 0.6
-
-[policy]
-name = "{policy}"
-
-[tune]
-batch = 4
-trials = 8
-{tune}
-"""
-
 
 def write_config(tmp_path: Path, tune: str = "", horizon: int = 120, workloads: int = 3,
                  name: str = "small.toml", policy: str = "flow_control") -> Path:
     path = tmp_path / name
-    path.write_text(SMALL.format(tune=tune, horizon=horizon, workloads=workloads, policy=policy))
+    path.write_text(small_tuning_config("batch = 4\ntrials = 8\n" + tune, horizon, workloads,
+                                        policy))
     return path
 
 

@@ -19,6 +19,7 @@ import pytest
 from optuna.trial import TrialState
 
 from jaxsched.config import load_config
+from jaxsched.testing import small_tuning_config
 from tuning import optuna_search as osr
 
 URL = os.environ.get("JAXSCHED_TEST_POSTGRES_URL")
@@ -26,39 +27,12 @@ pytestmark = pytest.mark.skipif(
     not URL, reason="JAXSCHED_TEST_POSTGRES_URL is not set (.ci/run starts a PostgreSQL server "
                     "on 127.0.0.1 and sets it)")
 
-CONFIG = """
-[system]
-capacity = 600
-max_batch = 24
-queue_size = 8
-
-[workload]
-kind = "poisson"
-horizon = {horizon}
-warmup = 20
-num_workloads = {workloads}
-seed = 0
-
-[[workload.classes]]
-prompt_len = 4
-output_len = 8
-rate = 0.6
-
-[[workload.classes]]
-prompt_len = 4
-output_len = 16
-rate = 0.6
-
-[policy]
-name = "flow_control"
-"""
-
 ENTRY = "import sys; from jaxsched.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 def write_config(tmp_path: Path, horizon=120, workloads=3) -> Path:
     path = tmp_path / "pg.toml"
-    path.write_text(CONFIG.format(horizon=horizon, workloads=workloads))
+    path.write_text(small_tuning_config(horizon=horizon, workloads=workloads))
     return path
 
 
