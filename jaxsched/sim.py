@@ -42,6 +42,9 @@ from jaxsched.policies.base import (
     SlotView,
     decision_parts,
     evict_newest_first,
+    evict_to_fit,
+    plan_execution,
+    seat_admissions,
 )
 
 __all__ = [
@@ -234,11 +237,8 @@ def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
     )
     admit_out, pstate = policy.admit(k_admit, pp, pstate, view)
     admit, margin = decision_parts(admit_out)
-    num_resident = jnp.sum(slots.valid, dtype=jnp.int32)
-    admit = admit & waiting
-    admit = admit & (jnp.cumsum(admit) <= b - num_resident)
+    admit, pos = seat_admissions(admit, waiting, slots.valid)
     num_admitted = jnp.sum(admit, dtype=jnp.int32)
-    pos = jnp.where(admit, num_resident + jnp.cumsum(admit) - 1, b)
     # Admitted requests fill slots [n, n + a) in queue order: one scatter of window indices,
     # then a gather per field.
     src = jnp.zeros((b,), jnp.int32).at[pos].set(jnp.arange(w, dtype=jnp.int32), mode="drop")
@@ -270,20 +270,14 @@ def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
     # 3. Plan: who runs, how much prefill.
     view = view.replace(slots=_slot_view(slots, is_new))
     plan = policy.plan(k_plan, pp, pstate, view)
-    run = plan.run & valid
-    target = slots.prompt + slots.generated
-    pending = target - slots.cached
-    chunk = jnp.where(run, jnp.clip(plan.chunk, 0, pending), 0)
-    token = run & (slots.cached + chunk == target)
-    need = jnp.where(valid, slots.cached + chunk + token, 0)
+    run, chunk, token, need, pending = plan_execution(
+        plan.run, plan.chunk, valid, slots.prompt, slots.generated, slots.cached)
 
     # 4. Memory: overflow -> the policy evicts, then newest-first until it fits.
     excess = jnp.sum(need).astype(jnp.float32) - sysp.capacity
     overflow = excess > 0
     evict, pstate = policy.evict(k_evict, pp, pstate, view.replace(excess=excess), need)
-    evict = evict & valid
-    still = excess - jnp.sum(jnp.where(evict, need, 0)).astype(jnp.float32)
-    evict = evict | evict_newest_first(need, valid & ~evict, still)
+    evict = evict_to_fit(evict, need, valid, excess)
     survive = valid & ~evict
     num_evicted = jnp.sum(evict, dtype=jnp.int32)
 

@@ -105,7 +105,15 @@ from jaxsched.engine.tokenizer import ByteTokenizer
 from jaxsched.errors import JaxschedError
 from jaxsched.model import SimShape
 from jaxsched.policies import get_policy, make_params
-from jaxsched.policies.base import Policy, QueueView, SchedView, SlotView, evict_newest_first
+from jaxsched.policies.base import (
+    Policy,
+    QueueView,
+    SchedView,
+    SlotView,
+    evict_to_fit,
+    plan_execution,
+    seat_admissions,
+)
 
 __all__ = [
     "RequestError",
@@ -292,10 +300,7 @@ def decide(policy: Policy, key, params, pstate, view: SchedView):
 
     admit, pstate = policy.admit(k_admit, params, pstate, view)
     admit = getattr(admit, "admit", admit)  # a policy may return its mask with margins
-    num_resident = jnp.sum(slots.valid, dtype=jnp.int32)
-    admit = admit & q.valid
-    admit = admit & (jnp.cumsum(admit) <= b - num_resident)
-    pos = jnp.where(admit, num_resident + jnp.cumsum(admit) - 1, b)
+    admit, pos = seat_admissions(admit, q.valid, slots.valid)
     put = lambda dst, src: dst.at[pos].set(src, mode="drop")  # noqa: E731
     slots = SlotView(
         valid=put(slots.valid, jnp.ones((w,), bool)),
@@ -311,18 +316,12 @@ def decide(policy: Policy, key, params, pstate, view: SchedView):
     view = view.replace(slots=slots)
 
     plan = policy.plan(k_plan, params, pstate, view)
-    run = plan.run & valid
-    target = slots.prompt + slots.generated
-    pending = target - slots.cached
-    chunk = jnp.where(run, jnp.clip(plan.chunk, 0, pending), 0)
-    token = run & (slots.cached + chunk == target)
-    need = jnp.where(valid, slots.cached + chunk + token, 0)
+    run, chunk, token, need, _ = plan_execution(plan.run, plan.chunk, valid, slots.prompt,
+                                                slots.generated, slots.cached)
 
     excess = jnp.sum(need).astype(jnp.float32) - view.capacity
     evict, pstate = policy.evict(k_evict, params, pstate, view.replace(excess=excess), need)
-    evict = evict & valid
-    still = excess - jnp.sum(jnp.where(evict, need, 0)).astype(jnp.float32)
-    evict = evict | evict_newest_first(need, valid & ~evict, still)
+    evict = evict_to_fit(evict, need, valid, excess)
     survive = valid & ~evict
     return Decision(admit=admit, slots=slots, run=run & survive,
                     chunk=jnp.where(survive, chunk, 0), token=token & survive, evict=evict,

@@ -46,6 +46,9 @@ __all__ = [
     "full_need",
     "fcfs_prefix",
     "evict_newest_first",
+    "seat_admissions",
+    "plan_execution",
+    "evict_to_fit",
     "evict_by_priority",
     "EVICTION_ORDERS",
     "evict_in_order",
@@ -208,6 +211,48 @@ def evict_newest_first(need: jax.Array, valid: jax.Array, excess: jax.Array) -> 
     need = jnp.where(valid, need, 0)
     newer = jnp.cumsum(need[::-1])[::-1] - need  # memory of slots after i
     return valid & (newer < excess)
+
+
+# --------------------------------------------------------------------------------------------
+# The model's own rules around a policy (jaxsched.model, steps 2-4), shared by the simulator
+# (jaxsched.sim.step) and the engine's scheduler (jaxsched.engine.batching.decide).
+
+
+def seat_admissions(admit: jax.Array, waiting: jax.Array, resident: jax.Array
+                    ) -> tuple[jax.Array, jax.Array]:
+    """Step 2: the policy's admissions among the waiting window positions, kept in queue order
+    while they fit the free slots ``B - residents``. Returns ``(admit (W,), slot (W,))``: the
+    slot each admitted position fills (residents stay compacted: ``residents + rank``), ``B``
+    for the others."""
+    b = resident.shape[0]
+    num_resident = jnp.sum(resident, dtype=jnp.int32)
+    admit = admit & waiting
+    admit = admit & (jnp.cumsum(admit) <= b - num_resident)
+    return admit, jnp.where(admit, num_resident + jnp.cumsum(admit) - 1, b)
+
+
+def plan_execution(run: jax.Array, chunk: jax.Array, valid: jax.Array, prompt: jax.Array,
+                   generated: jax.Array, cached: jax.Array):
+    """Step 3 on the plan: who runs (residents only), the prefill chunk clipped to the
+    ``pending = l + g - cached`` tokens left, whether a token is generated (the prefill is
+    complete after the chunk), and each resident's memory ``need = cached + chunk + token``.
+    Returns ``(run, chunk, token, need, pending)``, all (B,)."""
+    run = run & valid
+    target = prompt + generated
+    pending = target - cached
+    chunk = jnp.where(run, jnp.clip(chunk, 0, pending), 0)
+    token = run & (cached + chunk == target)
+    need = jnp.where(valid, cached + chunk + token, 0)
+    return run, chunk, token, need, pending
+
+
+def evict_to_fit(evict: jax.Array, need: jax.Array, valid: jax.Array, excess: jax.Array
+                 ) -> jax.Array:
+    """Step 4: the policy's evictions among the residents, then the newest remaining ones
+    until the memory fits (``excess = M - C``; nothing more when it is <= 0)."""
+    evict = evict & valid
+    still = excess - jnp.sum(jnp.where(evict, need, 0)).astype(jnp.float32)
+    return evict | evict_newest_first(need, valid & ~evict, still)
 
 
 def evict_by_priority(need: jax.Array, valid: jax.Array, excess: jax.Array,
