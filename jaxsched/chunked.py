@@ -199,6 +199,7 @@ class RunPlan:
     bytes_per_rollout: int  # estimate, see rollout_bytes
     budget: int  # bytes per device
     budget_source: str
+    window: int | None = None  # streamed: requests held per rollout (jaxsched.stream), else None
 
 
 @dataclasses.dataclass
@@ -480,6 +481,8 @@ def run_chunked(policy: Policy, shape: SimShape, params: SimParams, num_workload
     per = rollout_bytes(policy, shape, num_requests, params, choose_chunk(shape.horizon, chunk),
                         batched_params, stream)
     plan = plan_run(shape, num_workloads, per, devs, num_params, chunk, max_memory)
+    if stream is not None:
+        plan = dataclasses.replace(plan, window=stream.window)
     dp, dw = plan.mesh
     mesh = S.make_mesh(devs, dp, dw)
     lengths = [plan.chunk] * (shape.horizon // plan.chunk)
