@@ -361,13 +361,16 @@ def run_experiment(exp: Experiment, keys=None, workloads: Workload | None = None
     building its full request arrays, so memory does not grow with the horizon; the sample
     paths differ from the full-array generators'. ``None`` decides automatically: stream
     when the kind supports it, the workloads are not given, and the full arrays of one
-    replica would exceed :data:`STREAM_AUTO_BYTES` with a window at most half their size.
+    replica would exceed :data:`STREAM_AUTO_BYTES` with a window at most half their size
+    (or when ``window`` is given).
     """
     from jaxsched.chunked import run_chunked
 
     params = exp.params if params is None else params
     kind = exp.config.workload.kind
     spec = sp = None
+    if stream is None and window is not None:  # a window size asks for streaming
+        stream = True
     if stream is None:
         stream = False
         if workloads is None and kind in STREAM_KINDS \

@@ -19,9 +19,12 @@ Memory. The device holds, per rollout (per workload and parameter set): the carr
 workload's request arrays ``O(N)``, and the trace of one chunk when recorded. When the whole
 batch does not fit the budget (``max_memory`` bytes per device, or :func:`auto_budget`), it is
 streamed through in fixed-size batches (the last one padded with dummy workloads, so one
-compilation serves all). What still grows with the horizon: ``N``, the number of requests per
-workload, is sized from ``horizon x arrival rate``, so the request arrays (about 23 bytes per
-request) grow with the horizon; nothing else does.
+compilation serves all). With full request arrays ``N``, the number of requests per workload,
+is sized from ``horizon x arrival rate``, so they (about 23 bytes per request) grow with the
+horizon. Streamed workloads (``stream``, :mod:`jaxsched.stream`) replace them by a sliding
+window of ``R`` requests generated on the device block by block and carried between chunks
+(indices relative to its base; slid after every chunk): then nothing on the device depends
+on the horizon, and the result is exactly the simulator's on the materialized stream.
 """
 
 from __future__ import annotations

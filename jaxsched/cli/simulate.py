@@ -24,7 +24,7 @@ def simulate(
     chunk: Optional[int] = typer.Option(None, "--chunk", help="iterations per device call (default: about 1000)"),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="bytes per device, e.g. 2GiB (default: from free memory); larger batches are streamed"),
     stream: Optional[bool] = typer.Option(None, "--stream/--no-stream", help="generate each workload block by block into a sliding request window on the device, so memory does not grow with the horizon (poisson, bursty, saturated, trace; other sample paths than the full arrays). Default: stream when one workload's full request arrays would exceed 1 MiB and the window is at most half of them"),
-    window: Optional[int] = typer.Option(None, "--window", help="requests per workload in the streamed window (default: from the arrivals of two chunks plus the look-ahead); a run whose queue outgrows it fails in one line"),
+    window: Optional[int] = typer.Option(None, "--window", help="requests per workload in the streamed window (implies --stream unless --no-stream; default: from the arrivals of two chunks plus the look-ahead); a run whose queue outgrows it fails in one line"),
     coordinator: Optional[str] = typer.Option(None, "--coordinator", help="multi-host: coordinator host:port (or JAX_COORDINATOR_ADDRESS)"),
     num_processes: Optional[int] = typer.Option(None, "--num-processes", help="multi-host: number of processes"),
     process_id: Optional[int] = typer.Option(None, "--process-id", help="multi-host: this process's index"),
