@@ -70,6 +70,7 @@ class SimulationResult:
     arrivals_ended: float = 0.0  # fraction of workloads whose clock passed the arrival span
     final_completed: np.ndarray | None = None  # (W,) requests completed over all iterations
     run_stats: Any = None  # jaxsched.chunked.RunStats: devices, chunks, batches, peak memory
+    stream_note: str = ""  # why an automatically streamed run fell back to full arrays
 
     @property
     def num_workloads(self) -> int:
@@ -362,7 +363,9 @@ def run_experiment(exp: Experiment, keys=None, workloads: Workload | None = None
     paths differ from the full-array generators'. ``None`` decides automatically: stream
     when the kind supports it, the workloads are not given, and the full arrays of one
     replica would exceed :data:`STREAM_AUTO_BYTES` with a window at most half their size
-    (or when ``window`` is given).
+    (or when ``window`` is given); if the queue then outgrows the window the run starts
+    again with full arrays (``SimulationResult.stream_note`` says so). An explicit
+    ``stream=True`` raises :class:`jaxsched.stream.WindowTooSmall` instead.
     """
     from jaxsched.chunked import run_chunked
 
@@ -371,6 +374,7 @@ def run_experiment(exp: Experiment, keys=None, workloads: Workload | None = None
     spec = sp = None
     if stream is None and window is not None:  # a window size asks for streaming
         stream = True
+    auto = stream is None
     if stream is None:
         stream = False
         if workloads is None and kind in STREAM_KINDS \
@@ -403,11 +407,22 @@ def run_experiment(exp: Experiment, keys=None, workloads: Workload | None = None
             return keys[lo:hi], jax.tree.map(lambda x: x[lo:hi], workloads)
     n_req = int(jax.tree.leaves(workloads)[0].shape[-1]) if workloads is not None \
         else exp.num_requests
-    res, stats = run_chunked(exp.policy, exp.shape, params, num, get_batch, n_req,
-                             batched_params=batched_params, devices=devices, chunk=chunk,
-                             max_memory=max_memory, progress=progress,
-                             stream=spec if stream else None,
-                             stream_params=sp if stream else None)
+    from jaxsched.stream import WindowTooSmall
+
+    try:
+        res, stats = run_chunked(exp.policy, exp.shape, params, num, get_batch, n_req,
+                                 batched_params=batched_params, devices=devices, chunk=chunk,
+                                 max_memory=max_memory, progress=progress,
+                                 stream=spec if stream else None,
+                                 stream_params=sp if stream else None)
+    except WindowTooSmall as err:
+        if not (auto and stream):
+            raise
+        # Chosen automatically: run again with full arrays rather than fail.
+        out = run_experiment(exp, keys, workloads, params, batched_params, devices, chunk,
+                             max_memory, progress, stream=False)
+        out.stream_note = f"{err}; ran again with full request arrays"
+        return out
     per_workload = {k: np.asarray(v) for k, v in res.metrics.items()}
     summary = {k: np.asarray(jnp.nanmean(jnp.asarray(v), axis=-1)) for k, v in per_workload.items()}
     summary = {k: (float(v) if v.ndim == 0 else v) for k, v in summary.items()}

@@ -475,7 +475,8 @@ def run_chunked(policy: Policy, shape: SimShape, params: SimParams, num_workload
     a sliding window of ``stream.window`` requests (``num_requests`` is ignored), and the
     result equals :func:`jaxsched.sim.simulate` on the materialized streams
     (:func:`jaxsched.stream.materialize`); a window too small for that raises a one-line
-    :class:`JaxschedError` after the run.
+    :class:`~jaxsched.stream.WindowTooSmall` (a :class:`JaxschedError`) at the end of the
+    first chunk that was not exact.
     """
     devs = devices if isinstance(devices, list) else S.select_devices(devices)
     num_params = int(jax.tree.leaves(params)[0].shape[0]) if batched_params else None
@@ -542,6 +543,10 @@ def run_chunked(policy: Policy, shape: SimShape, params: SimParams, num_workload
         chunks = []
         for i, n in enumerate(lengths):
             carry, tr = c_adv[n](keys, wl, d_params, *extra, carry)
+            if stream is not None:  # stop at the first chunk that was not exact
+                lost = S.to_host(carry[1].lost)
+                ST.check_lost(np.take(lost, np.arange(real), axis=wa), stream,
+                              sum(lengths[:i + 1]))
             if shape.record_trace:
                 tr = S.to_host(tr)
                 chunks.append(jax.tree.map(lambda x: np.take(x, np.arange(real), axis=wa), tr))
@@ -560,8 +565,6 @@ def run_chunked(policy: Policy, shape: SimShape, params: SimParams, num_workload
         col = jax.tree.map(lambda x: x[:num_params], col)
         host_params = jax.tree.map(lambda x: x[:num_params], host_params)
     sim_seconds += time.perf_counter() - t1
-    if stream is not None:
-        ST.check_lost(col.lost, stream)
     col = col.replace(lost=None)
     c_fin, seconds = _compile(finalize, host_params, col)
     compile_seconds += seconds

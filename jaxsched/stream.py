@@ -78,6 +78,7 @@ __all__ = [
     "slide",
     "choose_window",
     "check_lost",
+    "WindowTooSmall",
     "BYTES_PER_REQUEST",
 ]
 
@@ -88,6 +89,10 @@ BYTES_PER_REQUEST = 4 + 4 + 4 + 4 + 1 + 1 + 4 + 1
 and request state (taken, kept, first_done)."""
 
 _NO_LIMIT = 2**31 - 1
+
+
+class WindowTooSmall(JaxschedError):
+    """A streamed run's window could not hold its queue (the run would not be exact)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -404,13 +409,15 @@ def choose_window(shape: SimShape, chunk: int, arrivals_per_iteration: float,
     return block, max(2, int(math.ceil(need / block)) + 1)
 
 
-def check_lost(lost, spec: StreamSpec) -> None:
-    """One-line :class:`JaxschedError` when any rollout ran iterations on a window too
-    small to be exact (``lost``: per-rollout counts)."""
+def check_lost(lost, spec: StreamSpec, iterations: int | None = None) -> None:
+    """One-line :class:`WindowTooSmall` when any rollout ran iterations on a window too
+    small to be exact (``lost``: per-rollout counts; ``iterations``: how far the run got)."""
     lost = np.asarray(lost)
     if lost.size and int(lost.max()) > 0:
         bad = int(np.count_nonzero(lost))
-        raise JaxschedError(
+        when = "" if iterations is None else f" by iteration {iterations}"
+        raise WindowTooSmall(
             f"streamed run not exact: the request window of {spec.window} requests could not "
-            f"hold every waiting request in {bad} rollout(s) (the queue outgrew it: heavy load "
-            f"or long requests); raise --window (e.g. to {4 * spec.window}) or use --no-stream")
+            f"hold every waiting request in {bad} rollout(s){when} (the queue outgrew it: heavy "
+            f"load or long requests); raise --window (e.g. to {4 * spec.window}) or use "
+            "--no-stream")
