@@ -232,6 +232,7 @@ def build_workloads(cfg: Config, num_requests: int | None = None, duration: floa
     roll_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys)
     prompt, output, rate, weight = (jnp.asarray(a) for a in _class_arrays(cfg)) if wl.classes else (None,) * 4
     n = int(num_requests)
+    _check_size(cfg, n)
     if wl.kind == "poisson":
         fn = lambda k: wlmod.poisson(k, prompt, output, rate, duration, n)  # noqa: E731
     elif wl.kind == "saturated":
