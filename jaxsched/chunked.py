@@ -47,10 +47,10 @@ from jax.sharding import NamedSharding, PartitionSpec as PS
 
 from jaxsched import metrics as M
 from jaxsched import sharding as S
+from jaxsched import stream as ST
 from jaxsched.errors import JaxschedError
 from jaxsched.model import SimShape, Workload
 from jaxsched.policies.base import Policy
-from jaxsched import stream as ST
 from jaxsched.sim import RolloutResult, SimParams, StepOutput, initial_state, step
 
 __all__ = [
@@ -261,9 +261,9 @@ def chunk_functions(policy: Policy, shape: SimShape, mesh, batched_params: bool,
     With a ``stream`` (:mod:`jaxsched.stream`) the workloads are replaced by the streams'
     keys ``skeys (W, ...)`` and the shared :class:`~jaxsched.stream.StreamParams` ``sp``
     comes last: ``init(keys, skeys, params, sp)``, ``advance(keys, skeys, params, sp,
-    carry)``, ``collect(carry, sp)``; the carry is ``(sim carry, Window)``, and ``advance`` runs the chunk on the
-    window, counting inexact iterations (:func:`~jaxsched.stream.window_short`), then slides
-    it (:func:`~jaxsched.stream.slide`).
+    carry)``, ``collect(carry, sp)``; the carry is ``(sim carry, Window)``, and ``advance``
+    runs the chunk on the window, counting inexact iterations
+    (:func:`~jaxsched.stream.window_short`), then slides it (:func:`~jaxsched.stream.slide`).
 
     ``keys`` are raw key data (``key_impl`` names the typed key's implementation, or None for
     legacy uint32 keys). Every function is ``jit(shard_map(vmap ...))`` with in/out shardings:

@@ -36,8 +36,9 @@ Every kind keeps the padding conventions of :mod:`jaxsched.workload`: arrivals a
 ``duration`` and indices ``>= total`` are padding (``valid = False``, ``arrival = +inf``,
 ``prompt = output = 1``, ``cls = 0``). Streamed sample paths differ from the full-array
 generators' (same law, other draws); :func:`materialize` concatenates a stream's blocks into
-an ordinary workload, on which :func:`jaxsched.sim.simulate` gives bit for bit what the
-streamed, windowed run gives (``tests/test_stream.py``).
+an ordinary workload, on which :func:`jaxsched.sim.simulate` gives the streamed, windowed
+run's per-iteration trajectory, final counters and latency histogram bit for bit (metrics,
+float arithmetic on them, to an ulp; ``tests/test_stream.py``).
 
 Exactness. The window is exact while every arrived request from ``head`` on is in it:
 before each iteration, with ``a`` the window's arrived count, ``a < R`` (``poisson``,
@@ -46,7 +47,7 @@ before each iteration, with ``a`` the window's arrived count, ``a < R`` (``poiss
 ``num_waiting`` from the start (and count as arrived when they enter the window), and the
 window is exact while it holds the look-ahead, ``num_waiting - outside >= queue_size`` (or
 ``outside = 0``). Iterations that break this are counted (:func:`window_short`); the runner
-refuses the result in one line (:func:`check_lost`).
+stops after the first chunk that had one, in one line (:func:`check_lost`).
 """
 
 from __future__ import annotations
@@ -79,14 +80,9 @@ __all__ = [
     "choose_window",
     "check_lost",
     "WindowTooSmall",
-    "BYTES_PER_REQUEST",
 ]
 
 STREAM_KINDS = ("poisson", "saturated", "bursty", "trace")
-
-BYTES_PER_REQUEST = 4 + 4 + 4 + 4 + 1 + 1 + 4 + 1
-"""Device bytes per window position: workload arrays (arrival, prompt, output, cls, valid)
-and request state (taken, kept, first_done)."""
 
 _NO_LIMIT = 2**31 - 1
 
