@@ -24,6 +24,7 @@ from jaxsched.errors import JaxschedError
 from jaxsched.model import SimShape, Workload, system_params
 from jaxsched.policies import Policy, get_policy, make_params
 from jaxsched.sim import SimParams
+from jaxsched.stream import STREAM_KINDS
 
 __all__ = [
     "Experiment",
@@ -31,6 +32,8 @@ __all__ = [
     "build_experiment",
     "build_workloads",
     "workload_context",
+    "stream_setup",
+    "STREAM_AUTO_BYTES",
     "run",
     "run_experiment",
 ]
@@ -38,6 +41,9 @@ __all__ = [
 # Refuse a workload (one replica) whose request arrays alone would exceed this many bytes.
 _MAX_WORKLOAD_BYTES = 6 * 2**30
 _BYTES_PER_REQUEST = 4 * 4 + 1 + 4 + 4 + 1 + 1  # workload arrays + per-request state
+STREAM_AUTO_BYTES = 2**20
+"""``stream=None`` (auto) streams a workload kind that supports it when one replica's full
+request arrays would exceed this many bytes and the window is at most half of them."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +70,7 @@ class SimulationResult:
     arrivals_ended: float = 0.0  # fraction of workloads whose clock passed the arrival span
     final_completed: np.ndarray | None = None  # (W,) requests completed over all iterations
     run_stats: Any = None  # jaxsched.chunked.RunStats: devices, chunks, batches, peak memory
+    stream_note: str = ""  # why an automatically streamed run fell back to full arrays
 
     @property
     def num_workloads(self) -> int:
@@ -162,7 +169,7 @@ def workload_context(cfg: Config) -> dict:
     }
 
 
-def _duration_and_size(cfg: Config, trace=None) -> tuple[float, int]:
+def _duration_and_size(cfg: Config, trace=None, check: bool = True) -> tuple[float, int]:
     wl = cfg.workload
     duration = wl.duration or wl.horizon * _tau_bound(cfg)
     if wl.kind == "poisson":
@@ -188,13 +195,19 @@ def _duration_and_size(cfg: Config, trace=None) -> tuple[float, int]:
     if wl.max_requests is not None:
         n = min(n, wl.max_requests)
     n = max(n, 1)
+    if check:
+        _check_size(cfg, n)
+    return float(duration), n
+
+
+def _check_size(cfg: Config, n: int) -> None:
     total = n * _BYTES_PER_REQUEST  # one replica: batches larger than memory are streamed
     if total > _MAX_WORKLOAD_BYTES:
         raise JaxschedError(
             f"{cfg.source}: workload: one replica of {n} requests would need "
-            f"{total / 2**30:.1f} GiB; set workload.duration or workload.max_requests"
+            f"{total / 2**30:.1f} GiB; set workload.duration or workload.max_requests, or "
+            "stream it (--stream)"
         )
-    return float(duration), n
 
 
 def _default_bursty():
@@ -219,6 +232,7 @@ def build_workloads(cfg: Config, num_requests: int | None = None, duration: floa
     roll_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys)
     prompt, output, rate, weight = (jnp.asarray(a) for a in _class_arrays(cfg)) if wl.classes else (None,) * 4
     n = int(num_requests)
+    _check_size(cfg, n)
     if wl.kind == "poisson":
         fn = lambda k: wlmod.poisson(k, prompt, output, rate, duration, n)  # noqa: E731
     elif wl.kind == "saturated":
@@ -271,30 +285,121 @@ def build_experiment(cfg: Config, record_trace: bool = False) -> Experiment:
         policy=pparams,
     )
     trace = _load_trace(cfg) if cfg.workload.kind == "trace" else None
-    duration, n = _duration_and_size(cfg, trace)
+    # Checked against the size limit when full arrays are built (a streamed run needs none).
+    duration, n = _duration_and_size(cfg, trace, check=cfg.workload.kind not in STREAM_KINDS)
     return Experiment(cfg, shape, policy, params, duration, n)
+
+
+def _tau_and_rate(cfg: Config, trace=None) -> float:
+    """A bound on arrivals per iteration: total rate x longest iteration (trace: its
+    requests per period, scaled; saturated: ``C / min_k w_k``, the most completions per
+    iteration by Little's law)."""
+    prompt, output, rate, _ = _class_arrays(cfg)
+    kind = cfg.workload.kind
+    if kind == "saturated":
+        from jaxsched.workload import memory_time
+
+        return cfg.capacity / float(np.min(memory_time(prompt, output)))
+    if kind == "trace":
+        from jaxsched.workload import trace_period
+
+        per_time = len(trace.arrival) / (trace_period(trace.arrival) * cfg.workload.time_scale)
+    else:
+        per_time = float(np.sum(np.maximum(rate, 0.0)))
+        if kind == "bursty":
+            b = cfg.workload.bursty or _default_bursty()
+            per_time *= max(b.high_factor, b.low_factor)
+    return per_time * _tau_bound(cfg)
+
+
+def stream_setup(exp: Experiment, chunk: int | None = None, window: int | None = None):
+    """``(StreamSpec, StreamParams)`` of the config's workload kind for a streamed run
+    (:mod:`jaxsched.stream`); the window is ``window`` requests (rounded down to whole
+    blocks) or chosen from the arrivals per chunk (:func:`jaxsched.stream.choose_window`).
+    Padding follows the full-array generators: arrivals at or after the duration, and for
+    ``saturated`` (or with ``workload.max_requests``) stream indices ``>= N``."""
+    from jaxsched import stream as ST
+    from jaxsched.chunked import choose_chunk
+
+    cfg = exp.config
+    wl = cfg.workload
+    if wl.kind not in STREAM_KINDS:
+        raise JaxschedError(f"--stream: workload kind {wl.kind!r} cannot be streamed "
+                            f"(streams: {', '.join(STREAM_KINDS)})")
+    trace = _load_trace(cfg) if wl.kind == "trace" else None
+    c = choose_chunk(exp.shape.horizon, chunk)
+    block, blocks = ST.choose_window(exp.shape, c, _tau_and_rate(cfg, trace), window)
+    spec = ST.StreamSpec(wl.kind, block, blocks, random_offset=bool(wl.random_offset))
+    prompt, output, rate, weight = _class_arrays(cfg)
+    b = wl.bursty or _default_bursty()
+    total = exp.num_requests if (wl.kind == "saturated" or wl.max_requests is not None) \
+        else None
+    tr = None
+    if trace is not None:
+        tr = (np.asarray(trace.arrival, np.float64) - float(trace.arrival[0]),
+              np.asarray(trace.prompt), np.asarray(trace.output),
+              np.zeros(len(trace.arrival), np.int32))
+    sp = ST.stream_params(prompt, output, weight if wl.kind == "saturated" else rate,
+                          duration=exp.duration, total=total, high_factor=b.high_factor,
+                          low_factor=b.low_factor, mean_high=b.mean_high, mean_low=b.mean_low,
+                          trace=tr, time_scale=wl.time_scale)
+    return spec, sp
 
 
 def run_experiment(exp: Experiment, keys=None, workloads: Workload | None = None,
                    params: SimParams | None = None, batched_params: bool = False,
                    devices: int | None = None, chunk: int | None = None,
-                   max_memory: int | None = None, progress=None) -> SimulationResult:
+                   max_memory: int | None = None, progress=None,
+                   stream: bool | None = False, window: int | None = None) -> SimulationResult:
     """Compile (timed separately), run, and summarize.
 
     The batch goes through :func:`jaxsched.chunked.run_chunked`: sharded over ``devices`` (a
     count; default every device), the horizon in calls of ``chunk`` iterations, streamed in
     batches that fit ``max_memory`` bytes per device (default: from the free memory). None
     of the three changes a result. ``progress(message, done, total)`` is called per chunk.
+
+    ``stream``: generate each workload block by block into a sliding window of requests on
+    the device (:mod:`jaxsched.stream`; ``window`` requests, default automatic) instead of
+    building its full request arrays, so memory does not grow with the horizon; the sample
+    paths differ from the full-array generators'. ``None`` decides automatically: stream
+    when the kind supports it, the workloads are not given, and the full arrays of one
+    replica would exceed :data:`STREAM_AUTO_BYTES` with a window at most half their size
+    (or when ``window`` is given); if the queue then outgrows the window the run starts
+    again with full arrays (``SimulationResult.stream_note`` says so). An explicit
+    ``stream=True`` raises :class:`jaxsched.stream.WindowTooSmall` instead.
     """
     from jaxsched.chunked import run_chunked
 
     params = exp.params if params is None else params
+    kind = exp.config.workload.kind
+    spec = sp = None
+    if stream is None and window is not None:  # a window size asks for streaming
+        stream = True
+    auto = stream is None
+    if stream is None:
+        stream = False
+        if workloads is None and kind in STREAM_KINDS \
+                and exp.num_requests * _BYTES_PER_REQUEST > STREAM_AUTO_BYTES:
+            spec, sp = stream_setup(exp, chunk, window)
+            stream = 2 * spec.window <= exp.num_requests
+    if stream:
+        if workloads is not None:
+            raise JaxschedError("--stream: the workloads are generated on the device; "
+                                "a given workload batch cannot be streamed")
+        if spec is None:
+            spec, sp = stream_setup(exp, chunk, window)
+    elif workloads is None:
+        _check_size(exp.config, exp.num_requests)
     if workloads is None:
         num = exp.config.workload.num_workloads
         base = keys if keys is not None else jax.random.split(
             jax.random.key(exp.config.workload.seed), num)
 
         def get_batch(lo, hi):  # built per streamed batch: the whole batch never exists at once
+            if stream:  # rollout keys and stream keys, derived as build_workloads does
+                sub = base[lo:hi]
+                return (jax.vmap(lambda k: jax.random.fold_in(k, 2))(sub),
+                        jax.vmap(lambda k: jax.random.fold_in(k, 1))(sub))
             return build_workloads(exp.config, exp.num_requests, exp.duration, base[lo:hi])
     else:
         num = int(jax.tree.leaves(workloads)[0].shape[0])
@@ -303,9 +408,22 @@ def run_experiment(exp: Experiment, keys=None, workloads: Workload | None = None
             return keys[lo:hi], jax.tree.map(lambda x: x[lo:hi], workloads)
     n_req = int(jax.tree.leaves(workloads)[0].shape[-1]) if workloads is not None \
         else exp.num_requests
-    res, stats = run_chunked(exp.policy, exp.shape, params, num, get_batch, n_req,
-                             batched_params=batched_params, devices=devices, chunk=chunk,
-                             max_memory=max_memory, progress=progress)
+    from jaxsched.stream import WindowTooSmall
+
+    try:
+        res, stats = run_chunked(exp.policy, exp.shape, params, num, get_batch, n_req,
+                                 batched_params=batched_params, devices=devices, chunk=chunk,
+                                 max_memory=max_memory, progress=progress,
+                                 stream=spec if stream else None,
+                                 stream_params=sp if stream else None)
+    except WindowTooSmall as err:
+        if not (auto and stream):
+            raise
+        # Chosen automatically: run again with full arrays rather than fail.
+        out = run_experiment(exp, keys, workloads, params, batched_params, devices, chunk,
+                             max_memory, progress, stream=False)
+        out.stream_note = f"{err}; ran again with full request arrays"
+        return out
     per_workload = {k: np.asarray(v) for k, v in res.metrics.items()}
     summary = {k: np.asarray(jnp.nanmean(jnp.asarray(v), axis=-1)) for k, v in per_workload.items()}
     summary = {k: (float(v) if v.ndim == 0 else v) for k, v in summary.items()}
@@ -329,8 +447,9 @@ def run_experiment(exp: Experiment, keys=None, workloads: Workload | None = None
 
 
 def run(cfg: Config, record_trace: bool = False, devices: int | None = None,
-        chunk: int | None = None, max_memory: int | None = None) -> SimulationResult:
+        chunk: int | None = None, max_memory: int | None = None,
+        stream: bool | None = False, window: int | None = None) -> SimulationResult:
     """Build everything from a config and simulate its workload batch (``devices``, ``chunk``,
-    ``max_memory``: see :func:`run_experiment`)."""
+    ``max_memory``, ``stream``, ``window``: see :func:`run_experiment`)."""
     return run_experiment(build_experiment(cfg, record_trace=record_trace), devices=devices,
-                          chunk=chunk, max_memory=max_memory)
+                          chunk=chunk, max_memory=max_memory, stream=stream, window=window)

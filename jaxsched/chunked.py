@@ -19,9 +19,12 @@ Memory. The device holds, per rollout (per workload and parameter set): the carr
 workload's request arrays ``O(N)``, and the trace of one chunk when recorded. When the whole
 batch does not fit the budget (``max_memory`` bytes per device, or :func:`auto_budget`), it is
 streamed through in fixed-size batches (the last one padded with dummy workloads, so one
-compilation serves all). What still grows with the horizon: ``N``, the number of requests per
-workload, is sized from ``horizon x arrival rate``, so the request arrays (about 23 bytes per
-request) grow with the horizon; nothing else does.
+compilation serves all). With full request arrays ``N``, the number of requests per workload,
+is sized from ``horizon x arrival rate``, so they (about 23 bytes per request) grow with the
+horizon. Streamed workloads (``stream``, :mod:`jaxsched.stream`) replace them by a sliding
+window of ``R`` requests generated on the device block by block and carried between chunks
+(indices relative to its base; slid after every chunk): then nothing on the device depends
+on the horizon, and the result is exactly the simulator's on the materialized stream.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from jax.sharding import NamedSharding, PartitionSpec as PS
 
 from jaxsched import metrics as M
 from jaxsched import sharding as S
+from jaxsched import stream as ST
 from jaxsched.errors import JaxschedError
 from jaxsched.model import SimShape, Workload
 from jaxsched.policies.base import Policy
@@ -155,24 +159,30 @@ def _init_one(policy: Policy, shape: SimShape, workload: Workload, params: SimPa
 
 
 def rollout_bytes(policy: Policy, shape: SimShape, num_requests: int, params: SimParams,
-                  chunk: int, batched_params: bool = False) -> int:
+                  chunk: int, batched_params: bool = False,
+                  stream: ST.StreamSpec | None = None) -> int:
     """Estimated device bytes of one rollout (one workload, one parameter set).
 
     ``2 x carry + workload + one chunk of trace``: the carry (exact, from its shapes) twice for
     the scan's input and output, the request arrays (17 bytes per request) and, when recorded,
     ``chunk`` :class:`StepOutput` records. The factor 2 bounds XLA's own buffer assignment of
     the chunk call (``compiled.memory_analysis()``; checked in ``tests/test_chunked.py``).
+    With a ``stream`` the requests are its window's ``R`` (``num_requests`` is ignored) and
+    the window's arrays are part of the carry: nothing depends on the horizon.
     """
     one = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x)[1:] if batched_params
                                                       else np.shape(x), jnp.asarray(x).dtype),
                        params)
+    if stream is not None:
+        num_requests = stream.window
     wl = Workload(*(jax.ShapeDtypeStruct((num_requests,), dt) for dt in
                     (jnp.float32, jnp.int32, jnp.int32, jnp.int32, jnp.bool_)))
     carry = jax.eval_shape(functools.partial(_init_one, policy, shape), wl, one)
     trace = 0
     if shape.record_trace:
         trace = chunk * 4 * len(dataclasses.fields(StepOutput))  # () int32/float32 fields
-    return (_STEP_TEMP_FACTOR * _nbytes(carry) + num_requests * _WORKLOAD_BYTES_PER_REQUEST
+    return (_STEP_TEMP_FACTOR * (_nbytes(carry) + (0 if stream is None else _nbytes(wl) + 64))
+            + (0 if stream is not None else num_requests * _WORKLOAD_BYTES_PER_REQUEST)
             + 8 + trace)
 
 
@@ -192,6 +202,7 @@ class RunPlan:
     bytes_per_rollout: int  # estimate, see rollout_bytes
     budget: int  # bytes per device
     budget_source: str
+    window: int | None = None  # streamed: requests held per rollout (jaxsched.stream), else None
 
 
 @dataclasses.dataclass
@@ -238,7 +249,8 @@ def plan_run(shape: SimShape, num_workloads: int, bytes_per_rollout: int, device
 
 @functools.lru_cache(maxsize=32)
 def chunk_functions(policy: Policy, shape: SimShape, mesh, batched_params: bool,
-                    lengths: tuple[int, ...], key_impl: str | None, donate: bool = True):
+                    lengths: tuple[int, ...], key_impl: str | None, donate: bool = True,
+                    stream: ST.StreamSpec | None = None):
     """``(init, {length: advance}, collect)`` jitted over ``mesh`` (cached).
 
     * ``init(keys (W, ...), workloads (W, N), params) -> carry`` (leading (W,) or (P, W));
@@ -246,6 +258,13 @@ def chunk_functions(policy: Policy, shape: SimShape, mesh, batched_params: bool,
       the carry donated;
     * ``collect(carry) -> _Collected``: accumulators and final counters (metrics are computed
       from them on the host side, see :func:`_finalizer`).
+
+    With a ``stream`` (:mod:`jaxsched.stream`) the workloads are replaced by the streams'
+    keys ``skeys (W, ...)`` and the shared :class:`~jaxsched.stream.StreamParams` ``sp``
+    comes last: ``init(keys, skeys, params, sp)``, ``advance(keys, skeys, params, sp,
+    carry)``, ``collect(carry, sp)``; the carry is ``(sim carry, Window)``, and ``advance``
+    runs the chunk on the window, counting inexact iterations
+    (:func:`~jaxsched.stream.window_short`), then slides it (:func:`~jaxsched.stream.slide`).
 
     ``keys`` are raw key data (``key_impl`` names the typed key's implementation, or None for
     legacy uint32 keys). Every function is ``jit(shard_map(vmap ...))`` with in/out shardings:
@@ -257,6 +276,7 @@ def chunk_functions(policy: Policy, shape: SimShape, mesh, batched_params: bool,
     p_spec = PS(pa) if batched_params else PS()
     w_spec = PS(wa)
     named = lambda s: NamedSharding(mesh, s)  # noqa: E731
+    extra_specs = () if stream is None else (PS(),)  # the stream's params: replicated
 
     def batch(fn, in_axes_w, in_axes_p):
         f = jax.vmap(fn, in_axes=in_axes_w)
@@ -265,10 +285,13 @@ def chunk_functions(policy: Policy, shape: SimShape, mesh, batched_params: bool,
     def wrap(keys):
         return keys if key_impl is None else jax.random.wrap_key_data(keys, impl=key_impl)
 
-    def init_local(keys, workloads, params):
+    def init_local(keys, workloads, params, *extra):
         del keys
-        return batch(functools.partial(_init_one, policy, shape), (0, None), (None, 0))(
-            workloads, params)
+        if stream is None:
+            return batch(functools.partial(_init_one, policy, shape), (0, None), (None, 0))(
+                workloads, params)
+        return batch(functools.partial(_init_stream, policy, shape, stream),
+                     (0, None, None), (None, None, 0))(wrap(workloads), extra[0], params)
 
     def advance_one(length, key, workload, params, carry):
         def body(c, _):
@@ -276,36 +299,78 @@ def chunk_functions(policy: Policy, shape: SimShape, mesh, batched_params: bool,
 
         return jax.lax.scan(body, carry, None, length=length)
 
+    def advance_stream(length, key, skey, sp, params, carry):
+        sim_carry, win = carry
+
+        def body(c, _):
+            c, lost = c
+            lost = lost + ST.window_short(stream, sp, shape, win, c[0]).astype(jnp.int32)
+            c, out = step(policy, shape, key, win.workload, params, c)
+            if out is not None:  # absolute arrival counts in the trace
+                out = out.replace(arrived=out.arrived + win.base
+                                  + ST.outside(stream, sp, win.base))
+            return (c, lost), out
+
+        (sim_carry, lost), trace = jax.lax.scan(body, (sim_carry, win.lost), None,
+                                                length=length)
+        state, pstate, acc = sim_carry
+        win, state = ST.slide(skey, stream, sp, win.replace(lost=lost), state)
+        return ((state, pstate, acc), win), trace
+
     def make_advance(length):
-        def local(keys, workloads, params, carry):
-            return batch(functools.partial(advance_one, length), (0, 0, None, 0),
-                         (None, None, 0, 0))(wrap(keys), workloads, params, carry)
+        if stream is None:
+            def local(keys, workloads, params, carry):
+                return batch(functools.partial(advance_one, length), (0, 0, None, 0),
+                             (None, None, 0, 0))(wrap(keys), workloads, params, carry)
+        else:
+            def local(keys, skeys, params, sp, carry):
+                return batch(functools.partial(advance_stream, length),
+                             (0, 0, None, None, 0), (None, None, None, 0, 0))(
+                    wrap(keys), wrap(skeys), sp, params, carry)
 
-        sm = jax.shard_map(local, mesh=mesh, in_specs=(w_spec, w_spec, p_spec, lead),
-                           out_specs=(lead, lead), check_vma=False)
-        return jax.jit(sm, in_shardings=(named(w_spec), named(w_spec), named(p_spec),
-                                         named(lead)),
+        in_specs = (w_spec, w_spec, p_spec) + extra_specs + (lead,)
+        sm = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=(lead, lead),
+                           check_vma=False)
+        return jax.jit(sm, in_shardings=tuple(named(x) for x in in_specs),
                        out_shardings=(named(lead), named(lead)),
-                       donate_argnums=(3,) if donate else ())
+                       donate_argnums=(len(in_specs) - 1,) if donate else ())
 
-    def collect_local(carry):
-        def one(carry):
-            state, _, acc = carry
-            return _Collected(acc=acc, time=state.time, arrived=state.arrived,
+    def collect_local(carry, *extra):
+        def one(carry, *extra):
+            if stream is None:
+                (state, _, acc), base, lost = carry, 0, None
+            else:
+                (state, _, acc), win = carry
+                base, lost = win.base + ST.outside(stream, extra[0], win.base), win.lost
+            return _Collected(acc=acc, time=state.time, arrived=state.arrived + base,
                               completed=state.num_completed, waiting=state.num_waiting,
-                              resident=jnp.sum(state.slots.valid, dtype=jnp.int32))
+                              resident=jnp.sum(state.slots.valid, dtype=jnp.int32), lost=lost)
 
-        return batch(one, 0, 0)(carry)
+        return batch(one, (0,) + (None,) * len(extra), (0,) + (None,) * len(extra))(
+            carry, *extra)
 
+    in_init = (w_spec, w_spec, p_spec) + extra_specs
     init = jax.jit(
-        jax.shard_map(init_local, mesh=mesh, in_specs=(w_spec, w_spec, p_spec), out_specs=lead,
+        jax.shard_map(init_local, mesh=mesh, in_specs=in_init, out_specs=lead,
                       check_vma=False),
-        in_shardings=(named(w_spec), named(w_spec), named(p_spec)), out_shardings=named(lead))
+        in_shardings=tuple(named(x) for x in in_init), out_shardings=named(lead))
+    in_collect = (lead,) + extra_specs
     collect = jax.jit(
-        jax.shard_map(collect_local, mesh=mesh, in_specs=(lead,), out_specs=lead,
+        jax.shard_map(collect_local, mesh=mesh, in_specs=in_collect, out_specs=lead,
                       check_vma=False),
-        in_shardings=(named(lead),), out_shardings=named(lead))
+        in_shardings=tuple(named(x) for x in in_collect), out_shardings=named(lead))
     return init, {n: make_advance(n) for n in lengths}, collect
+
+
+def _init_stream(policy: Policy, shape: SimShape, spec: ST.StreamSpec, skey,
+                 sp: ST.StreamParams, params: SimParams):
+    """A streamed rollout's initial carry: ``((SimState, policy state, Accumulators),
+    Window)``; ``num_waiting`` starts at the requests beyond the window that have already
+    arrived (:func:`jaxsched.stream.outside`)."""
+    win = ST.init_window(skey, spec, sp)
+    state, pstate, acc = _init_one(policy, shape, win.workload, params)
+    state = state.replace(num_waiting=ST.outside(spec, sp, win.base))
+    return (state, pstate, acc), win
 
 
 @struct.dataclass
@@ -318,6 +383,7 @@ class _Collected:
     completed: jax.Array
     waiting: jax.Array
     resident: jax.Array
+    lost: Any = None  # streamed: iterations run on a window too small to be exact
 
 
 @functools.lru_cache(maxsize=16)
@@ -393,6 +459,7 @@ def run_chunked(policy: Policy, shape: SimShape, params: SimParams, num_workload
                 batched_params: bool = False, devices: int | list | None = None,
                 chunk: int | None = None, max_memory: int | None = None, donate: bool = True,
                 progress: Callable[[str, int, int], None] | None = None,
+                stream: ST.StreamSpec | None = None, stream_params: ST.StreamParams | None = None,
                 ) -> tuple[RolloutResult, RunStats]:
     """Simulate ``num_workloads`` workloads in chunks, streamed batches, sharded over devices.
 
@@ -403,12 +470,24 @@ def run_chunked(policy: Policy, shape: SimShape, params: SimParams, num_workload
     :class:`RolloutResult` as numpy arrays, leading (W,) or (P, W) (trace (.., W, H) when
     ``shape.record_trace``), and the run's :class:`RunStats`. Equal, bit for bit, to
     :func:`jaxsched.sim.simulate` on the same inputs for every device count and chunk.
+
+    Streamed (``stream`` and ``stream_params`` given, :mod:`jaxsched.stream`): ``get_batch``
+    returns ``(keys, stream keys)`` instead, each workload is generated block by block into
+    a sliding window of ``stream.window`` requests (``num_requests`` is ignored), and the
+    result equals :func:`jaxsched.sim.simulate` on the materialized streams
+    (:func:`jaxsched.stream.materialize`); a window too small for that raises a one-line
+    :class:`~jaxsched.stream.WindowTooSmall` (a :class:`JaxschedError`) at the end of the
+    first chunk that was not exact.
     """
     devs = devices if isinstance(devices, list) else S.select_devices(devices)
     num_params = int(jax.tree.leaves(params)[0].shape[0]) if batched_params else None
+    if (stream is None) != (stream_params is None):
+        raise JaxschedError("run_chunked: give both stream and stream_params, or neither")
     per = rollout_bytes(policy, shape, num_requests, params, choose_chunk(shape.horizon, chunk),
-                        batched_params)
+                        batched_params, stream)
     plan = plan_run(shape, num_workloads, per, devs, num_params, chunk, max_memory)
+    if stream is not None:
+        plan = dataclasses.replace(plan, window=stream.window)
     dp, dw = plan.mesh
     mesh = S.make_mesh(devs, dp, dw)
     lengths = [plan.chunk] * (shape.horizon // plan.chunk)
@@ -428,7 +507,12 @@ def run_chunked(policy: Policy, shape: SimShape, params: SimParams, num_workload
         hi = min(lo + plan.batch, num_workloads)
         keys, wl = get_batch(lo, hi)
         kd, impl = S.key_data(keys)
-        wl, kd = S.pad_workloads(wl, kd, plan.batch)
+        if stream is None:
+            wl, kd = S.pad_workloads(wl, kd, plan.batch)
+        else:  # stream keys, padded with zero keys (their rollouts are dropped)
+            wl, _ = S.key_data(wl)
+            pad = ((0, plan.batch - kd.shape[0]),) + ((0, 0),) * (kd.ndim - 1)
+            kd, wl = np.pad(kd, pad), np.pad(wl, pad)
         if b == 0:  # multi-host: every process must hold the same run and batch
             S.check_same_on_all_processes((plan, shape, policy.name, host_params, kd, wl),
                                           "the run's plan, parameters and workloads")
@@ -437,14 +521,18 @@ def run_chunked(policy: Policy, shape: SimShape, params: SimParams, num_workload
     keys, wl, impl, real = load(0)
     init, advance, collect = chunk_functions(policy, shape, mesh, batched_params,
                                              tuple(sorted(set(lengths))),
-                                             None if impl is None else str(impl), donate)
-    c_init, compile_seconds = _compile(init, keys, wl, d_params)
-    carry_shape = _shaped(jax.eval_shape(init, keys, wl, d_params), NamedSharding(mesh, lead))
+                                             None if impl is None else str(impl), donate,
+                                             stream)
+    extra = () if stream is None else (S.put(jax.tree.map(np.asarray, stream_params),
+                                             NamedSharding(mesh, PS())),)
+    c_init, compile_seconds = _compile(init, keys, wl, d_params, *extra)
+    carry_shape = _shaped(jax.eval_shape(init, keys, wl, d_params, *extra),
+                          NamedSharding(mesh, lead))
     c_adv = {}
     for n, f in advance.items():
-        c_adv[n], seconds = _compile(f, keys, wl, d_params, carry_shape)
+        c_adv[n], seconds = _compile(f, keys, wl, d_params, *extra, carry_shape)
         compile_seconds += seconds
-    c_col, seconds = _compile(collect, carry_shape)
+    c_col, seconds = _compile(collect, carry_shape, *extra)
     compile_seconds += seconds
     finalize = _finalizer(shape.record_trace, batched_params)
 
@@ -455,10 +543,14 @@ def run_chunked(policy: Policy, shape: SimShape, params: SimParams, num_workload
         if b:
             keys, wl, impl, real = load(b)
         t1 = time.perf_counter()
-        carry = c_init(keys, wl, d_params)
+        carry = c_init(keys, wl, d_params, *extra)
         chunks = []
         for i, n in enumerate(lengths):
-            carry, tr = c_adv[n](keys, wl, d_params, carry)
+            carry, tr = c_adv[n](keys, wl, d_params, *extra, carry)
+            if stream is not None:  # stop at the first chunk that was not exact
+                lost = S.to_host(carry[1].lost)
+                ST.check_lost(np.take(lost, np.arange(real), axis=wa), stream,
+                              sum(lengths[:i + 1]))
             if shape.record_trace:
                 tr = S.to_host(tr)
                 chunks.append(jax.tree.map(lambda x: np.take(x, np.arange(real), axis=wa), tr))
@@ -466,7 +558,7 @@ def run_chunked(policy: Policy, shape: SimShape, params: SimParams, num_workload
                 progress(f"batch {b + 1}/{plan.num_batches}, iterations "
                          f"{sum(lengths[:i + 1])}/{shape.horizon}", b * len(lengths) + i + 1,
                          total)
-        col = S.to_host(c_col(carry))
+        col = S.to_host(c_col(carry, *extra))
         sim_seconds += time.perf_counter() - t1
         pieces.append(jax.tree.map(lambda x: np.take(x, np.arange(real), axis=wa), col))
         if shape.record_trace:
@@ -477,6 +569,7 @@ def run_chunked(policy: Policy, shape: SimShape, params: SimParams, num_workload
         col = jax.tree.map(lambda x: x[:num_params], col)
         host_params = jax.tree.map(lambda x: x[:num_params], host_params)
     sim_seconds += time.perf_counter() - t1
+    col = col.replace(lost=None)
     c_fin, seconds = _compile(finalize, host_params, col)
     compile_seconds += seconds
     t1 = time.perf_counter()

@@ -73,7 +73,7 @@ class ScalePoint:
     num_workloads: int
     max_batch: int
     horizon: int
-    num_requests: int  # N per workload (grows with the horizon)
+    num_requests: int  # N per workload of the full arrays (grows with the horizon)
     wall_seconds: float
     compile_seconds: float
     slot_iterations_per_second: float
@@ -81,6 +81,7 @@ class ScalePoint:
     peak_bytes: int | None  # per device
     peak_source: str
     num_batches: int  # streamed batches
+    window: int | None = None  # streamed workloads: requests held per workload, else None
 
 
 @dataclasses.dataclass
@@ -187,13 +188,14 @@ def _cfg_for(cfg: Config, workloads: int, max_batch: int | None = None,
 
 def run_point(cfg: Config, devices: list, workloads: int, max_batch: int | None = None,
               horizon: int | None = None, repeats: int = 2,
-              max_memory: int | None = None) -> ScalePoint:
-    """One measurement: best of ``repeats`` runs (the first compiles)."""
+              max_memory: int | None = None, stream: bool | None = False) -> ScalePoint:
+    """One measurement: best of ``repeats`` runs (the first compiles); ``stream`` as in
+    :func:`jaxsched.api.run_experiment` (the workloads in a sliding request window)."""
     c = _cfg_for(cfg, workloads, max_batch, horizon)
     exp = api.build_experiment(c)
     best = None
     for _ in range(max(1, repeats)):
-        res = api.run_experiment(exp, devices=devices, max_memory=max_memory)
+        res = api.run_experiment(exp, devices=devices, max_memory=max_memory, stream=stream)
         if best is None or res.sim_seconds < best.sim_seconds:
             best = res
     st = best.run_stats
@@ -204,7 +206,8 @@ def run_point(cfg: Config, devices: list, workloads: int, max_batch: int | None 
         wall_seconds=best.sim_seconds, compile_seconds=st.compile_seconds,
         slot_iterations_per_second=b * h * workloads / best.sim_seconds,
         requests_per_second=float(np.sum(best.final_completed)) / best.sim_seconds,
-        peak_bytes=st.peak_bytes, peak_source=st.peak_source, num_batches=st.plan.num_batches)
+        peak_bytes=st.peak_bytes, peak_source=st.peak_source, num_batches=st.plan.num_batches,
+        window=st.plan.window)
 
 
 def sharding_efficiency(cfg: Config, devices: list, workloads: int, repeats: int = 2,
@@ -269,11 +272,13 @@ def bench_scale(cfg: Config, config_path: str, overrides: list[str], workloads=N
                 backends: list[str] | None = None, repeats: int = 2,
                 max_memory: int | None = None, bandwidth: float | None = None,
                 headline: tuple[int, int] | None = None,
-                progress: Callable[[str], None] | None = None) -> ScaleBench:
+                progress: Callable[[str], None] | None = None,
+                stream: bool | None = False) -> ScaleBench:
     """Sweep workloads (at the config's slots and horizon), slots and horizons (at
     ``fixed_workloads``) on every backend (defaults: :data:`SWEEPS`); sharding efficiency;
     rooflines; and, with ``headline = (W, H)``, one run of W workloads x H iterations on
-    each backend."""
+    each backend. ``stream``: the sweep points' workloads in a sliding request window
+    (:func:`run_point`), so peak memory stays flat along the horizon sweep."""
     say = progress or (lambda msg: None)
     points, shard, rooflines = [], [], []
     note = ""
@@ -289,7 +294,8 @@ def bench_scale(cfg: Config, config_path: str, overrides: list[str], workloads=N
             sweeps.append(dict(workloads=headline[0], horizon=headline[1]))
         for kw in sweeps:
             say(f"{backend}: {kw}")
-            points.append(run_point(cfg, devs, repeats=repeats, max_memory=max_memory, **kw))
+            points.append(run_point(cfg, devs, repeats=repeats, max_memory=max_memory,
+                                    stream=stream, **kw))
         say(f"{backend}: roofline")
         exp = api.build_experiment(_cfg_for(cfg, fixed))
         keys, wl = api.build_workloads(exp.config, exp.num_requests, exp.duration)

@@ -58,6 +58,7 @@ def test_simulate_table_for_people(capsys):
     (["--set", "workload.classes.1.output_len=4000"], "could never complete"),
     (["--set", "policy.eviction=sideways"], "eviction must be one of"),
     (["--set", "system.capacity"], "expected section.key=value"),
+    (["--stream", "--window", "10"], "--window 10: must be at least"),
 ])
 def test_bad_input_is_one_line_and_exit_2(overrides, fragment, capsys):
     code, out, err = _run(["simulate", *overrides], capsys)

@@ -42,6 +42,12 @@ _SCRIPT = textwrap.dedent("""
             res = api.run_experiment(exp, keys[:5], sub, stacked, batched_params=True,
                                      devices=kw["devices"])
             out[name + "_params"] = dict(per=res.per_workload, plan=[res.run_stats.plan.mesh])
+        # streamed workloads in a sliding window of 3 blocks of 64 requests, slid every 5
+        # iterations; 6 workloads padded to 8 on 4 devices
+        for name, n in [("one_stream", 1), ("four_stream", 4)]:
+            res = api.run_experiment(exp, devices=n, chunk=5, stream=True, window=192)
+            out[name] = dict(per=res.per_workload, plan=[res.run_stats.plan.mesh,
+                                                         res.run_stats.plan.window])
         # the tuners' K x W batch: 3 points of a flow_control search space, 1 vs 4 devices
         from tuning import optuna_search as osr
         tcfg = load_config(DEFAULT_CONFIG, ["workload.num_workloads=6", "workload.horizon=40",
@@ -77,6 +83,9 @@ def test_one_and_four_devices_give_identical_results():
     assert len(out["one_params"]["per"]["evictions"]) == 2
     assert len(out["one_params"]["per"]["evictions"][0]) == 5
     assert sum(out["one"]["per"]["evictions"]) > 0  # the small system does evict
+    assert out["four_stream"]["plan"] == [[1, 4], 192]
+    assert out["four_stream"]["per"] == out["one_stream"]["per"]
+    assert sum(out["one_stream"]["per"]["evictions"]) > 0
     # the tuners' evaluator shards its K x W batch when given 4 devices: same metrics
     assert out["tune1"]["devices"] == 1 and out["tune4"]["devices"] == 4
     assert out["tune4"]["per"] == out["tune1"]["per"]

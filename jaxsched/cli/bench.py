@@ -111,6 +111,7 @@ def scale(
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="bytes per device, e.g. 2GiB (default: from free memory)"),
     bandwidth: Optional[float] = typer.Option(None, help="peak memory bandwidth in GB/s for the roofline (default: data sheet, or a measured copy on CPU)"),
     headline: Optional[str] = typer.Option(None, help="also run WxH, e.g. 10000x10000 (meant for a GPU)"),
+    stream: Optional[bool] = typer.Option(False, "--stream/--no-stream", help="generate the workloads block by block into a sliding request window (see simulate --stream): peak memory stays flat along --horizons; default --no-stream"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="write the log-log scaling PNG here"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ):
@@ -134,7 +135,7 @@ def scale(
                              backends=backends.split(",") if backends else None,
                              repeats=repeats, max_memory=budget,
                              bandwidth=None if bandwidth is None else bandwidth * 1e9,
-                             progress=lambda msg: status.update(msg), **args)
+                             progress=lambda msg: status.update(msg), stream=stream, **args)
     if plot is not None:
         plot_scale(result, plot)
         err.print(f"wrote {plot}")
@@ -144,16 +145,20 @@ def scale(
     console = Console()
     table = Table(title=f"jaxsched bench scale: {result.policy} ({result.config_source})",
                   title_justify="left")
-    for col in ("backend", "devices", "workloads", "slots", "horizon", "N", "wall s",
+    for col in ("backend", "devices", "workloads", "slots", "horizon", "N", "window", "wall s",
                 "slot-iterations/s", "requests/s", "batches", "peak/device"):
         table.add_column(col, justify="right")
     for p in result.points:
         table.add_row(p.backend, str(p.num_devices), str(p.num_workloads), str(p.max_batch),
-                      str(p.horizon), str(p.num_requests), f"{p.wall_seconds:.3f}",
+                      str(p.horizon), str(p.num_requests), str(p.window or "-"),
+                      f"{p.wall_seconds:.3f}",
                       f"{p.slot_iterations_per_second:.3e}", f"{p.requests_per_second:,.0f}",
                       str(p.num_batches), format_bytes(p.peak_bytes))
     sources = sorted({p.peak_source for p in result.points})
     table.caption = "peak: " + "; ".join(sources)
+    if any(p.window for p in result.points):
+        table.caption += ("; window: requests held per workload when streamed (the N of the "
+                          "full arrays is then never allocated)")
     console.print(table)
     roof = Table(title="memory-bandwidth roofline of the step", title_justify="left")
     for col in ("backend", "device", "bandwidth", "bytes/step/workload (shapes)",

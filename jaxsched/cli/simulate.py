@@ -23,6 +23,8 @@ def simulate(
     devices: Optional[int] = typer.Option(None, "--devices", help="devices to shard the workloads over (default: all)"),
     chunk: Optional[int] = typer.Option(None, "--chunk", help="iterations per device call (default: about 1000)"),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="bytes per device, e.g. 2GiB (default: from free memory); larger batches are streamed"),
+    stream: Optional[bool] = typer.Option(None, "--stream/--no-stream", help="generate each workload block by block into a sliding request window on the device, so memory does not grow with the horizon (poisson, bursty, saturated, trace; other sample paths than the full arrays). Default: stream when one workload's full request arrays would exceed 1 MiB and the window is at most half of them, and run again with full arrays if the queue outgrows the window"),
+    window: Optional[int] = typer.Option(None, "--window", help="requests per workload in the streamed window (implies --stream unless --no-stream; default: from the arrivals of two chunks plus the look-ahead); a run whose queue outgrows it fails in one line"),
     coordinator: Optional[str] = typer.Option(None, "--coordinator", help="multi-host: coordinator host:port (or JAX_COORDINATOR_ADDRESS)"),
     num_processes: Optional[int] = typer.Option(None, "--num-processes", help="multi-host: number of processes"),
     process_id: Optional[int] = typer.Option(None, "--process-id", help="multi-host: this process's index"),
@@ -48,7 +50,9 @@ def simulate(
             run_progress(err, f"simulating {cfg.workload.num_workloads} workloads x "
                          f"{cfg.workload.horizon} iterations ({exp.policy.name})") as progress:
         result = api.run_experiment(exp, devices=devices, chunk=chunk, max_memory=budget,
-                                    progress=progress)
+                                    progress=progress, stream=stream, window=window)
+    if result.stream_note:
+        err.print(f"[yellow]warning:[/] {result.stream_note}")
     if result.arrivals_ended > 0:
         err.print(f"[yellow]warning:[/] in {result.arrivals_ended:.0%} of the workloads the clock "
                   f"passed the arrival span ({exp.duration:g}); set workload.duration")

@@ -52,6 +52,8 @@ def metrics_table(result, per_workload: bool = False) -> Table:
         table.caption += (f"; {p.num_devices} device(s), {p.num_batches} batch(es) of {p.batch}, "
                           f"chunks of {p.chunk} iterations, peak {format_bytes(stats.peak_bytes)}"
                           " per device")
+        if getattr(p, "window", None):
+            table.caption += f"; streamed, window of {p.window} requests per workload"
     return table
 
 
