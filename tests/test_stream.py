@@ -143,3 +143,26 @@ def test_choose_window_and_refusals():
         with pytest.raises(JaxschedError) as info:
             bad()
         assert "\n" not in str(info.value)
+
+
+def test_automatic_streaming_and_its_fallback(monkeypatch):
+    """``stream=None`` (the CLI's default) streams once the full arrays exceed
+    ``STREAM_AUTO_BYTES`` (lowered here); a queue that outgrows the automatic window (an
+    overloaded system: C = 300) makes the run start again with full arrays and say so, with
+    the full-array result."""
+    from jaxsched import api
+    from jaxsched.config import DEFAULT_CONFIG, load_config
+
+    monkeypatch.setattr(api, "STREAM_AUTO_BYTES", 1000)
+    base = ["workload.num_workloads=2", "workload.horizon=2000", "workload.warmup=50"]
+    exp = api.build_experiment(load_config(DEFAULT_CONFIG, base))
+    light = api.run_experiment(exp, chunk=100, stream=None)
+    assert light.run_stats.plan.window is not None and not light.stream_note
+    assert light.run_stats.plan.window < exp.num_requests / 2
+    exp = api.build_experiment(load_config(DEFAULT_CONFIG, base + ["system.capacity=300"]))
+    heavy = api.run_experiment(exp, chunk=100, stream=None)
+    full = api.run_experiment(exp, chunk=100, stream=False)
+    assert heavy.run_stats.plan.window is None
+    assert "ran again with full request arrays" in heavy.stream_note
+    assert "\n" not in heavy.stream_note and "--window" in heavy.stream_note
+    assert heavy.summary == full.summary
