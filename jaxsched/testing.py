@@ -71,6 +71,7 @@ __all__ = [
     "workloads",
     "systems",
     "small_tuning_config",
+    "assert_same_rollout",
 ]
 
 COUNT_METRICS = ("evictions", "recomputed_tokens", "overflow_steps", "queue_final",
@@ -471,3 +472,24 @@ name = "{policy}"
 [tune]
 {tune}
 """
+
+
+def assert_same_rollout(result: Any, ref: Any) -> None:
+    """A chunked, sharded or streamed :class:`~jaxsched.sim.RolloutResult` against
+    :func:`jaxsched.sim.simulate`'s: the trajectory (when recorded), final counters and latency
+    histogram bit for bit; the metrics to one ulp (``rtol = 1e-6``: float arithmetic on the
+    same accumulators, which XLA may round differently in two programs)."""
+    import dataclasses
+
+    if ref.trace is not None:
+        for f in dataclasses.fields(sim.StepOutput):
+            np.testing.assert_array_equal(getattr(result.trace, f.name),
+                                          np.asarray(getattr(ref.trace, f.name)),
+                                          err_msg=f.name)
+    for f in ("final_time", "final_arrived", "final_completed", "final_waiting",
+              "final_resident", "latency_hist"):
+        np.testing.assert_array_equal(getattr(result, f), np.asarray(getattr(ref, f)),
+                                      err_msg=f)
+    for k, v in ref.metrics.items():
+        np.testing.assert_allclose(result.metrics[k], np.asarray(v), rtol=1e-6, equal_nan=True,
+                                   err_msg=k)

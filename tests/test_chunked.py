@@ -3,7 +3,6 @@ bound XLA's own; bad sizes are refused in one line."""
 
 from __future__ import annotations
 
-import dataclasses
 
 import jax
 import numpy as np
@@ -70,17 +69,7 @@ def test_chunks_and_streamed_batches_equal_one_scan_and_the_simulator():
     assert np.sum(whole.final_completed) > 0 and np.sum(whole.metrics["evictions"]) > 0
 
     ref = sim.simulate(get_policy("greedy"), SHAPE, KEYS, WORKLOADS, params)
-    for f in dataclasses.fields(sim.StepOutput):  # the state's trajectory: bit for bit
-        np.testing.assert_array_equal(getattr(parts.trace, f.name),
-                                      np.asarray(getattr(ref.trace, f.name)), err_msg=f.name)
-    for f in ("final_time", "final_arrived", "final_completed", "final_waiting",
-              "final_resident", "latency_hist"):
-        np.testing.assert_array_equal(getattr(parts, f), np.asarray(getattr(ref, f)), err_msg=f)
-    # Metrics are float arithmetic on identical accumulators; XLA may round a division
-    # differently in the two programs (one ulp).
-    for k, v in ref.metrics.items():
-        np.testing.assert_allclose(parts.metrics[k], np.asarray(v), rtol=1e-6, equal_nan=True,
-                                   err_msg=k)
+    jt.assert_same_rollout(parts, ref)  # the state's trajectory: bit for bit
     with pytest.raises(JaxschedError, match="one workload needs about"):
         _run(params, max_memory=100)
 
