@@ -169,7 +169,7 @@ def workload_context(cfg: Config) -> dict:
     }
 
 
-def _duration_and_size(cfg: Config, trace=None, check: bool = True) -> tuple[float, int]:
+def _duration_and_size(cfg: Config, trace=None) -> tuple[float, int]:
     wl = cfg.workload
     duration = wl.duration or wl.horizon * _tau_bound(cfg)
     if wl.kind == "poisson":
@@ -195,8 +195,6 @@ def _duration_and_size(cfg: Config, trace=None, check: bool = True) -> tuple[flo
     if wl.max_requests is not None:
         n = min(n, wl.max_requests)
     n = max(n, 1)
-    if check:
-        _check_size(cfg, n)
     return float(duration), n
 
 
@@ -216,6 +214,13 @@ def _default_bursty():
     return BurstyConfig()
 
 
+def _derived_keys(keys):
+    """A workload's two keys from its key: ``(rollout key, generator key)`` (the simulator's
+    draws and the workload's, or its stream's)."""
+    return (jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys),
+            jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys))
+
+
 def build_workloads(cfg: Config, num_requests: int | None = None, duration: float | None = None,
                     keys=None) -> tuple[jax.Array, Workload]:
     """``(rollout keys (W,), workload batch (W, N))`` for the config; each replica has its own
@@ -228,8 +233,7 @@ def build_workloads(cfg: Config, num_requests: int | None = None, duration: floa
         duration, num_requests = _duration_and_size(cfg, trace)
     if keys is None:
         keys = jax.random.split(jax.random.key(wl.seed), wl.num_workloads)
-    gen_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
-    roll_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys)
+    roll_keys, gen_keys = _derived_keys(keys)
     prompt, output, rate, weight = (jnp.asarray(a) for a in _class_arrays(cfg)) if wl.classes else (None,) * 4
     n = int(num_requests)
     _check_size(cfg, n)
@@ -286,7 +290,7 @@ def build_experiment(cfg: Config, record_trace: bool = False) -> Experiment:
     )
     trace = _load_trace(cfg) if cfg.workload.kind == "trace" else None
     # Checked against the size limit when full arrays are built (a streamed run needs none).
-    duration, n = _duration_and_size(cfg, trace, check=cfg.workload.kind not in STREAM_KINDS)
+    duration, n = _duration_and_size(cfg, trace)
     return Experiment(cfg, shape, policy, params, duration, n)
 
 
@@ -397,9 +401,7 @@ def run_experiment(exp: Experiment, keys=None, workloads: Workload | None = None
 
         def get_batch(lo, hi):  # built per streamed batch: the whole batch never exists at once
             if stream:  # rollout keys and stream keys, derived as build_workloads does
-                sub = base[lo:hi]
-                return (jax.vmap(lambda k: jax.random.fold_in(k, 2))(sub),
-                        jax.vmap(lambda k: jax.random.fold_in(k, 1))(sub))
+                return _derived_keys(base[lo:hi])
             return build_workloads(exp.config, exp.num_requests, exp.duration, base[lo:hi])
     else:
         num = int(jax.tree.leaves(workloads)[0].shape[0])
