@@ -62,6 +62,7 @@ from flax import struct
 
 from jaxsched.errors import JaxschedError
 from jaxsched.model import RequestState, SimShape, SimState, Workload
+from jaxsched.workload import padded, trace_period
 
 __all__ = [
     "STREAM_KINDS",
@@ -130,6 +131,7 @@ class StreamParams:
     trace_prompt: jax.Array  # (T,) int32
     trace_output: jax.Array  # (T,) int32
     trace_cls: jax.Array  # (T,) int32
+    trace_period: jax.Array  # () float32, P of jaxsched.workload.trace_period (1 without)
     time_scale: jax.Array  # () float32, simulator units per trace second
 
 
@@ -170,10 +172,12 @@ def stream_params(prompt_len, output_len, rate, duration=math.inf, total=None,
     if trace is None:
         ta, tp, to, tc = (jnp.zeros((1,), jnp.float32),) + (jnp.ones((1,), jnp.int32),) * 2 \
             + (jnp.zeros((1,), jnp.int32),)
+        period = 1.0
     else:
         ta = jnp.asarray(trace[0], jnp.float32)
         ta = ta - ta[0]
         tp, to, tc = (jnp.asarray(x, jnp.int32) for x in trace[1:])
+        period = trace_period(trace[0])
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     total = _NO_LIMIT if total is None else min(int(total), _NO_LIMIT)
     return StreamParams(prompt_len=prompt_len, output_len=output_len, rate=rate,
@@ -181,14 +185,7 @@ def stream_params(prompt_len, output_len, rate, duration=math.inf, total=None,
                         high_factor=f32(high_factor), low_factor=f32(low_factor),
                         mean_high=f32(mean_high), mean_low=f32(mean_low), trace_arrival=ta,
                         trace_prompt=tp, trace_output=to, trace_cls=tc,
-                        time_scale=f32(time_scale))
-
-
-def _period(t):
-    n = t.shape[0]
-    if n < 2:
-        return jnp.float32(1.0)
-    return jnp.where(t[-1] > 0, t[-1] + t[-1] / (n - 1), 1.0)
+                        trace_period=f32(period), time_scale=f32(time_scale))
 
 
 def stream_start(key, spec: StreamSpec, sp: StreamParams) -> StreamState:
@@ -201,7 +198,7 @@ def stream_start(key, spec: StreamSpec, sp: StreamParams) -> StreamState:
     rem = jax.random.exponential(k_rem, (), jnp.float32) * jnp.where(high, sp.mean_high,
                                                                      sp.mean_low)
     if spec.kind == "trace" and spec.random_offset:
-        offset = jax.random.uniform(k_off, (), jnp.float32) * _period(sp.trace_arrival)
+        offset = jax.random.uniform(k_off, (), jnp.float32) * sp.trace_period
     else:
         offset = jnp.zeros((), jnp.float32)
     first = jnp.searchsorted(sp.trace_arrival, offset, side="left").astype(jnp.int32)
@@ -265,8 +262,7 @@ def stream_block(key, spec: StreamSpec, sp: StreamParams, st: StreamState):
         size = sp.trace_arrival.shape[0]
         k = st.first + idx
         j, cycle = k % size, k // size
-        rel = (sp.trace_arrival[j] - st.offset) + cycle.astype(jnp.float32) * _period(
-            sp.trace_arrival)
+        rel = (sp.trace_arrival[j] - st.offset) + cycle.astype(jnp.float32) * sp.trace_period
         t = jax.lax.cummax(jnp.maximum(jnp.maximum(rel, 0.0) * sp.time_scale, st.time))
         prompt, output, cls = sp.trace_prompt[j], sp.trace_output[j], sp.trace_cls[j]
     else:
@@ -287,13 +283,7 @@ def stream_block(key, spec: StreamSpec, sp: StreamParams, st: StreamState):
                                                      jnp.cumsum(e))
             t = st.time + rel
     valid = (t < sp.duration) & (idx < sp.total)
-    wl = Workload(
-        arrival=jnp.where(valid, t, jnp.inf).astype(jnp.float32),
-        prompt=jnp.where(valid, prompt, 1).astype(jnp.int32),
-        output=jnp.where(valid, output, 1).astype(jnp.int32),
-        cls=jnp.where(valid, cls, 0).astype(jnp.int32),
-        valid=valid,
-    )
+    wl = padded(t, prompt, output, cls, valid)
     new = st.replace(block=st.block + 1, time=t[-1], high=high, remaining=rem, sojourn=soj)
     return wl, new
 

@@ -51,6 +51,7 @@ __all__ = [
     "trace_num_requests",
     "trace_period",
     "memory_time",
+    "padded",
 ]
 
 
@@ -104,10 +105,12 @@ def _assemble(times, cls, prompt_len, output_len, duration, n: int) -> Workload:
     flat_t, flat_c = jax.lax.sort((flat_t, flat_c), num_keys=1, is_stable=True)
     t, c = flat_t[:n], flat_c[:n]
     valid = t < jnp.asarray(duration, jnp.float32)
-    return _finish(t, prompt_len[c], output_len[c], c, valid)
+    return padded(t, prompt_len[c], output_len[c], c, valid)
 
 
-def _finish(arrival, prompt, output, cls, valid) -> Workload:
+def padded(arrival, prompt, output, cls, valid) -> Workload:
+    """A :class:`Workload` with the padding conventions (module docstring) applied where
+    ``valid`` is False."""
     return Workload(
         arrival=jnp.where(valid, arrival, jnp.inf).astype(jnp.float32),
         prompt=jnp.where(valid, prompt, 1).astype(jnp.int32),
@@ -197,7 +200,7 @@ def saturated(key, prompt_len, output_len, weight, num_requests: int) -> Workloa
     logits = jnp.log(jnp.maximum(weight, 0.0))  # weight 0 -> -inf: never drawn
     cls = jax.random.categorical(key, logits, shape=(n,)).astype(jnp.int32)
     valid = jnp.ones((n,), bool)
-    return _finish(jnp.zeros((n,), jnp.float32), prompt_len[cls], output_len[cls], cls, valid)
+    return padded(jnp.zeros((n,), jnp.float32), prompt_len[cls], output_len[cls], cls, valid)
 
 
 def saturated_num_requests(prompt_len, output_len, capacity, horizon, weight=None,
@@ -385,7 +388,7 @@ def trace_window(trace_arrival, trace_prompt, trace_output, offset, duration, ti
     rel = jax.lax.cummax(jnp.maximum(rel, 0.0))  # guard monotonicity against float32 rounding
     arrival = rel * jnp.asarray(time_scale, jnp.float32)
     valid = arrival < jnp.asarray(duration, jnp.float32)
-    return _finish(arrival, p[j], o[j], c[j], valid)
+    return padded(arrival, p[j], o[j], c[j], valid)
 
 
 def trace_replay(key, trace_arrival, trace_prompt, trace_output, duration, time_scale,
