@@ -257,7 +257,6 @@ def to_host(x: Any) -> Any:
     return jax.tree.map(one, x)
 
 
-
 def is_main_process() -> bool:
     """Whether this process writes output files: process 0 of a multi-host run (or the only one)."""
     return jax.process_index() == 0

@@ -262,7 +262,7 @@ def test_speed_probe_scales_the_compute_time_and_changes_no_output():
     engine = Engine(engine_cfg=SMALL, params=tiny_params())
     engine.timing_repeats = 3
     engine.speed_reference = 0.5
-    engine._probe_once = lambda: 0.25
+    engine.time_probe = lambda: 0.25
     engine.generate(PROMPTS[:2], GREEDY[:2])
     ran = [r for r in engine.records if r.model_calls]
     assert all(r.probe_time == 0.25 for r in ran)

@@ -156,6 +156,15 @@ def test_compare_sim_probe_needs_a_probed_profile(profile, tmp_path, capsys):
                "--num-requests", "2"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "probe_reference_s" in err and "\n" not in err
+    negative = tmp_path / "negative.toml"
+    negative.write_text("\n".join("probe_reference_s = -1.0"
+                                  if line.startswith("probe_reference_s") else line
+                                  for line in text.splitlines()))
+    rc = main(["compare-sim", "--policy", "greedy", "--profile", str(negative),
+               "--num-requests", "2"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "calibration.probe_reference_s: expected a positive" in err
+    assert "\n" not in err
     rc = main(["compare-sim", "--policy", "greedy", "--profile", str(profile), "--no-probe",
                "--num-requests", "4", "--max-output", "4", "--json"])
     assert rc == 0 and json.loads(capsys.readouterr().out)["probe_reference_s"] is None

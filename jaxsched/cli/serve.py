@@ -286,15 +286,8 @@ def compare_sim(
     if repeat_calls < 1:
         raise JaxschedError(f"--repeat-calls {repeat_calls}: must be >= 1")
     engine.timing_repeats = repeat_calls
-    if reference is not None:
-        try:
-            reference = float(reference)
-        except (TypeError, ValueError):
-            reference = -1.0
-        if not reference > 0:
-            raise JaxschedError(f"{profile}: [calibration] probe_reference_s must be a "
-                                "positive number of seconds")
-        engine.speed_reference = reference
+    if reference is not None:  # checked by read_profile
+        engine.speed_reference = reference = float(reference)
     limit = ec.max_request_tokens
     if workload is not None:
         from jaxsched.config import load_config

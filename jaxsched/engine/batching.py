@@ -626,14 +626,14 @@ class Engine:
         passes = [self.now() - t_compute]
         t_repeats = self.now()
         normalize = self.speed_reference is not None and bool(calls)
-        probes = [self._probe_once()] if normalize else []
+        probes = [self.time_probe()] if normalize else []
         for _ in range(self.timing_repeats - 1 if calls else 0):
             t0 = self.now()
             for fn, args in calls:  # idempotent: the same KV to the same slots, same tokens
                 fn(*args)
             passes.append(self.now() - t0)
             if normalize:
-                probes.append(self._probe_once())
+                probes.append(self.time_probe())
         raw_compute_time = compute_time = min(passes)
         probe_time = math.nan
         if normalize:  # each pass against the probe right after it, median of the ratios
@@ -680,7 +680,7 @@ class Engine:
         self._recent.append((end, len(new_tokens)))
         return record
 
-    def _probe_once(self) -> float:
+    def time_probe(self) -> float:
         """Seconds of one run of the runner's speed probe on the engine's clock."""
         t0 = self.now()
         self.runner.probe()

@@ -410,7 +410,7 @@ def measure_probe(engine, samples: int = 15) -> float:
     """The speed probe's reference time: the median of ``samples`` runs of the runner's probe
     on the engine's clock (a unit of time, the same for calibration and replay)."""
     engine.runner.probe()  # compiled already by any decode; this keeps it out of the timings
-    return float(np.median([engine._probe_once() for _ in range(samples)]))
+    return float(np.median([engine.time_probe() for _ in range(samples)]))
 
 
 def poisson_serving(num_requests: int = 48, loads: Sequence[float] = (0.1, 0.2, 0.4),
@@ -502,7 +502,8 @@ def read_engine_section(path: str | Path) -> tuple[dict[str, Any], dict[str, Any
 
 def read_profile(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """``(system, engine, calibration)`` tables of a profile (the last two may be empty);
-    ``d2`` is 0 where the profile has none (profiles written before it existed)."""
+    ``d2`` is 0 where the profile has none (profiles written before it existed); a
+    ``probe_reference_s`` must be positive."""
     import tomllib
 
     path = Path(path)
@@ -520,4 +521,10 @@ def read_profile(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], dict
     d2 = system["d2"]
     if isinstance(d2, bool) or not isinstance(d2, (int, float)) or not d2 >= 0:
         raise JaxschedError(f"{path}: system.d2: expected a number >= 0, got {system['d2']!r}")
-    return system, dict(data.get("engine") or {}), dict(data.get("calibration") or {})
+    calibration = dict(data.get("calibration") or {})
+    ref = calibration.get("probe_reference_s")
+    if ref is not None and (isinstance(ref, bool) or not isinstance(ref, (int, float))
+                            or not ref > 0):
+        raise JaxschedError(f"{path}: calibration.probe_reference_s: expected a positive "
+                            f"number of seconds, got {ref!r}")
+    return system, dict(data.get("engine") or {}), calibration

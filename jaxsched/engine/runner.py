@@ -151,14 +151,9 @@ class ModelRunner:
         Same shapes and work as every decode call (the decode cost does not depend on the rows'
         contents), and it changes nothing: padding rows write to the spare slot past the
         cache. Timed beside an iteration's calls, it measures how fast the machine runs *now*
-        (see ``Engine.speed_reference``)."""
-        ec = self.engine_cfg
-        b = ec.max_batch
-        z = np.zeros((b, 1), np.int32)
-        next_tok, _ = self._call(z, z, np.full((b, 1), self.num_slots, np.int32),
-                                 np.zeros((b, ec.blocks_per_seq), np.int32),
-                                 np.zeros(b, np.int32), [SampleArgs()] * b)
-        jax.block_until_ready(next_tok)
+        (see ``Engine.speed_reference``). It is :meth:`decode` of no rows (which waits for
+        its tokens)."""
+        self.decode([])
 
     def prefill(self, token_ids: Sequence[int], start: int, table: list[int],
                 sample_args: SampleArgs = SampleArgs(), return_logits: bool = False):
