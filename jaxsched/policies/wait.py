@@ -272,6 +272,10 @@ def _fit_nested(info: dict) -> dict:
     d0, d1, cap = float(info["d0"]), float(info["d1"]), float(info["capacity"])
     horizon = float(info.get("horizon") or 1e4) * d0
 
+    def by_boundary(thresholds):  # per distinct length -> per segment (boundary)
+        by_length = dict(zip(distinct, thresholds))
+        return [int(by_length.get(b, thresholds[-1])) for b in bounds]
+
     def check(n1):
         chain = nested_chain(n1, p)
         if chain is None:
@@ -318,17 +322,15 @@ def _fit_nested(info: dict) -> dict:
                 why += f"; fluid thresholds: {err}"
             else:
                 if fluid.feasible:
-                    by_length = dict(zip(distinct, fluid.thresholds))
-                    threshold = [int(by_length.get(b, fluid.thresholds[-1])) for b in bounds]
-                    return {"boundary": bounds, "threshold": threshold,
+                    return {"boundary": bounds,
+                            "threshold": by_boundary(fluid.thresholds),
                             "safety_buffer": float(fluid.entry_memory)}
                 why += f"; fluid thresholds {list(fluid.thresholds)}: {fluid.reason}"
         raise PolicyError(f"nested_wait: no feasible thresholds up to n_1 = "
                           f"{min(top, _NESTED_SCAN)}: {why}")
     fit = check(first)[0]
-    by_length = dict(zip(distinct, fit.thresholds))
-    threshold = [int(by_length.get(b, fit.thresholds[-1])) for b in bounds]
-    return {"boundary": bounds, "threshold": threshold, "safety_buffer": float(sum(fit.buffer))}
+    return {"boundary": bounds, "threshold": by_boundary(fit.thresholds),
+            "safety_buffer": float(sum(fit.buffer))}
 
 
 # ---------------------------------------------------------------------------------- WAIT
