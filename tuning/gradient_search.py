@@ -557,7 +557,6 @@ def tune_command(cfg, settings, *, trials=None, storage=None, study=None, seed=N
     return outcome
 
 
-
 # ------------------------------------------------------------------------------------------
 # Benchmark: wall time to reach an objective value, gradient search vs Optuna.
 

@@ -184,11 +184,12 @@ class BatchEvaluator:
         import jax
         import jax.numpy as jnp
 
-        from jaxsched import api
+        from jaxsched import api, sharding
         from jaxsched.sim import SimParams, compiled_simulator
 
         self.job = job
         self.batch = int(batch)
+        self._devices = sharding.select_devices(job.settings.devices)  # bad --devices: now
         exp = job.experiment
         if workloads is None:
             keys, workloads = api.build_workloads(job.config, exp.num_requests, exp.duration)
@@ -197,17 +198,14 @@ class BatchEvaluator:
         self._system = jax.tree.map(lambda x: jnp.broadcast_to(x, (k,) + x.shape), exp.params.system)
         self._sim_params = SimParams
         self._default = job.space.default_point()
-        example = SimParams(system=self._system,
-                            policy={n: jnp.asarray(v) for n, v in job.space.stack([self._default] * k).items()})
-        from jaxsched import sharding
-
-        self._devices = sharding.select_devices(job.settings.devices)
         self.compile_seconds = 0.0
         self.sim_seconds = 0.0
         self.calls = 0
         self._compiled = None
         if len(self._devices) > 1:  # sharded: run_chunked compiles on the first call
             return
+        example = SimParams(system=self._system,
+                            policy={n: jnp.asarray(v) for n, v in job.space.stack([self._default] * k).items()})
         fn = compiled_simulator(exp.policy, exp.shape, batched_params=True)
         sig = (exp.policy, exp.shape, k, jax.tree.map(lambda x: (x.shape, str(x.dtype)),
                                                       (keys, workloads, example)).__repr__())
