@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import os
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -50,6 +51,8 @@ from jaxsched.reference import (
 
 __all__ = [
     "HYPOTHESIS_SETTINGS",
+    "LONG_PROFILE",
+    "property_settings",
     "COUNT_METRICS",
     "MEAN_METRICS",
     "PERCENTILE_METRICS",
@@ -108,6 +111,22 @@ HYPOTHESIS_SETTINGS = _hypothesis_settings()
 """Base ``hypothesis.settings`` for simulator tests: no deadline, derandomized, no example
 database, no explain phase (pass it as the parent of ``settings(...)`` and set
 ``max_examples``; add ``phases=...`` without ``Phase.shrink`` for faster failures)."""
+
+LONG_PROFILE = "long"
+"""The hypothesis profile ``tests/conftest.py`` registers for long runs
+(``HYPOTHESIS_PROFILE=long``): :data:`HYPOTHESIS_SETTINGS`, random instead of derandomized,
+``HYPOTHESIS_MAX_EXAMPLES`` examples (default 2000) per test."""
+
+
+def property_settings(max_examples: int):
+    """The settings of a property test: :data:`HYPOTHESIS_SETTINGS` with ``max_examples``
+    (the same few examples on every run), or the :data:`LONG_PROFILE` profile when the
+    environment selects it (``HYPOTHESIS_PROFILE=long``)."""
+    import hypothesis
+
+    if os.environ.get("HYPOTHESIS_PROFILE") == LONG_PROFILE:
+        return hypothesis.settings.get_profile(LONG_PROFILE)
+    return hypothesis.settings(HYPOTHESIS_SETTINGS, max_examples=max_examples)
 
 
 def small_shape(max_batch: int = 4, queue_size: int = 8, horizon: int = 32,

@@ -45,7 +45,7 @@ def _column(run, field):
 
 @pytest.mark.parametrize("name", list_policies())
 def test_trace_invariants(name):
-    @hypothesis.settings(jt.HYPOTHESIS_SETTINGS, max_examples=10)
+    @hypothesis.settings(jt.property_settings(10))
     @hypothesis.given(workload=WORKLOADS, system=SYSTEMS)
     def check(workload, system):
         run = jt.run_jax(name, SHAPE, workload, system)
@@ -108,7 +108,7 @@ def _state_lists(states, k):
 
 @pytest.mark.parametrize("name", STATE_POLICIES)
 def test_tokens_add_up_and_requests_complete_at_their_output(name):
-    @hypothesis.settings(jt.HYPOTHESIS_SETTINGS, max_examples=15)
+    @hypothesis.settings(jt.property_settings(15))
     @hypothesis.given(workload=WORKLOADS, system=SYSTEMS)
     def check(workload, system):
         states, trace = jt.jax_states(name, SHAPE, workload, system)
@@ -159,7 +159,7 @@ def test_tokens_add_up_and_requests_complete_at_their_output(name):
     check()
 
 
-@hypothesis.settings(jt.HYPOTHESIS_SETTINGS, max_examples=15)
+@hypothesis.settings(jt.property_settings(15))
 @hypothesis.given(outputs=st.lists(st.integers(1, 20), min_size=1, max_size=SHAPE.max_batch),
                   prompt=st.integers(1, 6))
 def test_requests_with_room_complete_exactly_after_their_output(outputs, prompt):

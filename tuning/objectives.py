@@ -185,14 +185,28 @@ class Objective:
 
     def with_baseline(self, baseline: Mapping[str, float]) -> "Objective":
         """Resolve ``"baseline"`` scales from the metrics of the config's own parameters
-        (``|value|``; 1 where that is 0 or not finite)."""
+        (``|value|``; 1 where that is 0, not finite, or missing: ``None`` is how a study
+        stores NaN)."""
         terms = []
         for t in self.terms:
             if t.scale is None:
-                v = abs(float(baseline.get(t.metric, float("nan"))))
+                v = baseline.get(t.metric)
+                v = abs(float(v)) if v is not None else math.nan
                 t = dataclasses.replace(t, scale=v if math.isfinite(v) and v > 0 else 1.0)
             terms.append(t)
         return dataclasses.replace(self, terms=tuple(terms))
+
+    def fallback_scales(self, baseline: Mapping[str, float]) -> tuple[str, ...]:
+        """The ``"baseline"``-scaled metrics whose baseline value is 0, not finite or missing
+        (:meth:`with_baseline` scales them by 1)."""
+        out = []
+        for t in self.terms:
+            if t.scale is None:
+                v = baseline.get(t.metric)
+                v = abs(float(v)) if v is not None else math.nan
+                if not (math.isfinite(v) and v > 0):
+                    out.append(t.metric)
+        return tuple(out)
 
     def score(self, metrics: Mapping[str, Any]):
         """The weighted score to maximize (works on floats, NumPy and JAX arrays)."""
