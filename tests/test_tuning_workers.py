@@ -157,3 +157,36 @@ def test_a_worker_killed_during_the_baseline_trial_leaves_it_to_the_next(tmp_pat
     assert out["baseline_trial"] == redone[0].number
     assert out["evaluated"] == 10
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 10
+
+
+def test_trials_beyond_the_target_are_found_by_their_numbers(tmp_path):
+    """The rule the workers apply after creating trials: a trial is surplus when at least
+    ``target`` live trials (evaluated, running or waiting) have a smaller number; the
+    baseline waits in the queue from the study's creation and is claimed first."""
+    store = osr.open_storage(f"sqlite:///{tmp_path / 'rank.db'}")
+    job = osr.prepare(load_config(write_config(tmp_path)))
+    study = osr._open_study(job, store, "rank", None, baseline=True)
+    (waiting,) = study.get_trials(states=(TrialState.WAITING,))
+    assert waiting.user_attrs[osr.BASELINE_ATTR] and waiting.number == 0
+    hb = osr._Heartbeat(store)  # not started: its beats are recorded directly
+    a = [osr._start_trial(study, {"worker": "a"}, hb) for _ in range(2)]
+    b = [osr._start_trial(study, {"worker": "b"}, hb) for _ in range(2)]
+    assert [claimed for _, claimed in a + b] == [True, False, False, False]
+    ids = [i for i, _ in a + b]  # trials 0 (the baseline), 1, 2, 3
+    assert osr._surplus(study, ids[1:2], target=3) == []
+    assert osr._surplus(study, ids[2:], target=3) == [ids[3]]
+    assert osr._surplus(study, ids[2:], target=4) == []
+    # the baseline's trial fails unevaluated: it is enqueued again (trial 4), once, and
+    # holds its place: a trial created after it counts it
+    assert osr._fail_trial(study, store.get_trial(ids[0]), "interrupted: worker a exited")
+    assert not osr._fail_trial(study, store.get_trial(ids[0]), "again")
+    requeued = study.get_trials(states=(TrialState.WAITING,))
+    assert [t.number for t in requeued] == [4] and requeued[0].user_attrs[osr.BASELINE_ATTR]
+    assert requeued[0].system_attrs["fixed_params"] == job.space.default_point()
+    assert osr._surplus(study, ids[1:], target=3) == []  # 1, 2, 3: trial 0 left its place
+    again, claimed = osr._start_trial(study, {"worker": "c"}, hb)  # claimed before creating
+    assert claimed and store.get_trial_number_from_id(again) == 4
+    late, claimed = osr._start_trial(study, {"worker": "c"}, hb)
+    assert not claimed and store.get_trial_number_from_id(late) == 5
+    assert osr._surplus(study, [late], target=4) == [late]
+    assert osr._surplus(study, [late], target=5) == []
