@@ -89,7 +89,7 @@ def test_straight_through_forward_is_hard(policy, values):
             assert st[m] == pytest.approx(hard[m], rel=1e-6, nan_ok=True), (m, temp)
 
 
-@pytest.mark.parametrize("policy,values", CASES[:3])
+@pytest.mark.parametrize("policy,values", [CASES[0], CASES[2]])  # flow control, vLLM
 def test_block_memory_and_split_coefficients_relax_to_hard(policy, values):
     # memory in blocks of 4 tokens (mass-weighted block tokens in the relaxed modes) and
     # tau = d0 + d1_prefill P + d1_context D with the two coefficients apart
