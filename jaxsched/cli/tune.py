@@ -116,8 +116,6 @@ def tune(
 
 def _tune_optuna(cfg, settings, err, *, trials, batch, storage, study, sampler, objective,
                  workloads, seed, plots, no_plots, as_json):
-    import signal
-
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -131,36 +129,25 @@ def _tune_optuna(cfg, settings, err, *, trials, batch, storage, study, sampler, 
                TimeElapsedColumn())
     weighted = job.objective.kind == "weighted"
 
-    def on_term(signum, frame):  # SIGTERM ends like Ctrl-C: running trials are failed
-        raise KeyboardInterrupt
+    with Progress(*columns, console=err, transient=False, disable=as_json and not err.is_terminal) as bar:
+        task = bar.add_task("starting", total=target, best="", rate="")
 
-    try:
-        old = signal.signal(signal.SIGTERM, on_term)
-    except ValueError:  # not the main thread
-        old = None
-    try:
-        with Progress(*columns, console=err, transient=False, disable=as_json and not err.is_terminal) as bar:
-            task = bar.add_task("starting", total=target, best="", rate="")
+        def status(msg):
+            bar.update(task, description=msg)
 
-            def status(msg):
-                bar.update(task, description=msg)
+        def progress(p):
+            if weighted:
+                best = f"best {p.best[0]:.4g}" if p.best else "no feasible trial"
+            else:
+                best = f"Pareto set {p.pareto_size}"
+            bar.update(task, completed=min(p.evaluated, target), best=best,
+                       rate=f"{p.trials_per_second:.2f} trials/s",
+                       description=f"tuning {job.experiment.policy.name}")
 
-            def progress(p):
-                if weighted:
-                    best = f"best {p.best[0]:.4g}" if p.best else "no feasible trial"
-                else:
-                    best = f"Pareto set {p.pareto_size}"
-                bar.update(task, completed=min(p.evaluated, target), best=best,
-                           rate=f"{p.trials_per_second:.2f} trials/s",
-                           description=f"tuning {job.experiment.policy.name}")
-
-            outcome = osr.run_optuna(job, trials=target, batch=batch, storage=store,
-                                     study_name=study, sampler=sampler, seed=seed,
-                                     progress=progress, status=status)
-            bar.update(task, completed=min(outcome.evaluated, target), description="done")
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
+        outcome = osr.run_optuna(job, trials=target, batch=batch, storage=store,
+                                 study_name=study, sampler=sampler, seed=seed,
+                                 progress=progress, status=status)
+        bar.update(task, completed=min(outcome.evaluated, target), description="done")
     if not no_plots:
         st = osr.load_study(store, outcome.study_name)
         out_dir = plots or Path("out") / "tune" / outcome.study_name
