@@ -160,3 +160,32 @@ def test_sigterm_during_tune_compile(tmp_path):
     rc, stderr = _signal_when(argv, signal.SIGTERM, "Compiling jit(", 2.0)
     assert rc == 143, stderr[-2000:]
     _last_line_is_the_signal(stderr, 143)
+
+
+# --- output paths, checked before any work -----------------------------------------------------
+
+# a folder nobody can create files in, root included (the mode bits do not stop root)
+UNWRITABLE = "/proc/self"
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["simulate", "--plot", "x.xyz"], "--plot x.xyz: expected a .png or .svg or .pdf file"),
+    (["simulate", "--plot", "{tmp}/missing/x.png"], "/missing does not exist"),
+    (["simulate", "--plot", f"{UNWRITABLE}/x.png"], "is not writable"),
+    (["simulate", "--plot", "{tmp}/dir.png"], "is a folder, expected a file"),
+    (["bench", "scale", "--plot", "scale.txt"], "--plot scale.txt: expected a .png"),
+    (["export", "--study", "s", "--storage", "{tmp}/nope.db"], "nope.db: no such SQLite file"),
+    (["export", "--study", "s", "--storage", "sqlite:///{tmp}/nope.db"], "no such SQLite file"),
+    (["export", "--study", "s", "--out", f"{UNWRITABLE}/p.json"], "--out"),
+    (["export", "--study", "s", "--out", "{tmp}/missing/p.json"], "does not exist"),
+    (["reproduce", "flow-control", "--out", f"{UNWRITABLE}/r"], "--out"),
+    (["tune", "configs/flow-control-small.toml", "--plots", f"{UNWRITABLE}/p"], "--plots"),
+    (["calibrate", "--out", "profile.json"], "--out profile.json: expected a .toml file"),
+])
+def test_output_paths_are_refused_before_any_work(argv, fragment, tmp_path):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    (tmp_path / "dir.png").mkdir()
+    proc = jaxsched(*argv)
+    assert proc.returncode == 2, proc.stderr
+    assert fragment in one_line_error(proc)
+    assert not (tmp_path / "nope.db").exists()  # a missing database is not created

@@ -23,9 +23,11 @@ def reproduce(
     from rich.console import Console
     from rich.table import Table
 
+    from jaxsched.cli.checks import check_output_dir
     from jaxsched.cli.tables import fmt
     from jaxsched.reproduce import reproduce as run
 
+    check_output_dir(out, "--out")
     err = Console(stderr=True)
     with err.status(f"reproducing {name}…") as status:
         rep = run(name, out, scale, progress=lambda msg: status.update(msg))

@@ -10,6 +10,7 @@ from typing import Any, Optional
 import typer
 
 from jaxsched.cli.app import app, bench_app
+from jaxsched.cli.checks import IMAGE_SUFFIXES, check_output_file
 from jaxsched.errors import JaxschedError
 
 __all__ = ["serve", "calibrate", "compare_sim", "bench_engine", "resolve_policy"]
@@ -154,6 +155,7 @@ def calibrate(
     from jaxsched.engine.calibrate import parse_int_list, write_profile
 
     err = Console(stderr=True)
+    check_output_file(out, "--out", (".toml",))
     bs = parse_int_list(batches, "--batches")
     ls = parse_int_list(prompts, "--prompts")
     if repeats < 1:
@@ -242,6 +244,7 @@ def compare_sim(
     from jaxsched.policies import make_params
 
     err = Console(stderr=True)
+    check_output_file(plot, "--plot", IMAGE_SUFFIXES)
     if num_requests < 1:
         raise JaxschedError(f"--num-requests {num_requests}: must be >= 1")
     if not time_scale > 0 or not rate > 0:

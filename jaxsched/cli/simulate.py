@@ -34,12 +34,14 @@ def simulate(
 
     from jaxsched import api
     from jaxsched.chunked import parse_bytes
+    from jaxsched.cli.checks import IMAGE_SUFFIXES, check_output_file
     from jaxsched.cli.tables import metrics_table, run_progress
     from jaxsched.config import DEFAULT_CONFIG, load_config
     from jaxsched.sharding import (initialize_distributed, is_main_process,
                                    native_stdout_to_stderr, select_devices)
 
     err = Console(stderr=True)
+    check_output_file(plot, "--plot", IMAGE_SUFFIXES)
     cfg = load_config(config or DEFAULT_CONFIG, set_)
     budget = None if max_memory is None else parse_bytes(max_memory)
     distributed = initialize_distributed(coordinator, num_processes, process_id)

@@ -81,10 +81,14 @@ def tune(
     (Optuna) or resume from the last checkpoint (gradient; --trials: restarts)."""
     from rich.console import Console
 
+    from jaxsched.cli.checks import check_output_dir
     from jaxsched.config import load_config
     from tuning.settings import METHODS, SAMPLERS, tune_settings
 
     err = Console(stderr=True)
+    if not no_plots:
+        check_output_dir(plots, "--plots")
+    check_output_dir(checkpoint_dir, "--checkpoint-dir")
     cfg = load_config(config, set_)
     settings = tune_settings(cfg.tune, cfg.source)
     if devices is not None:
@@ -196,9 +200,14 @@ def export(
     from rich.console import Console
 
     from jaxsched import export as ex
+    from jaxsched.cli.checks import check_existing_sqlite, check_output_file
 
     if to is not None and to not in ex.SERVERS:
         raise JaxschedError(f"--to {to!r}: expected one of {', '.join(ex.SERVERS)}")
+    check_output_file(out if (out is not None or to is not None) else Path("policy.json"),
+                      "--out")
+    if policy is None and study is not None:
+        check_existing_sqlite(storage)
     if policy is not None:
         if to is None:
             raise JaxschedError("--policy: give --to vllm|sglang (the file is already a policy config)")
@@ -219,8 +228,6 @@ def export(
         return
     sc = ex.server_config(doc, to)
     if out is not None:
-        if out.parent and not out.parent.exists():
-            raise JaxschedError(f"--out {out}: folder {out.parent} does not exist")
         out.write_text(json.dumps(sc.to_json(), indent=2) + "\n")
     if as_json:
         typer.echo(json.dumps(sc.to_json()))
