@@ -44,9 +44,16 @@ __all__ = [
     "DEFAULT_CONFIG",
 ]
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-"""The repository's ``configs/`` folder (a bare config name such as ``flow-control`` is looked
-up there)."""
+def _config_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    packaged = here / "configs"  # an installed wheel: the build copies configs/ there
+    return packaged if packaged.is_dir() else here.parent / "configs"
+
+
+CONFIG_DIR = _config_dir()
+"""The shipped configs: the repository's top-level ``configs/`` folder in a source checkout,
+``jaxsched/configs`` in an installed wheel (see ``setup.py``). A bare config name such as
+``flow-control`` is looked up there."""
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "data" / "default.toml"
 """The small embedded default that ``jaxsched simulate`` runs without a config."""
@@ -69,10 +76,10 @@ class BurstyConfig(_Strict):
     """Two-state Markov-modulated Poisson arrivals: every class's rate is multiplied by
     ``high_factor`` or ``low_factor``; sojourn times are exponential with the given means."""
 
-    high_factor: float = Field(default=2.0, gt=0)
-    low_factor: float = Field(default=0.5, ge=0)
-    mean_high: float = Field(default=50.0, gt=0)
-    mean_low: float = Field(default=50.0, gt=0)
+    high_factor: float = Field(default=2.0, gt=0, description="rate multiplier in the high state")
+    low_factor: float = Field(default=0.5, ge=0, description="rate multiplier in the low state")
+    mean_high: float = Field(default=50.0, gt=0, description="mean sojourn in the high state")
+    mean_low: float = Field(default=50.0, gt=0, description="mean sojourn in the low state")
 
 
 class SystemConfig(_Strict):
@@ -87,19 +94,26 @@ class SystemConfig(_Strict):
 
 
 class WorkloadConfig(_Strict):
-    kind: Literal["poisson", "saturated", "bursty", "trace"]
+    kind: Literal["poisson", "saturated", "bursty", "trace"] = Field(
+        description="arrivals: Poisson per class, an infinite backlog (saturated), "
+                    "Markov-modulated Poisson (bursty), or a replayed trace")
     horizon: int = Field(gt=0, description="iterations per rollout")
     warmup: int = Field(default=0, ge=0, description="iterations before metrics count")
-    num_workloads: int = Field(default=8, ge=1)
-    seed: int = 0
-    classes: list[ClassConfig] = Field(default_factory=list)
+    num_workloads: int = Field(default=8, ge=1, description="independent replicas simulated "
+                               "side by side (vmapped)")
+    seed: int = Field(default=0, description="random seed of the arrivals")
+    classes: list[ClassConfig] = Field(default_factory=list,
+                                       description="request classes (all kinds but trace)")
     duration: float | None = Field(default=None, gt=0, description="span of arrival times")
     max_requests: int | None = Field(default=None, gt=0, description="cap on requests/replica")
-    bursty: BurstyConfig | None = None
-    path: str | None = None
-    format: Literal["azure", "mooncake"] | None = None
+    bursty: BurstyConfig | None = Field(default=None, description="bursty: the two states")
+    path: str | None = Field(default=None, description="trace: CSV/JSONL file, or a shipped "
+                             "trace's name (azure_code, azure_conv)")
+    format: Literal["azure", "mooncake"] | None = Field(default=None, description="trace: "
+                                                          "the file's format")
     time_scale: float = Field(default=1.0, gt=0, description="trace seconds -> time units")
-    random_offset: bool = True
+    random_offset: bool = Field(default=True, description="trace: each replica starts at a "
+                                "random offset (wrapping around)")
 
     @model_validator(mode="after")
     def _kind_fields(self):

@@ -35,7 +35,7 @@ def simulate(
     from jaxsched import api
     from jaxsched.chunked import parse_bytes
     from jaxsched.cli.checks import IMAGE_SUFFIXES, check_output_file
-    from jaxsched.cli.tables import metrics_table, run_progress
+    from jaxsched.cli.tables import metrics_table, run_info, run_progress
     from jaxsched.config import DEFAULT_CONFIG, load_config
     from jaxsched.sharding import (initialize_distributed, is_main_process,
                                    native_stdout_to_stderr, select_devices)
@@ -64,7 +64,8 @@ def simulate(
         plot_simulation(result, plot)
         err.print(f"wrote {plot}")
     if as_json:
-        typer.echo(json.dumps(result.to_json(per_workload=per_workload)))
+        typer.echo(json.dumps({**result.to_json(per_workload=per_workload),
+                               "run": run_info(cfg, exp, set_)}))
         return
     console = Console()
     console.print(metrics_table(result, per_workload=per_workload))

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from jaxsched.metrics import METRIC_KEYS
 
-__all__ = ["metrics_table", "fmt", "run_progress"]
+__all__ = ["metrics_table", "fmt", "run_info", "run_progress"]
 
 
 def fmt(x) -> str:
@@ -20,6 +20,26 @@ def fmt(x) -> str:
     if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
         return f"{x:.3e}"
     return f"{x:.4g}"
+
+
+def run_info(cfg, exp=None, overrides=()) -> dict:
+    """What was run, for ``--json`` output: config, system, workload, policy and its values."""
+    info = {
+        "config": cfg.source,
+        "overrides": list(overrides),
+        "system": {"capacity": cfg.capacity, "d0": cfg.d0, "d1": cfg.d1, "d2": cfg.d2,
+                   "max_batch": cfg.system.max_batch, "queue_size": cfg.system.queue_size,
+                   "restart_on_evict": cfg.system.restart_on_evict,
+                   "profile": cfg.system.profile},
+        "workload": {"kind": cfg.workload.kind, "num_workloads": cfg.workload.num_workloads,
+                     "horizon": cfg.workload.horizon, "warmup": cfg.workload.warmup,
+                     "seed": cfg.workload.seed},
+        "policy": {"name": cfg.policy.name, **cfg.policy.settings()},
+    }
+    if exp is not None:
+        info["policy"]["params"] = {k: np.asarray(v).tolist()
+                                    for k, v in dict(exp.params.policy).items()}
+    return info
 
 
 def metrics_table(result, per_workload: bool = False) -> Table:

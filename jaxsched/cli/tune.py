@@ -115,11 +115,11 @@ def tune(
         return
     _tune_optuna(cfg, settings, err, trials=trials, batch=batch, storage=storage, study=study,
                  sampler=sampler, objective=objective, workloads=workloads, seed=seed,
-                 plots=plots, no_plots=no_plots, as_json=as_json)
+                 plots=plots, no_plots=no_plots, as_json=as_json, overrides=set_)
 
 
 def _tune_optuna(cfg, settings, err, *, trials, batch, storage, study, sampler, objective,
-                 workloads, seed, plots, no_plots, as_json):
+                 workloads, seed, plots, no_plots, as_json, overrides=()):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -157,7 +157,10 @@ def _tune_optuna(cfg, settings, err, *, trials, batch, storage, study, sampler, 
         out_dir = plots or Path("out") / "tune" / outcome.study_name
         outcome.plots, outcome.plot_notes = osr.save_plots(st, outcome.objective, out_dir)
     if as_json:
-        typer.echo(json.dumps(outcome.to_json()))
+        from jaxsched.cli.tables import run_info
+
+        typer.echo(json.dumps({**outcome.to_json(),
+                               "run": run_info(cfg, job.experiment, overrides)}))
         return
     console = Console()
     if outcome.interrupted:
