@@ -68,7 +68,7 @@ def _run(argv: list[str] | None) -> int:
     try:
         code = build_command().main(args=argv, prog_name="jaxsched", standalone_mode=False)
     except JaxschedError as err:
-        print(one_line(f"error: {err}", 2000), file=sys.stderr)
+        print(one_line(f"error: {err}", 500), file=sys.stderr)
         return 2
     except signals.Interrupted as exc:
         signals.exit_now(exc.signum)
