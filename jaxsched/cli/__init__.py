@@ -39,7 +39,7 @@ def _register_commands() -> None:
     import pkgutil
 
     for mod in pkgutil.iter_modules(__path__):
-        if mod.name not in ("app", "tables", "signals", "checks"):
+        if mod.name not in ("app", "tables", "signals", "checks", "sanity"):
             importlib.import_module(f"{__name__}.{mod.name}")
 
 

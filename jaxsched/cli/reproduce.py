@@ -24,13 +24,14 @@ def reproduce(
     from rich.table import Table
 
     from jaxsched.cli.checks import check_output_dir
-    from jaxsched.cli.tables import fmt
+    from jaxsched.cli.sanity import reproduction_warnings, warn
+    from jaxsched.cli.tables import fmt, print_table, status_progress
     from jaxsched.reproduce import reproduce as run
 
     check_output_dir(out, "--out")
     err = Console(stderr=True)
-    with err.status(f"reproducing {name}…") as status:
-        rep = run(name, out, scale, progress=lambda msg: status.update(msg))
+    with status_progress(err, f"reproducing {name}") as say:
+        rep = run(name, out, scale, progress=say)
     table = Table(title=f"reproduction: {name}", title_justify="left")
     for i, col in enumerate(rep.columns):
         table.add_column(col, justify="left" if i == 0 else "right")
@@ -38,9 +39,11 @@ def reproduce(
         table.add_row(*[v if isinstance(v, str) else (str(v) if isinstance(v, bool) else fmt(v))
                         for v in row])
     console = Console()
-    console.print(table)
+    print_table(console, table)
     for key, value in rep.findings.items():
         shown = fmt(value) if isinstance(value, float) and math.isfinite(value) else value
         console.print(f"  {key}: {shown}")
     for f in rep.files:
         err.print(f"wrote {f}")
+    for line in reproduction_warnings(rep, scale):
+        warn(err, line)

@@ -219,6 +219,8 @@ def compare_sim(
     profile: Optional[Path] = typer.Option(None, "--profile", help="system profile from "
                                            "jaxsched calibrate (default: calibrate now)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of both memory trajectories"),
+    rtol: float = typer.Option(0.15, "--rtol", min=0, help="warn when a metric's relative "
+                               "error exceeds this"),
     model: Optional[str] = typer.Option(None, "--model", help="model TOML/name or folder"),
     num_requests: int = typer.Option(48, "--num-requests", help="requests replayed"),
     max_output: int = typer.Option(32, "--max-output", help="cap on scaled output lengths"),
@@ -239,6 +241,7 @@ def compare_sim(
     from rich.console import Console
     from rich.table import Table
 
+    from jaxsched.cli.sanity import comparison_warnings, warn
     from jaxsched.engine import compare as C
     from jaxsched.engine.calibrate import TIMERS, open_engine, read_profile
     from jaxsched.policies import make_params
@@ -310,6 +313,8 @@ def compare_sim(
         C.plot_memory(result, plot, float(system["capacity"]))
         err.print(f"wrote {plot}")
     if as_json:
+        for line in comparison_warnings(result.rel_errors(), rtol):
+            warn(err, line)
         d = result.to_json()
         d["source"] = source
         d["timer"] = timer
@@ -318,6 +323,8 @@ def compare_sim(
         typer.echo(json.dumps(d))
         return
     rel = result.rel_errors()
+    for line in comparison_warnings(rel, rtol):
+        warn(err, line)
     console = Console(width=140)
     console.print(f"jaxsched compare-sim: {pol.name}, {len(requests)} requests from {source}; "
                   f"C = {system['capacity']}, d0 = {1e3 * system['d0']:.4f} ms, "

@@ -123,6 +123,7 @@ def _tune_optuna(cfg, settings, err, *, trials, batch, storage, study, sampler, 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from jaxsched.cli.tables import print_table
     from tuning import optuna_search as osr
 
     job = osr.prepare(cfg, settings, objective_kind=objective, num_workloads=workloads)
@@ -172,7 +173,7 @@ def _tune_optuna(cfg, settings, err, *, trials, batch, storage, study, sampler, 
     if outcome.best:
         title = (f"best trial of study {outcome.study_name!r}" if weighted
                  else f"Pareto set of study {outcome.study_name!r} ({len(outcome.best)} trials)")
-        console.print(_best_table(outcome, title))
+        print_table(console, _best_table(outcome, title))
     else:
         console.print("no complete feasible trial yet")
     console.print(
@@ -257,7 +258,10 @@ def validate(
     from jaxsched.export import validate_policy
 
     err = Console(stderr=True)
-    with err.status(f"validating {policy_file}{'' if no_simulate else ' (re-simulating)'}…"):
+    from jaxsched.cli.tables import status_progress
+
+    with status_progress(err, f"validating {policy_file}"
+                         f"{'' if no_simulate else ' (re-simulating)'}", enabled=not as_json):
         report = validate_policy(policy_file, rtol=rtol, simulate=not no_simulate)
     if as_json:
         typer.echo(json.dumps(report.to_json()))
