@@ -94,8 +94,19 @@ def plot_simulation(result, out: str | Path, max_lines: int = 4) -> Path:
     warm = cfg.workload.warmup
     if warm > 0:
         mark_warmup(ax_mem, float(trace.time[0][min(warm, trace.time.shape[1] - 1)]))
-    for i in range(min(max_lines, trace.time.shape[0])):
-        ax_mem.plot(trace.time[i], trace.memory[i], label=f"workload {i}", **line_style(i))
+    shown = min(max_lines, trace.time.shape[0])
+    groups: list[list[int]] = []  # identical trajectories drawn once, labelled together
+    for i in range(shown):
+        same = next((g for g in groups if np.array_equal(trace.memory[g[0]], trace.memory[i])
+                     and np.array_equal(trace.time[g[0]], trace.time[i])), None)
+        if same is None:
+            groups.append([i])
+        else:
+            same.append(i)
+    for j, g in enumerate(groups):
+        label = f"workload {g[0]}" if len(g) == 1 else \
+            f"workloads {', '.join(map(str, g))} (identical)"
+        ax_mem.plot(trace.time[g[0]], trace.memory[g[0]], label=label, **line_style(j))
     ax_mem.axhline(cfg.capacity, color="k", ls="--", lw=1, label=f"capacity C = {cfg.capacity:g}")
     ax_mem.set_xlabel(f"time ({unit})")
     ax_mem.set_xlim(left=0)

@@ -189,3 +189,10 @@ def test_output_paths_are_refused_before_any_work(argv, fragment, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert fragment in one_line_error(proc)
     assert not (tmp_path / "nope.db").exists()  # a missing database is not created
+
+
+def test_sigint_during_reproduce(tmp_path):
+    argv = ["reproduce", "flow-control", "--scale", "0.05", "--out", str(tmp_path / "r")]
+    rc, stderr = _signal_when(argv, signal.SIGINT, "Compiling jit(local)", 0.5)
+    assert rc == 130, stderr[-2000:]
+    _last_line_is_the_signal(stderr, 130)

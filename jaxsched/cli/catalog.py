@@ -166,7 +166,6 @@ def configs(
 ):
     """The configs shipped with jaxsched; run one by name: jaxsched simulate NAME."""
     from rich.console import Console
-    from rich.markup import escape
 
     from jaxsched.config import CONFIG_DIR
 

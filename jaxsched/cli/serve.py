@@ -209,6 +209,15 @@ def calibrate(
             f"{1e3 * result.pc_d0:.4f} ms, dp = {1e6 * result.pc_dp:.3f} us/prefill token, "
             f"dc = {1e6 * result.pc_dc:.3f} us/context token, RMS {result.pc_rel_error:.1%} "
             "of the mean")
+    negative = [name for name, v in (("d0 without d2", result.base_d0),
+                                     ("d1 without d2", result.base_d1), ("d0'", result.pc_d0),
+                                     ("dp", result.pc_dp), ("dc", result.pc_dc)) if v < 0]
+    if negative:
+        console.print(
+            f"note: {', '.join(negative)} < 0: an unconstrained least-squares fit of the "
+            "evidence rows, where that term is within the timing noise or is absorbed by the "
+            "others on this grid; it is no physical cost. The simulator uses d0, d1, d2 above, "
+            "fitted with non-negative coefficients.")
 
 
 @app.command("compare-sim")

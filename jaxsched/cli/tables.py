@@ -33,7 +33,7 @@ def _plain(cell) -> str:
     return str(cell)
 
 
-def print_table(console, table: Table, heading_columns: int = 1) -> None:
+def print_table(console, table: Table, heading_columns: int = 1, heading_prefix: str = "") -> None:
     """Print ``table`` as it is when it fits the console's width, else vertically: one block
     per row, headed by its first ``heading_columns`` cells, the others as ``column: value``
     wrapped to the width (nothing is truncated, at 80 columns or fewer)."""
@@ -50,7 +50,8 @@ def print_table(console, table: Table, heading_columns: int = 1) -> None:
     if table.title:
         console.print(_plain(table.title), markup=False, highlight=False)
     for r in range(table.row_count):
-        head = " ".join(cells[c][r] for c in range(min(heading_columns, len(cols))))
+        head = heading_prefix + " ".join(cells[c][r]
+                                         for c in range(min(heading_columns, len(cols))))
         console.print(head, style="bold", markup=False, highlight=False)
         pairs = [f"{headers[c]}: {cells[c][r]}" for c in range(heading_columns, len(cols))
                  if cells[c][r] != ""]

@@ -146,7 +146,7 @@ def _tune_optuna(cfg, settings, err, *, trials, batch, storage, study, sampler, 
             else:
                 best = f"Pareto set {p.pareto_size}"
             bar.update(task, completed=min(p.evaluated, target), best=best,
-                       rate=f"{p.trials_per_second:.2f} trials/s",
+                       rate=f"{p.trials_per_second:.2f} trials/s of batch time",
                        description=f"tuning {job.experiment.policy.name}")
 
         outcome = osr.run_optuna(job, trials=target, batch=batch, storage=store,
@@ -173,15 +173,19 @@ def _tune_optuna(cfg, settings, err, *, trials, batch, storage, study, sampler, 
     if outcome.best:
         title = (f"best trial of study {outcome.study_name!r}" if weighted
                  else f"Pareto set of study {outcome.study_name!r} ({len(outcome.best)} trials)")
-        print_table(console, _best_table(outcome, title))
+        print_table(console, _best_table(outcome, title), heading_prefix="trial ")
     else:
         console.print("no complete feasible trial yet")
+    in_batches = len(outcome.told) / max(outcome.sim_seconds, 1e-9)
+    baseline = (" (trial 0 of a study is the config's own point, the baseline of the "
+                "objective's scales)" if 0 in outcome.told else "")
     console.print(
-        f"{len(outcome.told)} trials here in {outcome.batches} batches of up to {outcome.batch} "
-        f"({outcome.trials_per_second:.2f} trials/s, compile {outcome.compile_seconds:.1f} s, "
-        f"simulate {outcome.sim_seconds:.1f} s); study: {outcome.evaluated}/{outcome.target} "
-        f"evaluated, storage {outcome.storage}"
-    )
+        f"{len(outcome.told)} trials here{baseline} in {outcome.batches} batches of up to "
+        f"{outcome.batch}: {outcome.trials_per_second:.2f} trials/s over {outcome.wall_seconds:.1f} s "
+        f"of wall time (compile {outcome.compile_seconds:.1f} s and setup included), "
+        f"{in_batches:.2f} trials/s in the batches' {outcome.sim_seconds:.1f} s of simulation; "
+        f"study: {outcome.evaluated}/{outcome.target} evaluated, storage {outcome.storage}",
+        soft_wrap=False)
     for p in outcome.plots:
         console.print(f"wrote {p}")
     for n in outcome.plot_notes:
