@@ -134,7 +134,9 @@ def _tune_optuna(cfg, settings, err, *, trials, batch, storage, study, sampler, 
                TimeElapsedColumn())
     weighted = job.objective.kind == "weighted"
 
-    with Progress(*columns, console=err, transient=False, disable=as_json and not err.is_terminal) as bar:
+    # a terminal only: a pipe or a log file gets the summary, not the bar's redraws
+    with Progress(*columns, console=err, transient=False,
+                  disable=as_json or not err.is_terminal) as bar:
         task = bar.add_task("starting", total=target, best="", rate="")
 
         def status(msg):
