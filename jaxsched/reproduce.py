@@ -193,7 +193,8 @@ def _pyplot():
     return plt
 
 
-def _policy_study(name: str, out: Path, scale: float, say: Callable[[str], None]) -> Reproduction:
+def _policy_study(name: str, out: Path, scale: float, say: Callable[[str], None],
+                  only: tuple[str, ...] = ()) -> Reproduction:
     from jaxsched.plots import (cdf_or_note, histogram_cdf, line_style, log_time_axis,
                                 mark_warmup, no_completion_note, time_unit)
 
@@ -201,7 +202,13 @@ def _policy_study(name: str, out: Path, scale: float, say: Callable[[str], None]
     base = _scaled(load_config(CONFIG_DIR / f"{study['config']}.toml"), scale)
     bound, bound_key = study["bound"](base)
     rows, prows, traces = [], [], {}
-    for c in study["contenders"]:
+    contenders = [c for c in study["contenders"]
+                  if not only or any(c.label.startswith(o) for o in only)]
+    if not contenders:
+        labels = ", ".join(c.label for c in study["contenders"])
+        raise JaxschedError(f"--only {','.join(only)}: no contender of {name} matches; "
+                            f"contenders: {labels}")
+    for c in contenders:
         say(f"{name}: {c.label}")
         try:
             cfg = _with_policy(base, c.settings)
@@ -371,15 +378,20 @@ def _markdown(rep: Reproduction) -> str:
 
 
 def reproduce(name: str, out: str | Path = "out/reproduce", scale: float = 1.0,
-              progress: Callable[[str], None] | None = None) -> Reproduction:
-    """Run one reproduction; write its PNGs and ``{name}.md`` into ``out``."""
+              progress: Callable[[str], None] | None = None,
+              only: tuple[str, ...] = ()) -> Reproduction:
+    """Run one reproduction; write its PNGs and ``{name}.md`` into ``out``. ``only``: run the
+    policy studies' contenders whose labels start with one of these (quick partial runs)."""
     say = progress or (lambda msg: None)
     if name not in REPRODUCTIONS:
         raise JaxschedError(f"unknown reproduction {name!r}; choose from {', '.join(REPRODUCTIONS)}")
     if not scale > 0:
         raise JaxschedError(f"--scale must be positive, got {scale}")
     out = Path(out)
-    rep = _congestion(out, scale, say) if name == "congestion" else _policy_study(name, out, scale, say)
+    if only and name == "congestion":
+        raise JaxschedError("--only: congestion has no contenders to choose from")
+    rep = (_congestion(out, scale, say) if name == "congestion"
+           else _policy_study(name, out, scale, say, tuple(only)))
     md = out / f"{name}.md"
     md.write_text(_markdown(rep))
     rep.files.append(md)

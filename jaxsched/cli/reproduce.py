@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -16,6 +17,8 @@ def reproduce(
     name: str = typer.Argument(..., help="flow-control | wait-low | wait-high | congestion"),
     out: Path = typer.Option(Path("out/reproduce"), "--out", help="folder for PNGs and markdown"),
     scale: float = typer.Option(1.0, help="shrink horizons and workload counts (quick runs)"),
+    only: Optional[str] = typer.Option(None, "--only", help="comma-separated label prefixes: "
+                                       "run only these contenders (e.g. greedy,flow_control_known)"),
 ):
     """Run a reproduction and print its table."""
     import math
@@ -31,7 +34,8 @@ def reproduce(
     check_output_dir(out, "--out")
     err = Console(stderr=True)
     with status_progress(err, f"reproducing {name}") as say:
-        rep = run(name, out, scale, progress=say)
+        rep = run(name, out, scale, progress=say,
+                  only=tuple(o.strip() for o in only.split(",") if o.strip()) if only else ())
     table = Table(title=f"reproduction: {name}", title_justify="left")
     for i, col in enumerate(rep.columns):
         table.add_column(col, justify="left" if i == 0 else "right")
