@@ -1,23 +1,52 @@
 """jaxsched: design, tune and ship KV-memory scheduling policies for LLM inference.
 
 The model of the system is stated once, in :mod:`jaxsched.model`.
+
+The names below are imported on first use (PEP 562), so that ``import jaxsched.cli`` (and a
+usage error, or ``--version``) does not pay for importing JAX.
 """
 
-from jaxsched.api import (
-    Experiment,
-    SimulationResult,
-    build_experiment,
-    build_workloads,
-    run,
-    run_experiment,
-    workload_context,
-)
-from jaxsched.config import DEFAULT_CONFIG, Config, load_config
-from jaxsched.errors import JaxschedError
-from jaxsched.metrics import METRIC_KEYS
-from jaxsched.model import SimShape, SystemParams, Workload, system_params
-from jaxsched.policies import Policy, get_policy, list_policies, make_params
-from jaxsched.sim import SimParams, compiled_simulator, simulate
+import importlib
+
+_LAZY = {  # name: the module it comes from
+    "Experiment": "jaxsched.api",
+    "SimulationResult": "jaxsched.api",
+    "build_experiment": "jaxsched.api",
+    "build_workloads": "jaxsched.api",
+    "run": "jaxsched.api",
+    "run_experiment": "jaxsched.api",
+    "workload_context": "jaxsched.api",
+    "DEFAULT_CONFIG": "jaxsched.config",
+    "Config": "jaxsched.config",
+    "load_config": "jaxsched.config",
+    "JaxschedError": "jaxsched.errors",
+    "METRIC_KEYS": "jaxsched.metrics",
+    "SimShape": "jaxsched.model",
+    "SystemParams": "jaxsched.model",
+    "Workload": "jaxsched.model",
+    "system_params": "jaxsched.model",
+    "Policy": "jaxsched.policies",
+    "get_policy": "jaxsched.policies",
+    "list_policies": "jaxsched.policies",
+    "make_params": "jaxsched.policies",
+    "SimParams": "jaxsched.sim",
+    "compiled_simulator": "jaxsched.sim",
+    "simulate": "jaxsched.sim",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'jaxsched' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

@@ -47,13 +47,23 @@ __all__ = [
     "format_validation",
     "split_d1",
     "read_text",
+    "short_repr",
+    "check_numeric_ranges",
+    "check_memory_fits_int32",
     "CONFIG_DIR",
     "DEFAULT_CONFIG",
 ]
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-"""The repository's ``configs/`` folder (a bare config name such as ``flow-control`` is looked
-up there)."""
+def _config_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    packaged = here / "configs"  # an installed wheel: the build copies configs/ there
+    return packaged if packaged.is_dir() else here.parent / "configs"
+
+
+CONFIG_DIR = _config_dir()
+"""The shipped configs: the repository's top-level ``configs/`` folder in a source checkout,
+``jaxsched/configs`` in an installed wheel (see ``setup.py``). A bare config name such as
+``flow-control`` is looked up there."""
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "data" / "default.toml"
 """The small embedded default that ``jaxsched simulate`` runs without a config."""
@@ -91,10 +101,10 @@ class BurstyConfig(_Strict):
     """Two-state Markov-modulated Poisson arrivals: every class's rate is multiplied by
     ``high_factor`` or ``low_factor``; sojourn times are exponential with the given means."""
 
-    high_factor: float = Field(default=2.0, gt=0)
-    low_factor: float = Field(default=0.5, ge=0)
-    mean_high: float = Field(default=50.0, gt=0)
-    mean_low: float = Field(default=50.0, gt=0)
+    high_factor: float = Field(default=2.0, gt=0, description="rate multiplier in the high state")
+    low_factor: float = Field(default=0.5, ge=0, description="rate multiplier in the low state")
+    mean_high: float = Field(default=50.0, gt=0, description="mean sojourn in the high state")
+    mean_low: float = Field(default=50.0, gt=0, description="mean sojourn in the low state")
 
 
 class SystemConfig(_Strict):
@@ -120,19 +130,26 @@ class SystemConfig(_Strict):
 
 
 class WorkloadConfig(_Strict):
-    kind: Literal["poisson", "saturated", "bursty", "trace"]
+    kind: Literal["poisson", "saturated", "bursty", "trace"] = Field(
+        description="arrivals: Poisson per class, an infinite backlog (saturated), "
+                    "Markov-modulated Poisson (bursty), or a replayed trace")
     horizon: int = Field(gt=0, description="iterations per rollout")
     warmup: int = Field(default=0, ge=0, description="iterations before metrics count")
-    num_workloads: int = Field(default=8, ge=1)
-    seed: int = 0
-    classes: list[ClassConfig] = Field(default_factory=list)
+    num_workloads: int = Field(default=8, ge=1, description="independent replicas simulated "
+                               "side by side (vmapped)")
+    seed: int = Field(default=0, description="random seed of the arrivals")
+    classes: list[ClassConfig] = Field(default_factory=list,
+                                       description="request classes (all kinds but trace)")
     duration: float | None = Field(default=None, gt=0, description="span of arrival times")
     max_requests: int | None = Field(default=None, gt=0, description="cap on requests/replica")
-    bursty: BurstyConfig | None = None
-    path: str | None = None
-    format: Literal["azure", "mooncake"] | None = None
+    bursty: BurstyConfig | None = Field(default=None, description="bursty: the two states")
+    path: str | None = Field(default=None, description="trace: CSV/JSONL file, or a shipped "
+                             "trace's name (azure_code, azure_conv)")
+    format: Literal["azure", "mooncake"] | None = Field(default=None, description="trace: "
+                                                          "the file's format")
     time_scale: float = Field(default=1.0, gt=0, description="trace seconds -> time units")
-    random_offset: bool = True
+    random_offset: bool = Field(default=True, description="trace: each replica starts at a "
+                                "random offset (wrapping around)")
 
     @model_validator(mode="after")
     def _kind_fields(self):
@@ -327,14 +344,88 @@ def format_validation(where: str, err: ValidationError, section: str = "") -> st
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     if "input" in first and first["type"] not in ("extra_forbidden", "missing", "value_error"):
-        msg += f" (got {first['input']!r})"
+        msg += f" (got {short_repr(first['input'])})"
     return f"{where}: {loc}: {msg}" if loc else f"{where}: {msg}"
 
 
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error line never repeats a huge value."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 15]}... ({len(text)} chars)"
+
+
+# What the simulator's arrays can hold: lengths, counts and memory sums are int32, times,
+# rates and parameters float32 (smallest normal: XLA flushes subnormals to zero on CPU).
+INT32_MAX = 2**31 - 1
+FLOAT32_MAX = 3.4028234e38
+FLOAT32_TINY = 1.1754944e-38
+
+
+def check_numeric_ranges(data: dict, source: str,
+                         sections: tuple[str, ...] = ("system", "workload", "policy")) -> None:
+    """Refuse numbers the simulator cannot represent, naming the key: non-finite values,
+    finite values beyond float32 (or below its smallest normal, but not 0), integers beyond
+    int32 (seeds excepted)."""
+    def walk(node, where):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{where}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{where}.{i}")
+        elif isinstance(node, bool):
+            return
+        elif isinstance(node, int):
+            if abs(node) > INT32_MAX and not where.endswith(".seed"):
+                raise JaxschedError(f"{source}: {where}: {short_repr(node)} is beyond int32 "
+                                    f"(|x| <= {INT32_MAX})")
+        elif isinstance(node, float):
+            if not math.isfinite(node):
+                raise JaxschedError(f"{source}: {where}: must be finite (got {node})")
+            if abs(node) > FLOAT32_MAX:
+                raise JaxschedError(f"{source}: {where}: {node:g} is beyond float32 "
+                                    f"(|x| <= {FLOAT32_MAX:.2e})")
+            if node != 0 and abs(node) < FLOAT32_TINY:
+                raise JaxschedError(f"{source}: {where}: {node:g} underflows float32 "
+                                    f"(use 0 or |x| >= {FLOAT32_TINY:.2e})")
+
+    for section in sections:
+        if isinstance(data.get(section), dict):
+            walk(data[section], section)
+
+
+def check_memory_fits_int32(cfg: "Config") -> None:
+    """Resident memory is summed in int32: refuse a system whose sums could wrap. The sum is
+    at most ``max_batch`` requests of the longest length (prompt + output; a trace's requests
+    are bounded by the capacity), and is compared with the capacity."""
+    cap = float(cfg.resolved["capacity"])
+    where = cfg.source
+    if cap > INT32_MAX:
+        raise JaxschedError(f"{where}: system.capacity: {cap:g} tokens is beyond int32 "
+                            f"(memory is summed in int32; at most {INT32_MAX})")
+    classes = cfg.workload.classes
+    longest = max((c.prompt_len + c.output_len for c in classes), default=0)
+    if cfg.workload.kind == "trace" or not classes:
+        longest = cap
+    worst = cfg.system.max_batch * longest
+    if worst > INT32_MAX:
+        raise JaxschedError(
+            f"{where}: system.max_batch: {cfg.system.max_batch} slots x {longest:g} tokens "
+            f"(the longest request) = {worst:.3g} could wrap the int32 memory sum "
+            f"(at most {INT32_MAX}); lower max_batch")
+
+
 def read_text(path: Path) -> str:
-    """A file's text; a missing or unreadable file is a one-line :class:`JaxschedError`."""
+    """A file's text; a missing, unreadable or non-UTF-8 file is a one-line
+    :class:`JaxschedError`."""
     try:
-        return Path(path).read_text()
+        return Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = err.object[:err.start].count(b"\n") + 1
+        raise JaxschedError(f"{path} line {line}: not UTF-8 text (byte 0x{err.object[err.start]:02x} "
+                            f"at offset {err.start})") from None
+    except IsADirectoryError:
+        raise JaxschedError(f"{path}: is a folder, expected a file") from None
     except FileNotFoundError:
         raise JaxschedError(f"{path}: no such file") from None
     except OSError as err:
@@ -417,10 +508,13 @@ def config_from_dict(data: dict, source: str = "<config>", base_dir: Path | None
     for section in ("system", "workload"):
         if section not in data:
             raise JaxschedError(f"{source}: missing [{section}] table")
+    check_numeric_ranges(data, source)
     try:
         cfg = Config(**data, source=source)
     except ValidationError as err:
         raise JaxschedError(format_validation(source, err)) from None
+    except TypeError as err:  # a table given as a value (system = 3)
+        raise JaxschedError(f"{source}: {short_repr(str(err), 200)}") from None
     sysc = cfg.system
     resolved: dict[str, Any] = {"hardware": None}
     if sysc.profile is not None:
@@ -463,7 +557,11 @@ def config_from_dict(data: dict, source: str = "<config>", base_dir: Path | None
                 f"{c.prompt_len + c.output_len} exceeds system.capacity = {cap:g} tokens"
                 f"{blocks} (the request could never complete)"
             )
-    return cfg.model_copy(update={"resolved": resolved})
+    check_numeric_ranges({"system": {k: resolved[k] for k in ("capacity", "d0", "d1", "d2")}},
+                         f"{source} (resolved from system.profile)" if sysc.profile else source)
+    out = cfg.model_copy(update={"resolved": resolved})
+    check_memory_fits_int32(out)
+    return out
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:

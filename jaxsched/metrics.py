@@ -8,7 +8,11 @@ by :func:`mean_over_workloads`):
   paper's effective throughput: tokens of requests that later get evicted and restart do
   not count twice).
 * ``latency_mean/p50/p95/p99``: arrival to completion; ``ttft_mean/p95``: arrival to first
-  token. Percentiles are nearest-rank (the ``ceil(p n)``-th smallest value), read from a
+  token. Each counts the events inside the window: latency the requests *completed* after the
+  warm-up, TTFT the requests whose *first token* came after it. The two sets differ (a request
+  started before the warm-up ends counts only in latency, one started near the horizon only in
+  TTFT), so under a growing backlog (``saturated``, where every request arrives at 0 and a
+  later start means a larger TTFT) ``ttft_mean`` can exceed ``latency_mean``. Percentiles are nearest-rank (the ``ceil(p n)``-th smallest value), read from a
   fixed log-spaced histogram (``BINS_PER_OCTAVE`` bins per doubling, so within 1.1% of the
   exact value) so memory does not grow with the number of requests.
 * ``evictions``, ``recomputed_tokens`` (KV tokens discarded by evictions), ``overflow_steps``

@@ -193,14 +193,22 @@ def _pyplot():
     return plt
 
 
-def _policy_study(name: str, out: Path, scale: float, say: Callable[[str], None]) -> Reproduction:
-    from jaxsched.plots import histogram_cdf
+def _policy_study(name: str, out: Path, scale: float, say: Callable[[str], None],
+                  only: tuple[str, ...] = ()) -> Reproduction:
+    from jaxsched.plots import (cdf_or_note, histogram_cdf, line_style, log_time_axis,
+                                mark_warmup, no_completion_note, time_unit)
 
     study = _STUDIES[name]
     base = _scaled(load_config(CONFIG_DIR / f"{study['config']}.toml"), scale)
     bound, bound_key = study["bound"](base)
     rows, prows, traces = [], [], {}
-    for c in study["contenders"]:
+    contenders = [c for c in study["contenders"]
+                  if not only or any(c.label.startswith(o) for o in only)]
+    if not contenders:
+        labels = ", ".join(c.label for c in study["contenders"])
+        raise JaxschedError(f"--only {','.join(only)}: no contender of {name} matches; "
+                            f"contenders: {labels}")
+    for c in contenders:
         say(f"{name}: {c.label}")
         try:
             cfg = _with_policy(base, c.settings)
@@ -219,16 +227,28 @@ def _policy_study(name: str, out: Path, scale: float, say: Callable[[str], None]
     plt = _pyplot()
     fig, (ax_mem, ax_cdf) = plt.subplots(1, 2, figsize=(13, 4.5))
     lo = float(histogram_floor(base.d0, min(base.d1_prefill, base.d1_context)))
-    for label, (t, mem, hist) in traces.items():
-        ax_mem.plot(t, mem, lw=0.8, label=label)
+    unit = time_unit(base)
+    if traces and base.workload.warmup > 0:
+        t0 = next(iter(traces.values()))[0]
+        mark_warmup(ax_mem, float(t0[min(base.workload.warmup, len(t0) - 1)]))
+    drawn = False
+    for i, (label, (t, mem, hist)) in enumerate(traces.items()):
+        ax_mem.plot(t, mem, label=label, **line_style(i))
         x, y = histogram_cdf(hist, lo)
-        ax_cdf.step(x, y, where="post", label=label)
-    ax_mem.axhline(base.capacity, color="k", ls="--", lw=1)
-    ax_mem.set(xlabel="time", ylabel="KV memory (tokens)", title=f"{name}: memory over time (workload 0)")
-    ax_cdf.set(xscale="log", xlabel="latency", ylabel="fraction of requests", title="latency CDF")
-    ax_cdf.grid(alpha=0.3)
-    ax_mem.legend(fontsize=7)
-    ax_cdf.legend(fontsize=7)
+        drawn |= cdf_or_note(ax_cdf, x, y, label=label, **line_style(i))
+    ax_mem.axhline(base.capacity, color="k", ls="--", lw=1, label=f"capacity C = {base.capacity:g}")
+    ax_mem.set(xlabel=f"time ({unit})", ylabel="KV memory (tokens)",
+               title=f"{name}: memory over time (workload 0)")
+    ax_mem.set_xlim(left=0)
+    ax_cdf.set(xlabel=f"latency, arrival to completion ({unit})", ylabel="fraction of requests",
+               title="latency CDF (after warm-up)")
+    if drawn:
+        log_time_axis(ax_cdf)
+        ax_cdf.grid(alpha=0.3, which="both")
+        ax_cdf.legend(fontsize=7)
+    else:
+        no_completion_note(ax_cdf)
+    ax_mem.legend(fontsize=7, framealpha=0.9)
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
     png = out / f"{name}.png"
@@ -358,15 +378,20 @@ def _markdown(rep: Reproduction) -> str:
 
 
 def reproduce(name: str, out: str | Path = "out/reproduce", scale: float = 1.0,
-              progress: Callable[[str], None] | None = None) -> Reproduction:
-    """Run one reproduction; write its PNGs and ``{name}.md`` into ``out``."""
+              progress: Callable[[str], None] | None = None,
+              only: tuple[str, ...] = ()) -> Reproduction:
+    """Run one reproduction; write its PNGs and ``{name}.md`` into ``out``. ``only``: run the
+    policy studies' contenders whose labels start with one of these (quick partial runs)."""
     say = progress or (lambda msg: None)
     if name not in REPRODUCTIONS:
         raise JaxschedError(f"unknown reproduction {name!r}; choose from {', '.join(REPRODUCTIONS)}")
     if not scale > 0:
         raise JaxschedError(f"--scale must be positive, got {scale}")
     out = Path(out)
-    rep = _congestion(out, scale, say) if name == "congestion" else _policy_study(name, out, scale, say)
+    if only and name == "congestion":
+        raise JaxschedError("--only: congestion has no contenders to choose from")
+    rep = (_congestion(out, scale, say) if name == "congestion"
+           else _policy_study(name, out, scale, say, tuple(only)))
     md = out / f"{name}.md"
     md.write_text(_markdown(rep))
     rep.files.append(md)

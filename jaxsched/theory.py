@@ -1458,7 +1458,10 @@ def theory_report(prompt_len: Sequence[float], output_len: Sequence[float],
         add(sec, "S", fluid.load, "sum_j lambda_j (l'_j+1)(l_j + l'_j/2)")
         add(sec, "d1*S", d1 * fluid.load, "< 1 for a fluid equilibrium")
         add(sec, "type load", fluid.type_load, "lambda_j d1 (l'_j+1)(l_j+l'_j/2); >= 1: unstable")
-        add(sec, "stable", fluid.stable, fluid.reason if not fluid.stable else "d1*S < 1")
+        add(sec, "compute-stable", fluid.stable,
+            fluid.reason if not fluid.stable else
+            "d1*S < 1: the iteration time stays finite; memory is the feasibility row below"
+            + ("" if fluid.feasible else " (it does not fit here)"))
         add(sec, "M*", fluid.memory, "d0 S/(1 - d1 S), equilibrium memory")
         add(sec, "dT*", fluid.iteration_time, "d0/(1 - d1 S), equilibrium iteration time")
         add(sec, "n* per stage", fluid.per_stage, "lambda_j dT*, over l'_j+1 stages")

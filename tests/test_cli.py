@@ -26,8 +26,12 @@ def test_simulate_json_has_exactly_the_documented_keys(capsys):
     assert code == 0
     data = json.loads(out)  # exactly one JSON object on stdout
     assert set(data) == set(METRIC_KEYS) | {"num_workloads", "horizon", "sim_seconds",
-                                            "compile_seconds"}
+                                            "compile_seconds", "run"}
     assert data["num_workloads"] == 2 and data["horizon"] == 120
+    run = data["run"]  # what was run
+    assert run["config"] == "embedded default config" and run["overrides"] == SMALL[1::2]
+    assert run["policy"]["name"] == "greedy" and "max_num_seqs" in run["policy"]["params"]
+    assert run["system"]["capacity"] > 0 and run["workload"]["horizon"] == 120
     assert data["completed_per_time"] > 0
     assert 0 < data["utilization"] <= 1
 

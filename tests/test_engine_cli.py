@@ -279,3 +279,21 @@ def test_compare_sim_with_exported_policy_file(profile, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["policy"] == "vllm"
     assert out["engine"]["completed"] == out["sim"]["completed"] == 6
+
+
+def test_compare_sim_warns_beyond_its_tolerance(profile):
+    """A replay whose simulator misses the engine by more than --rtol prints one warning line
+    on stderr naming the metrics (here --rtol 0: any difference is a miss)."""
+    proc = subprocess.run([sys.executable, "-m", "jaxsched", "compare-sim", "--policy", "greedy",
+                           "--profile", str(profile), "--num-requests", "8", "--max-output",
+                           "6", "--rtol", "0", "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rel = json.loads(proc.stdout)["rel_error"]
+    missed = [k for k, v in rel.items() if v is None or v > 0]
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    if missed:
+        assert len(warnings) == 1 and "beyond the tolerance 0%" in warnings[0]
+        assert all(k in warnings[0] for k in missed)
+    else:
+        assert warnings == []

@@ -1015,6 +1015,10 @@ def save_plots(study, objective: Objective, out_dir: str | Path) -> tuple[list[s
             jobs.append((f"param_importances_{names[0]}.png",
                          lambda: ovm.plot_param_importances(
                              study, target=lambda t: sign * t.values[0], target_name=names[0])))
+        if len({p for t in study.get_trials(deepcopy=False) for p in t.params}) < 2:
+            jobs = [j for j in jobs if not j[0].startswith("param_importances")]
+            notes.append("param_importances: skipped (one searched parameter: its importance "
+                         "is 1 by definition)")
         for fname, make in jobs:
             try:
                 save(make(), fname)

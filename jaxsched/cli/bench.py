@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from jaxsched.cli.app import bench_app
+from jaxsched.cli.checks import IMAGE_SUFFIXES, check_output_file
 
 __all__ = ["sim", "scale"]
 
@@ -124,6 +125,7 @@ def scale(
     from jaxsched.scaling import bench_scale, plot_scale
 
     err = Console(stderr=True)
+    check_output_file(plot, "--plot", IMAGE_SUFFIXES)
     path = str(config or DEFAULT_CONFIG)
     cfg = load_config(path, set_)
     budget = None if max_memory is None else parse_bytes(max_memory)

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from jaxsched.cli.app import app, bench_app
+from jaxsched.cli.checks import IMAGE_SUFFIXES, check_output_file
 from jaxsched.errors import JaxschedError
 
 __all__ = ["serve", "calibrate", "compare_sim", "bench_engine", "resolve_policy",
@@ -261,6 +262,7 @@ def calibrate(
     from jaxsched.engine.calibrate import parse_int_list, write_profile
 
     err = Console(stderr=True)
+    check_output_file(out, "--out", (".toml",))
     bs = parse_int_list(batches, "--batches")
     ls = parse_int_list(prompts, "--prompts")
     if repeats < 1:
@@ -325,6 +327,8 @@ def compare_sim(
     profile: Optional[Path] = typer.Option(None, "--profile", help="system profile from "
                                            "jaxsched calibrate (default: calibrate now)"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of both memory trajectories"),
+    rtol: float = typer.Option(0.15, "--rtol", min=0, help="warn when a metric's relative "
+                               "error exceeds this"),
     model: Optional[str] = typer.Option(None, "--model", help="model TOML/name or folder"),
     num_requests: int = typer.Option(48, "--num-requests", help="requests replayed"),
     max_output: int = typer.Option(32, "--max-output", help="cap on scaled output lengths"),
@@ -345,11 +349,13 @@ def compare_sim(
     from rich.console import Console
     from rich.table import Table
 
+    from jaxsched.cli.sanity import comparison_warnings, warn
     from jaxsched.engine import compare as C
     from jaxsched.engine.calibrate import TIMERS, open_engine, read_profile
     from jaxsched.policies import make_params
 
     err = Console(stderr=True)
+    check_output_file(plot, "--plot", IMAGE_SUFFIXES)
     if num_requests < 1:
         raise JaxschedError(f"--num-requests {num_requests}: must be >= 1")
     if not time_scale > 0 or not rate > 0:
@@ -415,6 +421,8 @@ def compare_sim(
         C.plot_memory(result, plot, float(system["capacity"]))
         err.print(f"wrote {plot}")
     if as_json:
+        for line in comparison_warnings(result.rel_errors(), rtol):
+            warn(err, line)
         d = result.to_json()
         d["source"] = source
         d["timer"] = timer
@@ -423,6 +431,8 @@ def compare_sim(
         typer.echo(json.dumps(d))
         return
     rel = result.rel_errors()
+    for line in comparison_warnings(rel, rtol):
+        warn(err, line)
     console = Console(width=140)
     console.print(f"jaxsched compare-sim: {pol.name}, {len(requests)} requests from {source}; "
                   f"C = {system['capacity']}, d0 = {1e3 * system['d0']:.4f} ms, "

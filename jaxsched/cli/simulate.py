@@ -34,12 +34,15 @@ def simulate(
 
     from jaxsched import api
     from jaxsched.chunked import parse_bytes
-    from jaxsched.cli.tables import metrics_table, run_progress
+    from jaxsched.cli.checks import IMAGE_SUFFIXES, check_output_file
+    from jaxsched.cli.sanity import simulation_warnings, warn
+    from jaxsched.cli.tables import metrics_table, print_table, run_info, run_progress
     from jaxsched.config import DEFAULT_CONFIG, load_config
     from jaxsched.sharding import (initialize_distributed, is_main_process,
                                    native_stdout_to_stderr, select_devices)
 
     err = Console(stderr=True)
+    check_output_file(plot, "--plot", IMAGE_SUFFIXES)
     cfg = load_config(config or DEFAULT_CONFIG, set_)
     budget = None if max_memory is None else parse_bytes(max_memory)
     distributed = initialize_distributed(coordinator, num_processes, process_id)
@@ -48,11 +51,14 @@ def simulate(
     # multi-process: the collectives' native messages go to stderr, stdout keeps the result
     with native_stdout_to_stderr(distributed), \
             run_progress(err, f"simulating {cfg.workload.num_workloads} workloads x "
-                         f"{cfg.workload.horizon} iterations ({exp.policy.name})") as progress:
+                         f"{cfg.workload.horizon} iterations ({exp.policy.name})",
+                         enabled=not as_json) as progress:
         result = api.run_experiment(exp, devices=devices, chunk=chunk, max_memory=budget,
                                     progress=progress, stream=stream, window=window)
     if result.stream_note:
         err.print(f"[yellow]warning:[/] {result.stream_note}")
+    for line in simulation_warnings(result):
+        warn(err, line)
     if result.arrivals_ended > 0:
         err.print(f"[yellow]warning:[/] in {result.arrivals_ended:.0%} of the workloads the clock "
                   f"passed the arrival span ({exp.duration:g}); set workload.duration")
@@ -62,7 +68,8 @@ def simulate(
         plot_simulation(result, plot)
         err.print(f"wrote {plot}")
     if as_json:
-        typer.echo(json.dumps(result.to_json(per_workload=per_workload)))
+        typer.echo(json.dumps({**result.to_json(per_workload=per_workload),
+                               "run": run_info(cfg, exp, set_)}))
         return
     console = Console()
-    console.print(metrics_table(result, per_workload=per_workload))
+    print_table(console, metrics_table(result, per_workload=per_workload))

@@ -40,6 +40,7 @@ def theory(
     from rich.table import Table
 
     from jaxsched import api, theory as th
+    from jaxsched.cli.tables import print_table
     from jaxsched.config import DEFAULT_CONFIG, load_config
     from jaxsched.errors import JaxschedError
 
@@ -70,7 +71,7 @@ def theory(
         return
     table = Table(title=f"theory for {cfg.source}", title_justify="left")
     for col in ("section", "quantity", "value", "note"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col)
     for r in rows:
         table.add_row(r.section, r.quantity, _value(r.value), r.note)
-    Console().print(table)
+    print_table(Console(), table, heading_columns=2)

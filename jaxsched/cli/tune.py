@@ -81,10 +81,14 @@ def tune(
     (Optuna) or resume from the last checkpoint (gradient; --trials: restarts)."""
     from rich.console import Console
 
+    from jaxsched.cli.checks import check_output_dir
     from jaxsched.config import load_config
     from tuning.settings import METHODS, SAMPLERS, tune_settings
 
     err = Console(stderr=True)
+    if not no_plots:
+        check_output_dir(plots, "--plots")
+    check_output_dir(checkpoint_dir, "--checkpoint-dir")
     cfg = load_config(config, set_)
     settings = tune_settings(cfg.tune, cfg.source)
     if devices is not None:
@@ -111,16 +115,15 @@ def tune(
         return
     _tune_optuna(cfg, settings, err, trials=trials, batch=batch, storage=storage, study=study,
                  sampler=sampler, objective=objective, workloads=workloads, seed=seed,
-                 plots=plots, no_plots=no_plots, as_json=as_json)
+                 plots=plots, no_plots=no_plots, as_json=as_json, overrides=set_)
 
 
 def _tune_optuna(cfg, settings, err, *, trials, batch, storage, study, sampler, objective,
-                 workloads, seed, plots, no_plots, as_json):
-    import signal
-
+                 workloads, seed, plots, no_plots, as_json, overrides=()):
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from jaxsched.cli.tables import print_table
     from tuning import optuna_search as osr
 
     job = osr.prepare(cfg, settings, objective_kind=objective, num_workloads=workloads)
@@ -131,42 +134,36 @@ def _tune_optuna(cfg, settings, err, *, trials, batch, storage, study, sampler, 
                TimeElapsedColumn())
     weighted = job.objective.kind == "weighted"
 
-    def on_term(signum, frame):  # SIGTERM ends like Ctrl-C: running trials are failed
-        raise KeyboardInterrupt
+    # a terminal only: a pipe or a log file gets the summary, not the bar's redraws
+    with Progress(*columns, console=err, transient=False,
+                  disable=as_json or not err.is_terminal) as bar:
+        task = bar.add_task("starting", total=target, best="", rate="")
 
-    try:
-        old = signal.signal(signal.SIGTERM, on_term)
-    except ValueError:  # not the main thread
-        old = None
-    try:
-        with Progress(*columns, console=err, transient=False, disable=as_json and not err.is_terminal) as bar:
-            task = bar.add_task("starting", total=target, best="", rate="")
+        def status(msg):
+            bar.update(task, description=msg)
 
-            def status(msg):
-                bar.update(task, description=msg)
+        def progress(p):
+            if weighted:
+                best = f"best {p.best[0]:.4g}" if p.best else "no feasible trial"
+            else:
+                best = f"Pareto set {p.pareto_size}"
+            bar.update(task, completed=min(p.evaluated, target), best=best,
+                       rate=f"{p.trials_per_second:.2f} trials/s evaluating",
+                       description=f"tuning {job.experiment.policy.name}")
 
-            def progress(p):
-                if weighted:
-                    best = f"best {p.best[0]:.4g}" if p.best else "no feasible trial"
-                else:
-                    best = f"Pareto set {p.pareto_size}"
-                bar.update(task, completed=min(p.evaluated, target), best=best,
-                           rate=f"{p.trials_per_second:.2f} trials/s evaluating",
-                           description=f"tuning {job.experiment.policy.name}")
-
-            outcome = osr.run_optuna(job, trials=target, batch=batch, storage=store,
-                                     study_name=study, sampler=sampler, seed=seed,
-                                     progress=progress, status=status)
-            bar.update(task, completed=min(outcome.evaluated, target), description="done")
-    finally:
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
+        outcome = osr.run_optuna(job, trials=target, batch=batch, storage=store,
+                                 study_name=study, sampler=sampler, seed=seed,
+                                 progress=progress, status=status)
+        bar.update(task, completed=min(outcome.evaluated, target), description="done")
     if not no_plots:
         st = osr.load_study(store, outcome.study_name)
         out_dir = plots or Path("out") / "tune" / outcome.study_name
         outcome.plots, outcome.plot_notes = osr.save_plots(st, outcome.objective, out_dir)
     if as_json:
-        typer.echo(json.dumps(outcome.to_json()))
+        from jaxsched.cli.tables import run_info
+
+        typer.echo(json.dumps({**outcome.to_json(),
+                               "run": run_info(cfg, job.experiment, overrides)}))
         return
     console = Console()
     if outcome.interrupted:
@@ -178,7 +175,7 @@ def _tune_optuna(cfg, settings, err, *, trials, batch, storage, study, sampler, 
     if outcome.best:
         title = (f"best trial of study {outcome.study_name!r}" if weighted
                  else f"Pareto set of study {outcome.study_name!r} ({len(outcome.best)} trials)")
-        console.print(_best_table(outcome, title))
+        print_table(console, _best_table(outcome, title), heading_prefix="trial ")
     else:
         console.print("no complete feasible trial yet")
     if outcome.baseline_fallback:
@@ -192,8 +189,8 @@ def _tune_optuna(cfg, settings, err, *, trials, batch, storage, study, sampler, 
         f"evaluated"
         + (f", trial {outcome.baseline} is the config's own parameters (the baseline)"
            if outcome.baseline is not None else "")
-        + f", storage {outcome.storage}"
-    )
+        + f", storage {outcome.storage}",
+        soft_wrap=False)
     for p in outcome.plots:
         console.print(f"wrote {p}")
     for n in outcome.plot_notes:
@@ -216,9 +213,14 @@ def export(
     from rich.console import Console
 
     from jaxsched import export as ex
+    from jaxsched.cli.checks import check_existing_sqlite, check_output_file
 
     if to is not None and to not in ex.SERVERS:
         raise JaxschedError(f"--to {to!r}: expected one of {', '.join(ex.SERVERS)}")
+    check_output_file(out if (out is not None or to is not None) else Path("policy.json"),
+                      "--out")
+    if policy is None and study is not None:
+        check_existing_sqlite(storage)
     if policy is not None:
         if to is None:
             raise JaxschedError("--policy: give --to vllm|sglang (the file is already a policy config)")
@@ -239,8 +241,6 @@ def export(
         return
     sc = ex.server_config(doc, to)
     if out is not None:
-        if out.parent and not out.parent.exists():
-            raise JaxschedError(f"--out {out}: folder {out.parent} does not exist")
         out.write_text(json.dumps(sc.to_json(), indent=2) + "\n")
     if as_json:
         typer.echo(json.dumps(sc.to_json()))
@@ -267,7 +267,10 @@ def validate(
     from jaxsched.export import validate_policy
 
     err = Console(stderr=True)
-    with err.status(f"validating {policy_file}{'' if no_simulate else ' (re-simulating)'}…"):
+    from jaxsched.cli.tables import status_progress
+
+    with status_progress(err, f"validating {policy_file}"
+                         f"{'' if no_simulate else ' (re-simulating)'}", enabled=not as_json):
         report = validate_policy(policy_file, rtol=rtol, simulate=not no_simulate)
     if as_json:
         typer.echo(json.dumps(report.to_json()))

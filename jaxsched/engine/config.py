@@ -19,6 +19,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
+from jaxsched.config import CONFIG_DIR
 from jaxsched.errors import JaxschedError
 
 __all__ = [
@@ -34,7 +35,7 @@ __all__ = [
 MEMORY_MODELS = ("tokens", "blocks")
 """How the engine's scheduler counts KV memory (``EngineConfig.memory``)."""
 
-MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs" / "models"
+MODEL_CONFIG_DIR = CONFIG_DIR / "models"
 """The repository's ``configs/models/`` folder (bare model names are looked up there)."""
 
 
