@@ -231,7 +231,14 @@ def test_server_flags_and_notes():
     assert v.flags["--max-num-seqs"] == 96 and v.flags["--max-num-batched-tokens"] == 4096
     assert v.flags["--enable-chunked-prefill"] is True
     assert v.flags["--num-gpu-blocks-override"] == 1031 and v.flags["--block-size"] == 16
-    assert any(n.startswith("watermark = 0.05:") and "vllm cannot express it" in n for n in v.notes)
+    assert v.flags["--watermark"] == "0.05"  # vLLM v1's --watermark (0.32)
+    # the plugin line runs the policy itself, with the same budget
+    assert v.plugin_command is not None and v.plugin_refusal is None
+    assert "--scheduler-cls jaxsched.integrations.vllm.JaxschedScheduler" in v.plugin_command
+    assert "--max-num-batched-tokens 4096" in v.plugin_command
+    assert """--additional-config '{"jaxsched": {"policy": "policy.json"}}'""" in v.plugin_command
+    v0 = ex.server_config(_doc("vllm", {}, {"scheduler": "v0"}), "vllm")
+    assert v0.plugin_command is None and v0.plugin_refusal.startswith("scheduler='v0'")
     assert any(n.startswith("restart_on_evict") for n in v.notes)
     assert "--max-num-seqs 96" in v.command and "--enable-chunked-prefill " in v.command + " "
 
@@ -249,7 +256,8 @@ def test_server_flags_and_notes():
 
     f = ex.server_config(_doc("flow_control_known", {"budget": [4.0, 2.0]}), "vllm")
     assert f.flags["--max-num-seqs"] == 4 * 20 + 2 * 60  # budget x output length
-    assert any(n.startswith("budget = 4, 2: admissions per iteration") for n in f.notes)
+    assert any(n.startswith("budget = 4, 2: admissions per iteration") and
+               "the --scheduler-cls line runs it" in n for n in f.notes)
     # a policy the mapping does not know: every tuned parameter gets a note
     a = ex.server_config(_doc("alpha_protection", {"alpha": 0.3}), "sglang")
     assert any(n.startswith("alpha = 0.3:") and "sglang cannot express it" in n for n in a.notes)

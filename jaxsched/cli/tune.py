@@ -230,7 +230,7 @@ def export(
         console.print(f"wrote {path}: {doc.policy.name} {json.dumps(doc.policy.params)}"
                       + (f" (study {t.study!r}, trial {t.trial})" if t else ""))
         return
-    sc = ex.server_config(doc, to)
+    sc = ex.server_config(doc, to, str(policy) if policy is not None else "policy.json")
     if out is not None:
         if out.parent and not out.parent.exists():
             raise JaxschedError(f"--out {out}: folder {out.parent} does not exist")
@@ -242,6 +242,12 @@ def export(
     console.print(sc.command, soft_wrap=True, markup=False)
     for n in sc.notes:
         console.print(f"  note: {n}", markup=False)
+    if sc.plugin_command is not None:
+        console.print("the policy itself, through jaxsched's vLLM scheduler:")
+        console.print(sc.plugin_command, soft_wrap=True, markup=False)
+    elif sc.plugin_refusal is not None:
+        console.print(f"  note: jaxsched's vLLM scheduler cannot run it: {sc.plugin_refusal}",
+                      markup=False)
     if out is not None:
         console.print(f"wrote {out}")
 
