@@ -396,7 +396,8 @@ def _finalizer(record_trace: bool, batched_params: bool):
     bit depend on the device count.
     """
     def one(params, c: _Collected) -> RolloutResult:
-        lo = M.histogram_floor(params.system.d0, params.system.d1)
+        lo = M.histogram_floor(params.system.d0, jnp.minimum(
+            params.system.d1_prefill, params.system.d1_context))
         return RolloutResult(
             metrics=M.finalize(c.acc, c.waiting, params.system.capacity, lo),
             trace=None,

@@ -81,7 +81,8 @@ METRIC_DIRECTIONS: dict[str, Direction] = {
 
 def measured_time(horizon: int, warmup: int, d0: float, d1: float, final_time,
                   d2: float = 0.0):
-    """Time over which the metrics are measured (iterations ``warmup..horizon-1``).
+    """Time over which the metrics are measured (iterations ``warmup..horizon-1``); ``d1``: the
+    larger of ``d1_prefill`` and ``d1_context`` (only whether it is 0 matters).
 
     Exact for a constant iteration time (``d1 = d2 = 0``: ``(horizon - warmup) d0``); with
     ``d1 > 0`` or ``d2 > 0`` the simulator does not report the warmup's end, so this is

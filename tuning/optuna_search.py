@@ -261,8 +261,8 @@ class BatchEvaluator:
         self.calls += 1
         per = {k: np.asarray(v, np.float64)[:n] for k, v in res.metrics.items()}
         cfg = self.job.config
-        elapsed = measured_time(cfg.workload.horizon, cfg.workload.warmup, cfg.d0, cfg.d1,
-                                np.asarray(res.final_time, np.float64)[:n], d2=cfg.d2)
+        elapsed = measured_time(cfg.workload.horizon, cfg.workload.warmup, cfg.d0,
+                                max(cfg.d1_prefill, cfg.d1_context), np.asarray(res.final_time, np.float64)[:n], d2=cfg.d2)
         return add_derived(per, elapsed)
 
     def evaluate(self, points: Sequence[Mapping[str, float]]) -> list[dict[str, float]]:

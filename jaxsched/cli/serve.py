@@ -194,19 +194,20 @@ def calibrate(
             f"without d2: d0 = {1e3 * result.base_d0:.4f} ms, d1 = {1e6 * result.base_d1:.4f} "
             f"us/token; fit error: RMS {result.base_rel_error:.1%} of the mean, mean |rel| "
             f"{result.base_mean_abs_rel_error:.1%}")
+    if result.single_d0 == result.single_d0:
+        console.print(
+            f"one d1 for both kinds: d0 = {1e3 * result.single_d0:.4f} ms, d1 = "
+            f"{1e6 * result.single_d1:.4f} us/token, d2 = {1e3 * result.single_d2:.4f} ms; fit "
+            f"error: RMS {result.single_rel_error:.1%} of the mean, mean |rel| "
+            f"{result.single_mean_abs_rel_error:.1%}")
     console.print(
-        f"d0 = {1e3 * result.d0:.4f} ms, d1 = {1e6 * result.d1:.4f} us/token, d2 = "
+        f"d0 = {1e3 * result.d0:.4f} ms, d1_prefill = {1e6 * result.d1_prefill:.4f} us/token, "
+        f"d1_context = {1e6 * result.d1_context:.4f} us/token, d2 = "
         f"{1e3 * result.d2:.4f} ms/prefilling request over "
         f"{result.samples} iterations; fit error: RMS {1e3 * result.fit_rms:.4f} ms "
         f"({result.fit_rel_error:.1%} of the mean), mean |rel| {result.mean_abs_rel_error:.1%}; "
         f"scheduling overhead {1e3 * result.overhead_mean:.3f} ms/iteration (not fitted); "
         f"wrote {out}")
-    if result.pc_dp == result.pc_dp:
-        console.print(
-            f"separate coefficients (evidence, not used by the simulator): d0' = "
-            f"{1e3 * result.pc_d0:.4f} ms, dp = {1e6 * result.pc_dp:.3f} us/prefill token, "
-            f"dc = {1e6 * result.pc_dc:.3f} us/context token, RMS {result.pc_rel_error:.1%} "
-            "of the mean")
 
 
 @app.command("compare-sim")
@@ -318,7 +319,8 @@ def compare_sim(
     console = Console(width=140)
     console.print(f"jaxsched compare-sim: {pol.name}, {len(requests)} requests from {source}; "
                   f"C = {system['capacity']}, d0 = {1e3 * system['d0']:.4f} ms, "
-                  f"d1 = {1e6 * system['d1']:.4f} us/token, "
+                  f"d1_prefill = {1e6 * system['d1_prefill']:.4f} us/token, "
+                  f"d1_context = {1e6 * system['d1_context']:.4f} us/token, "
                   f"d2 = {1e3 * float(system.get('d2', 0.0)):.4f} ms/prefilling request")
     table = Table()
     for col in ("metric", "engine", "simulator", "rel error"):

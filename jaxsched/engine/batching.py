@@ -40,7 +40,13 @@ engine actually writes is at most that: the keys and values of the processed pro
 the generated tokens but the newest (whose KV is written when it is fed back), so
 ``kv_len = cached - 1`` once the prefill is complete and ``kv_len = cached`` before.
 
-The scheduler's capacity is ``C = (num_blocks - max_batch) * block_size`` tokens. Blocks are
+Memory is counted as ``EngineConfig.memory`` says. With ``"blocks"`` the policy sees the
+model's block memory at the cache's ``block_size`` (``need = block_size ceil(m /
+block_size)``, capacity ``C = num_blocks * block_size``): the blocks the engine allocates are
+exactly the ones the policy and the simulator (``[system] block_size``) count, and the pool
+holds them whenever ``sum need <= C``. With ``"tokens"`` (the default, the engine's behaviour
+before block memory) the policy sees token memory and
+the scheduler's capacity is ``C = (num_blocks - max_batch) * block_size`` tokens. Blocks are
 allocated so that every survivor's block table covers its ``m`` tokens
 (``ceil(m / block_size)`` blocks) before it runs, and freed when it is evicted or completes.
 Rounding up wastes less than one block per resident, so with ``sum m <= C`` (which the
@@ -299,7 +305,7 @@ class Engine:
         self.scheduler = PolicyScheduler(
             policy, policy_params, SimShape(max_batch=ec.max_batch, queue_size=ec.queue_size,
                                             horizon=1, num_classes=ec.num_classes),
-            float(ec.capacity), seed)
+            float(ec.capacity), seed, block_size=int(ec.memory_block_size))
         if params is None:
             params = init_params(model_cfg, seed)
         self.runner = ModelRunner(model_cfg, self.engine_cfg, params)

@@ -85,7 +85,7 @@ def decide(policy: Policy, key, params, pstate, view: SchedView):
 
     plan = policy.plan(k_plan, params, pstate, view)
     run, chunk, token, need, _ = plan_execution(plan.run, plan.chunk, valid, slots.prompt,
-                                                slots.generated, slots.cached)
+                                                slots.generated, slots.cached, view.block_size)
 
     excess = jnp.sum(need).astype(jnp.float32) - view.capacity
     evict, pstate = policy.evict(k_evict, params, pstate, view.replace(excess=excess), need)
@@ -105,7 +105,8 @@ class PolicyScheduler:
     """A :class:`Policy` with its parameters and state, deciding a server's iterations.
 
     ``shape``: the server's ``max_batch`` (B), ``queue_size`` (W) and ``num_classes``;
-    ``capacity``: C in tokens.
+    ``capacity``: C in tokens; ``block_size``: tokens per KV block of the memory the policy
+    sees (1: token memory; see :class:`~jaxsched.policies.base.SchedView`).
 
     ``params``: user values or a parameter dict (validated by
     :func:`~jaxsched.policies.make_params`; defaults for the rest). ``policy.fit_defaults``
@@ -114,7 +115,7 @@ class PolicyScheduler:
     """
 
     def __init__(self, policy: Policy, params: Mapping[str, Any] | None, shape: SimShape,
-                 capacity: float, seed: int = 0):
+                 capacity: float, seed: int = 0, block_size: int = 1):
         self.policy = policy
         self.shape = SimShape(max_batch=shape.max_batch, queue_size=shape.queue_size,
                               horizon=1, num_classes=shape.num_classes)
@@ -127,6 +128,7 @@ class PolicyScheduler:
             check_shape(policy, self.params, self.shape)
         self.pstate = policy.init(self.params, self.shape)
         self.capacity = float(capacity)
+        self.block_size = int(block_size)
         self._key = jax.random.key(seed)
         self._decide = _compiled_decide(policy)
 
@@ -135,7 +137,8 @@ class PolicyScheduler:
         view = SchedView(
             time=jnp.float32(now), iteration=jnp.int32(iteration),
             capacity=jnp.float32(self.capacity), num_waiting=jnp.int32(num_waiting),
-            queue=queue, slots=slots, excess=jnp.zeros((), jnp.float32))
+            queue=queue, slots=slots, excess=jnp.zeros((), jnp.float32),
+            block_size=jnp.int32(self.block_size))
         key = jax.random.fold_in(self._key, iteration)
         decision, self.pstate = self._decide(key, self.params, self.pstate, view)
         return jax.tree.map(np.asarray, decision)

@@ -13,9 +13,10 @@ Checks (the engine's settings as :class:`EngineSettings`):
 
 * the file is a valid jaxsched policy file naming a registered policy with valid parameters
   (:func:`jaxsched.export.load_policy`);
-* its system matches the engine: ``system.capacity`` (tokens) is the KV cache in blocks,
-  ``ceil(capacity / block_size) = num_blocks`` (the policy then sees
-  ``C = num_blocks x block_size``); ``system.block_size`` (when the file has one) equals vLLM's
+* its system matches the engine: ``system.block_size`` is vLLM's block size (a file tuned in
+  token memory, block size 1, is refused) and ``system.capacity`` is the KV cache in blocks,
+  ``floor(capacity / block_size) = num_blocks`` (the policy then sees block memory with
+  ``C = num_blocks x block_size``, as the simulator counts it); ``system.block_size`` (when the file has one) equals vLLM's
   block size; ``system.max_batch`` equals ``max_num_seqs`` (the policy's seats);
 * the policy's own ``serve_check`` (a hook of the :class:`~jaxsched.policies.base.Policy`
   bundle) accepts the parameter values for this engine (e.g. ``vllm`` and ``sarathi`` plan
@@ -128,11 +129,14 @@ def _check_engine_mode(engine: EngineSettings) -> None:
 def check_system(path: Path, doc, engine: EngineSettings) -> None:
     """Refuse a policy file whose system does not describe this engine."""
     s = doc.system
-    block_size = getattr(s, "block_size", None)
-    if block_size is not None and int(block_size) != engine.block_size:
-        raise PluginError(f"{path}: system.block_size = {block_size} but vLLM's block size is "
-                          f"{engine.block_size} (start vLLM with --block-size {block_size})")
-    blocks = math.ceil(float(s.capacity) / engine.block_size)
+    block_size = int(getattr(s, "block_size", 1) or 1)
+    if block_size != engine.block_size:
+        memory = "token memory" if block_size == 1 else f"{block_size}-token blocks"
+        raise PluginError(f"{path}: system.block_size = {block_size} ({memory}) but vLLM "
+                          f"allocates {engine.block_size}-token blocks (tune with [system] "
+                          f"block_size = {engine.block_size}, or start vLLM with --block-size "
+                          f"{block_size})")
+    blocks = int(float(s.capacity) // engine.block_size)
     if blocks != engine.num_blocks:
         raise PluginError(f"{path}: system.capacity = {s.capacity:g} tokens is {blocks} blocks of "
                           f"{engine.block_size} but vLLM's KV cache has {engine.num_blocks} "

@@ -193,7 +193,7 @@ class JaxschedScheduler(RecordingScheduler):
             setup.policy, setup.params,
             SimShape(max_batch=self.settings.max_num_seqs, queue_size=setup.queue_size,
                      horizon=1, num_classes=setup.num_classes),
-            float(self.settings.capacity), setup.seed)
+            float(self.settings.capacity), setup.seed, block_size=self.settings.block_size)
         self.setup = setup
 
     @property

@@ -72,9 +72,11 @@ def write_tiny_llama(folder: str | Path, *, hidden_size: int = 64, num_layers: i
 def write_policy_file(path: str | Path, policy: str, params: dict, *, capacity: int,
                       max_batch: int, queue_size: int = 64, d0: float = 1.0, d1: float = 0.0,
                       options: dict | None = None, workload: dict | None = None,
-                      metrics: dict | None = None, extra_system: dict | None = None) -> Path:
+                      metrics: dict | None = None, block_size: int = 32,
+                      extra_system: dict | None = None) -> Path:
     """Write a jaxsched policy file for ``policy`` with ``params`` on a system of ``capacity``
-    tokens and ``max_batch`` seats (what the plugin checks against vLLM). ``workload`` is the
+    tokens in blocks of ``block_size`` and ``max_batch`` seats (what the plugin checks against
+    vLLM). ``workload`` is the
     ``[workload]`` table the file records (default: a small one-class Poisson stream);
     ``metrics`` the figures it records (default: not measured, null)."""
     from jaxsched.config import config_from_dict
@@ -83,7 +85,8 @@ def write_policy_file(path: str | Path, policy: str, params: dict, *, capacity: 
     workload = workload or {"kind": "poisson", "horizon": 200, "num_workloads": 1, "seed": 0,
                             "classes": [{"prompt_len": 16, "output_len": 16, "rate": 0.1}]}
     system = {"capacity": capacity, "d0": d0, "d1": d1, "max_batch": max_batch,
-              "queue_size": queue_size, "restart_on_evict": False, **(extra_system or {})}
+              "queue_size": queue_size, "restart_on_evict": False, "block_size": block_size,
+              **(extra_system or {})}
     cfg = config_from_dict({"system": system, "workload": workload,
                             "policy": {"name": policy, **(options or {})}}, source=str(path))
     doc = policy_document(config_snapshot(cfg), params, metrics or {}, source=str(path),
