@@ -3,17 +3,18 @@
 Calibration (:func:`calibrate`): serving runs (request lists replayed by
 :func:`~jaxsched.integrations.vllm.replay.replay` under vLLM's own scheduler) give one sample
 per step: prefill tokens ``P``, context tokens ``D`` (cached tokens of the decoding
-requests), prefilling requests ``R`` and the step's measured time. ``d0, d1, d2`` of
-``tau = d0 + d1 (P + D) + d2 R`` are their non-negative least-squares fit and ``tau = d0' +
-dp P + dc D`` the separate prefill/context fit, both by the jaxsched engine's fitting code
-(:func:`jaxsched.engine.calibrate.fit_tau`, :func:`~jaxsched.engine.calibrate.fit_linear`);
+requests), prefilling requests ``R`` and the step's measured time. ``d0, d1_prefill,
+d1_context, d2`` of ``tau = d0 + d1_prefill P + d1_context D + d2 R`` are their non-negative
+least-squares fit (the single-``d1`` fits are reported beside it), by the jaxsched engine's
+fitting code (:func:`jaxsched.engine.calibrate.fit_split_tau`,
+:func:`~jaxsched.engine.calibrate.fit_tau`);
 the profile (:func:`jaxsched.engine.calibrate.write_profile`) records the capacity
 ``num_blocks x block_size``, and its ``[engine]`` table the vLLM settings, so compare-sim
 starts the same engine.
 
 Comparison (:func:`compare`): one request list through vLLM (its own scheduler, or a jaxsched
 policy file through the plugin) and through the simulator with the profile's coefficients and
-the matching policy: ``vllm`` with vLLM's ``max_num_seqs``, ``max_num_batched_tokens`` and
+the matching policy, in block memory at vLLM's block size: ``vllm`` with vLLM's ``max_num_seqs``, ``max_num_batched_tokens`` and
 ``watermark`` for vLLM's own scheduler; the file's policy and parameters for the plugin. The
 simulator keeps generated tokens on eviction, as vLLM's recompute preemption does
 (``restart_on_evict = false``). Reported for both: completed, completed per time, evictions
@@ -32,7 +33,7 @@ from jaxsched.engine.calibrate import (
     CalibrationResult,
     CalibrationRow,
     device_description,
-    fit_linear,
+    fit_split_tau,
     fit_tau,
 )
 from jaxsched.engine.compare import COMPARE_KEYS, EXTRA_KEYS, CompareResult, simulate_requests
@@ -56,29 +57,31 @@ def steps_of(run: dict[str, Any]):
 
 def fit_runs(runs: dict[str, dict], settings: LLMSettings, model: str, timer: str
              ) -> CalibrationResult:
-    """Fit ``d0, d1, d2`` (and the prefill/context split) on the steps of labelled replays."""
+    """Fit ``d0, d1_prefill, d1_context, d2`` on the steps of labelled replays."""
     parts = {label: steps_of(run) for label, run in runs.items()}
     P, D, R, T = (np.concatenate([p[i] for p in parts.values()]) for i in range(4))
     if T.size < 4:
         raise JaxschedError(f"calibrate: only {T.size} vLLM steps measured; replay more requests")
-    b0, b1, _, _, b_rel, b_mar = fit_tau(P + D, T)
-    d0, d1, d2, rms, rel, mar = fit_tau(P + D, T, R)
-    pc, pc_rel = fit_linear([P, D], T)
+    b0, b1, _, _, b_rel, b_mar = fit_tau(P + D, T)  # the papers' model: d2 = 0
+    s0, s1, s2, _, s_rel, s_mar = fit_tau(P + D, T, R)  # one d1 for both kinds
+    d0, dp, dc, d2, rms, rel, mar = fit_split_tau(P, D, T, R)
     rows = []
     for label, (p, c, q, t) in parts.items():
         if t.size:
             rows.append(CalibrationRow(label, int(t.size), float(p.mean()), float(c.mean()),
                                        1e3 * float(t.mean()),
-                                       1e3 * float(np.mean(d0 + d1 * (p + c) + d2 * q)),
+                                       1e3 * float(np.mean(d0 + dp * p + dc * c + d2 * q)),
                                        0.0, float(q.mean())))
     engine = {"engine": "vllm", **dataclasses.asdict(settings)}
     return CalibrationResult(
-        d0=d0, d1=d1, fit_rms=rms, fit_rel_error=rel, mean_abs_rel_error=mar,
-        samples=int(T.size), capacity=int(settings.num_blocks * settings.block_size),
-        model=model, device=f"vLLM on {device_description()}", engine=engine,
-        rows=tuple(rows), overhead_mean=0.0, timer=timer, timing_repeats=1,
-        pc_d0=float(pc[0]), pc_dp=float(pc[1]), pc_dc=float(pc[2]), pc_rel_error=float(pc_rel),
-        d2=d2, base_d0=b0, base_d1=b1, base_rel_error=b_rel, base_mean_abs_rel_error=b_mar)
+        d0=d0, d1_prefill=dp, d1_context=dc, fit_rms=rms, fit_rel_error=rel,
+        mean_abs_rel_error=mar, samples=int(T.size),
+        capacity=int(settings.num_blocks * settings.block_size), model=model,
+        device=f"vLLM on {device_description()}", engine=engine, rows=tuple(rows),
+        overhead_mean=0.0, timer=timer, timing_repeats=1, d2=d2,
+        block_size=int(settings.block_size), single_d0=s0, single_d1=s1, single_d2=s2,
+        single_rel_error=s_rel, single_mean_abs_rel_error=s_mar, base_d0=b0, base_d1=b1,
+        base_rel_error=b_rel, base_mean_abs_rel_error=b_mar)
 
 
 def calibrate(llm, settings: LLMSettings, serving: Sequence[tuple[str, Sequence]], model: str,
@@ -121,7 +124,9 @@ def compare(llm, requests: Sequence, system: dict[str, Any], settings: LLMSettin
             policy_file: str | None = None, timer: str = "cpu", seed: int = 0,
             queue_size: int = 64) -> CompareResult:
     """Replay ``requests`` through vLLM (``policy_file`` through the plugin, else vLLM's own
-    scheduler) and through the simulator with ``system``'s ``capacity, d0, d1, d2``."""
+    scheduler) and through the simulator with ``system``'s ``d0, d1_prefill, d1_context, d2``
+    (a profile's ``[system]`` table as :func:`jaxsched.engine.calibrate.read_profile` gives
+    it) and the engine's block memory."""
     from jaxsched.policies import make_params
 
     if not requests:
@@ -139,14 +144,15 @@ def compare(llm, requests: Sequence, system: dict[str, Any], settings: LLMSettin
     run = replay(llm, requests, timer=timer, seed=seed)
     eng = replay_metrics(run, requests)
     params = make_params(policy, raw, num_classes)
-    d0, d1 = float(system["d0"]), float(system["d1"])
+    d0, dp, dc = float(system["d0"]), float(system["d1_prefill"]), float(system["d1_context"])
     d2 = float(system.get("d2", 0.0))
     capacity = float(settings.num_blocks * settings.block_size)
-    idle = max(0.0, run["end_time"]) / max(d0 + d1, 1e-12)
+    idle = max(0.0, run["end_time"]) / max(d0, 1e-12)
     horizon = int(min(2 * len(run["records"]) + idle + 64, 400_000))
     for _ in range(3):
-        sim = simulate_requests(requests, policy, params, capacity, d0, d1, max_batch,
-                                queue_size, horizon, num_classes, seed, d2)
+        sim = simulate_requests(requests, policy, params, capacity, d0, dp, max_batch,
+                                queue_size, horizon, num_classes, seed, d2, d1_prefill=dp,
+                                d1_context=dc, block_size=settings.block_size)
         if sim["all_done"]:
             break
         horizon *= 4
