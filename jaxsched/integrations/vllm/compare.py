@@ -18,7 +18,8 @@ the matching policy, in block memory at vLLM's block size: ``vllm`` with vLLM's 
 ``watermark`` for vLLM's own scheduler; the file's policy and parameters for the plugin. The
 simulator keeps generated tokens on eviction, as vLLM's recompute preemption does
 (``restart_on_evict = false``). Reported for both: completed, completed per time, evictions
-(preemptions), peak and time-weighted mean KV tokens ``M_k``, latency mean/p50/p95 and mean
+(preemptions), peak and time-weighted mean KV (vLLM: blocks in use x block size; the
+simulator: its block memory ``M_k``), latency mean/p50/p95 and mean
 TTFT, with relative errors (:class:`jaxsched.engine.compare.CompareResult`).
 """
 
@@ -41,7 +42,7 @@ from jaxsched.errors import JaxschedError
 from jaxsched.integrations.vllm.replay import LLMSettings, replay, replay_metrics, scheduler_of
 
 __all__ = ["VLLM_KEYS", "steps_of", "fit_runs", "calibrate", "settings_from_profile",
-           "vllm_policy", "compare"]
+           "vllm_policy", "tau_of", "compare"]
 
 VLLM_KEYS = COMPARE_KEYS + EXTRA_KEYS
 
@@ -120,13 +121,22 @@ def vllm_policy(settings: LLMSettings, watermark: float = 0.0):
                                 "watermark": float(watermark)}
 
 
+def tau_of(system: dict[str, Any]):
+    """``record -> d0 + d1_prefill P + d1_context D + d2 R`` with ``system``'s coefficients
+    (a ``step_time`` for :func:`~jaxsched.integrations.vllm.replay.replay`)."""
+    d0, dp = float(system["d0"]), float(system["d1_prefill"])
+    dc, d2 = float(system["d1_context"]), float(system.get("d2", 0.0))
+    return lambda r: d0 + dp * r.prefill_tokens + dc * r.context_tokens + d2 * r.prefill_requests
+
+
 def compare(llm, requests: Sequence, system: dict[str, Any], settings: LLMSettings,
             policy_file: str | None = None, timer: str = "cpu", seed: int = 0,
-            queue_size: int = 64) -> CompareResult:
+            queue_size: int = 64, step_time=None) -> CompareResult:
     """Replay ``requests`` through vLLM (``policy_file`` through the plugin, else vLLM's own
     scheduler) and through the simulator with ``system``'s ``d0, d1_prefill, d1_context, d2``
     (a profile's ``[system]`` table as :func:`jaxsched.engine.calibrate.read_profile` gives
-    it) and the engine's block memory."""
+    it) and the engine's block memory. ``step_time``: see
+    :func:`~jaxsched.integrations.vllm.replay.replay`."""
     from jaxsched.policies import make_params
 
     if not requests:
@@ -141,7 +151,7 @@ def compare(llm, requests: Sequence, system: dict[str, Any], settings: LLMSettin
         policy, raw = setup.policy, dict(setup.doc.policy.params)
         max_batch, queue_size = int(setup.doc.system.max_batch), setup.queue_size
         num_classes = setup.num_classes
-    run = replay(llm, requests, timer=timer, seed=seed)
+    run = replay(llm, requests, timer=timer, seed=seed, step_time=step_time)
     eng = replay_metrics(run, requests)
     params = make_params(policy, raw, num_classes)
     d0, dp, dc = float(system["d0"]), float(system["d1_prefill"]), float(system["d1_context"])
@@ -157,7 +167,7 @@ def compare(llm, requests: Sequence, system: dict[str, Any], settings: LLMSettin
             break
         horizon *= 4
     t = np.asarray([r.time for r in run["records"]], np.float64)
-    m = np.asarray([r.kv_tokens for r in run["records"]], np.float64)
+    m = np.asarray([r.blocks_used for r in run["records"]], np.float64) * settings.block_size
     return CompareResult(engine=eng, sim={k: sim["metrics"][k] for k in VLLM_KEYS},
                          engine_memory=(t, m), sim_memory=sim["memory"],
                          num_requests=len(requests),

@@ -90,10 +90,14 @@ def scheduler_of(llm):
 
 
 def replay(llm, requests: Sequence, *, timer: str = "cpu", seed: int = 0,
-           max_steps: int = 200_000) -> dict[str, Any]:
+           max_steps: int = 200_000, step_time=None) -> dict[str, Any]:
     """Run ``requests`` through ``llm`` on the virtual clock (module docstring). Returns the
     per-request latency and TTFT, the steps (records with ``time`` = V at the step's start
-    and ``duration``) and the end time."""
+    and ``duration``) and the end time.
+
+    ``step_time(record) -> seconds``, when given, replaces the measured time of each step by
+    a model of it (e.g. the simulator's ``tau`` with fixed coefficients): vLLM's scheduling
+    is its own, the clock is noise-free (tests on a shared machine)."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -134,6 +138,8 @@ def replay(llm, requests: Sequence, *, timer: str = "cpu", seed: int = 0,
         if steps > max_steps:
             raise JaxschedError(f"vLLM replay did not finish in {max_steps} steps")
         if len(sched.records) > n_records:
+            if step_time is not None:
+                dt = float(step_time(sched.records[-1]))
             durations.append(dt)
             clock["v"] += dt
         elif pending:  # nothing ran (a policy holding requests back): idle to the next arrival
@@ -162,12 +168,14 @@ def _nearest_rank(values, p: float) -> float:
 
 
 def replay_metrics(run: dict[str, Any], requests: Sequence) -> dict[str, float]:
-    """The figures compare-sim reports, from a :func:`replay`."""
+    """The figures compare-sim reports, from a :func:`replay`: completed per time (completed /
+    the last completion), evictions (vLLM's preemptions), peak and time-weighted mean KV
+    (blocks in use x block size, vLLM's own allocation), latency and TTFT."""
     lat = run["latency"]
     ends = [requests[i].arrival + t for i, t in lat.items()]
     last = max(ends) if ends else math.nan
     recs = run["records"]
-    kv = np.asarray([r.kv_tokens for r in recs], np.float64)
+    kv = np.asarray([r.blocks_used for r in recs], np.float64) * run["block_size"]
     dur = run["durations"]
     return {
         "completed": float(len(lat)),
