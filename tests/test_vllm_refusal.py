@@ -20,7 +20,7 @@ from jaxsched.integrations.vllm.plugin import (  # noqa: E402
     load_setup,
     plugin_options,
 )
-from jaxsched.integrations.vllm.replay import LLMSettings, open_llm  # noqa: E402
+from jaxsched.integrations.vllm.replay import LLMSettings  # noqa: E402
 from jaxsched.integrations.vllm.testing import write_policy_file, write_tiny_llama  # noqa: E402
 
 SETTINGS = LLMSettings(block_size=32, num_blocks=16, max_num_seqs=4,
@@ -41,17 +41,33 @@ def one_line(err) -> str:
     return text
 
 
-def test_mismatched_capacity_refused_at_vllm_startup(folder, capfd):
-    """The file says 20 blocks, vLLM has 16: ``LLM(...)`` fails at startup with the one line
-    (also printed on stderr above vLLM's own report)."""
+STARTUP = """
+import sys
+from jaxsched.integrations.vllm.plugin import PluginError
+from jaxsched.integrations.vllm.replay import LLMSettings, open_llm
+try:
+    open_llm(sys.argv[1], sys.argv[2], LLMSettings(**eval(sys.argv[3])))
+except PluginError as err:
+    print("refused:", err)
+    sys.exit(3)
+"""
+
+
+def test_mismatched_capacity_refused_at_vllm_startup(folder):
+    """The file says 20 blocks, vLLM has 16: ``LLM(...)`` with the jaxsched scheduler fails at
+    startup with the one line (a PluginError; also printed on stderr above vLLM's report).
+    Run in a child process, as a server would start."""
     path = write_policy_file(folder / "big.json", "flow_control", {"budget": 1.0},
                              capacity=20 * 32, max_batch=4)
-    with pytest.raises(Exception) as info:
-        open_llm(str(folder / "model"), str(path), SETTINGS)
-    msg = one_line(info.value)
-    assert str(path) in msg and "system.capacity = 640 tokens is 20 blocks of 32" in msg
+    settings = repr({k: v for k, v in vars(SETTINGS).items()})
+    proc = subprocess.run([sys.executable, "-c", STARTUP, str(folder / "model"), str(path),
+                           settings], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    msg = proc.stdout.strip().splitlines()[-1].removeprefix("refused: ")
+    assert msg.startswith(str(path))
+    assert "system.capacity = 640 tokens is 20 blocks of 32" in msg
     assert "--num-gpu-blocks-override 20" in msg
-    assert f"error: {msg}" in capfd.readouterr().err
+    assert f"error: {msg}" in proc.stderr.splitlines()
 
 
 @pytest.mark.parametrize("make, expected", [
