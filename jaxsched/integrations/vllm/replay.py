@@ -12,7 +12,9 @@ the jaxsched engine's replay does (:mod:`jaxsched.engine.compare`): a virtual cl
 before each step every request with ``a <= V`` is added (arrival ``a``); the step runs
 (``LLMEngine.step``: schedule, model, outputs); ``V`` advances by the step's measured time
 (this process's CPU time by default, robust when other jobs share the machine; wall time
-with ``timer="wall"``); idle, or after a step that ran nothing (a policy holding requests
+with ``timer="wall"``), less the plugin's own work in the step (building the view and the
+policy's decision, a jitted JAX call on the host: :attr:`StepRecord.overhead`), as the
+jaxsched engine's replay leaves out its host scheduling; idle, or after a step that ran nothing (a policy holding requests
 back), ``V`` jumps to the next arrival. Latency is ``V`` after the
 step that completes a request minus ``a``; TTFT likewise at its first token. Every request
 runs greedy with ``ignore_eos`` for exactly its output length; token ids are random bytes.
@@ -113,6 +115,7 @@ def replay(llm, requests: Sequence, *, timer: str = "cpu", seed: int = 0,
     vocab = 256  # byte tokens of the tiny test model; any model has at least these ids
     clock = {"v": 0.0}
     sched.clock = lambda: clock["v"]
+    sched.timer = tick
     sched.records = []
     latency: dict[int, float] = {}
     ttft: dict[int, float] = {}
@@ -140,6 +143,8 @@ def replay(llm, requests: Sequence, *, timer: str = "cpu", seed: int = 0,
         if len(sched.records) > n_records:
             if step_time is not None:
                 dt = float(step_time(sched.records[-1]))
+            else:  # the plugin's own work is left out, as the jaxsched engine's replay does
+                dt = max(dt - sched.records[-1].overhead, 0.0)
             durations.append(dt)
             clock["v"] += dt
         elif pending:  # nothing ran (a policy holding requests back): idle to the next arrival

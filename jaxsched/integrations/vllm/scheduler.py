@@ -76,6 +76,8 @@ class StepRecord:
     policy_admitted: int = -1  # the policy's admissions (-1: vLLM's own scheduler)
     policy_evicted: int = -1
     iteration: int = -1  # the policy's iteration k of this step (-1: vLLM's own scheduler)
+    overhead: float = 0.0  # seconds (self.timer) of the plugin's own work in this step: the
+    # view, the policy's decision, hiding and restoring (0 for vLLM's own scheduler)
 
 
 def engine_settings(scheduler: Scheduler, block_size: int) -> EngineSettings:
@@ -122,6 +124,8 @@ class RecordingScheduler(Scheduler):
         super().__init__(*args, **kwargs)
         self.records: list[StepRecord] = []
         self.clock = time.time
+        self.timer = time.perf_counter  # measures the plugin's overhead (a replay sets it)
+        self._overhead = 0.0
         self._policy_counts = (-1, -1, -1)
 
     def schedule(self, *args, **kwargs):
@@ -150,7 +154,8 @@ class RecordingScheduler(Scheduler):
             num_running=len(self.running), num_waiting=len(self.waiting),
             blocks_used=_blocks_used(self), kv_tokens=_kv_tokens(self.running),
             policy_admitted=self._policy_counts[0],
-            policy_evicted=self._policy_counts[1], iteration=self._policy_counts[2]))
+            policy_evicted=self._policy_counts[1], iteration=self._policy_counts[2],
+            overhead=self._overhead))
 
 
 class JaxschedScheduler(RecordingScheduler):
@@ -245,7 +250,9 @@ class JaxschedScheduler(RecordingScheduler):
 
     def schedule(self, *args, **kwargs):
         if self.jaxsched is None or (not self.running and not self.waiting):
+            self._overhead = 0.0
             return super().schedule(*args, **kwargs)
+        t_start = self.timer()
         now = float(self.clock())
         if self._t0 is None:
             self._t0 = now
@@ -282,9 +289,12 @@ class JaxschedScheduler(RecordingScheduler):
         self.running = [r for r in running_obj if id(r) not in paused]
         try:
             before = {r.request_id: r.num_computed_tokens for r in self.running}
+            t_vllm = self.timer()
             out = Scheduler.schedule(self, *args, **kwargs)
+            t_vllm = self.timer() - t_vllm
         finally:
             self._restore(queue_obj, waiting_all, running_obj, hidden_running)
+        self._overhead = self.timer() - t_start - t_vllm
         if out.total_num_scheduled_tokens:
             self._record(out, before)
         return out
