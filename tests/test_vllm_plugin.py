@@ -80,7 +80,7 @@ def test_wait_holds_admissions_until_its_threshold(llm, tmp_path):
     the ninth."""
     use(llm, tmp_path, "wait", {"threshold": [3.0], "batch_limit": 8.0})
     reqs = [ReplayRequest(0.5 * i, 24, 4) for i in range(9)]
-    run = replay(llm, reqs)
+    run = replay(llm, reqs, idle_step=0.01)  # a held step costs 10 ms of virtual time
     assert_each_finished_once(run, reqs)
     admits = [(rec.time, rec.admitted) for rec in run["records"] if rec.admitted]
     assert [n for _, n in admits] == [3, 3, 3]

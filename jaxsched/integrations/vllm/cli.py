@@ -10,6 +10,7 @@ file the plugin would refuse is refused before vLLM starts (one line, exit 2).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -51,6 +52,8 @@ def _check_model(model: Optional[str]) -> str:
 
 
 def _require_vllm() -> None:
+    # vLLM logs to stdout by default; the commands' stdout is theirs (--json: one object)
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     try:
         import vllm  # noqa: F401
     except ImportError:

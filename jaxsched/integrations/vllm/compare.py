@@ -151,7 +151,8 @@ def compare(llm, requests: Sequence, system: dict[str, Any], settings: LLMSettin
         policy, raw = setup.policy, dict(setup.doc.policy.params)
         max_batch, queue_size = int(setup.doc.system.max_batch), setup.queue_size
         num_classes = setup.num_classes
-    run = replay(llm, requests, timer=timer, seed=seed, step_time=step_time)
+    run = replay(llm, requests, timer=timer, seed=seed, step_time=step_time,
+                 idle_step=float(system["d0"]))
     eng = replay_metrics(run, requests)
     params = make_params(policy, raw, num_classes)
     d0, dp, dc = float(system["d0"]), float(system["d1_prefill"]), float(system["d1_context"])

@@ -14,8 +14,8 @@ before each step every request with ``a <= V`` is added (arrival ``a``); the ste
 (this process's CPU time by default, robust when other jobs share the machine; wall time
 with ``timer="wall"``), less the plugin's own work in the step (building the view and the
 policy's decision, a jitted JAX call on the host: :attr:`StepRecord.overhead`), as the
-jaxsched engine's replay leaves out its host scheduling; idle, or after a step that ran nothing (a policy holding requests
-back), ``V`` jumps to the next arrival. Latency is ``V`` after the
+jaxsched engine's replay leaves out its host scheduling; a step that runs nothing while
+requests wait advances it by ``idle_step``; idle, ``V`` jumps to the next arrival. Latency is ``V`` after the
 step that completes a request minus ``a``; TTFT likewise at its first token. Every request
 runs greedy with ``ignore_eos`` for exactly its output length; token ids are random bytes.
 Per step it keeps the scheduler's :class:`~jaxsched.integrations.vllm.scheduler.StepRecord`
@@ -92,14 +92,20 @@ def scheduler_of(llm):
 
 
 def replay(llm, requests: Sequence, *, timer: str = "cpu", seed: int = 0,
-           max_steps: int = 200_000, step_time=None) -> dict[str, Any]:
+           max_steps: int = 200_000, step_time=None, idle_step: float | None = None
+           ) -> dict[str, Any]:
     """Run ``requests`` through ``llm`` on the virtual clock (module docstring). Returns the
     per-request latency and TTFT, the steps (records with ``time`` = V at the step's start
     and ``duration``) and the end time.
 
     ``step_time(record) -> seconds``, when given, replaces the measured time of each step by
     a model of it (e.g. the simulator's ``tau`` with fixed coefficients): vLLM's scheduling
-    is its own, the clock is noise-free (tests on a shared machine)."""
+    is its own, the clock is noise-free (tests on a shared machine).
+
+    ``idle_step``: seconds a step costs that runs nothing while requests wait (a policy holding
+    them back: WAIT's thresholds, flow control's credit); None: its measured time (what a
+    server's busy loop takes). compare-sim passes ``d0``, the model's cost of every iteration
+    with requests present, so a per-iteration budget accrues at the simulator's pace."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -147,8 +153,8 @@ def replay(llm, requests: Sequence, *, timer: str = "cpu", seed: int = 0,
                 dt = max(dt - sched.records[-1].overhead, 0.0)
             durations.append(dt)
             clock["v"] += dt
-        elif pending:  # nothing ran (a policy holding requests back): idle to the next arrival
-            clock["v"] = max(clock["v"], requests[pending[0]].arrival)
+        else:  # nothing ran while requests wait (a policy holding them back)
+            clock["v"] += dt if idle_step is None else float(idle_step)
         for out in outs:
             i = int(out.request_id)
             n = len(out.outputs[0].token_ids) if out.outputs else 0
