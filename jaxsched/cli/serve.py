@@ -180,6 +180,8 @@ def calibrate(
     if engine == "vllm":
         from jaxsched.integrations.vllm import cli as V
 
+        if probe:
+            raise JaxschedError("--probe: the speed probe is not implemented for --engine vllm")
         settings = V.settings_from_options(block_size, num_blocks, max_num_seqs,
                                            max_num_batched_tokens, max_model_len, seed)
         limit = min(settings.max_model_len, settings.num_blocks * settings.block_size) - 1
@@ -298,6 +300,8 @@ def compare_sim(
     if engine not in ENGINES:
         raise JaxschedError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
     if engine == "vllm":
+        if probe:
+            raise JaxschedError("--probe: the speed probe is not implemented for --engine vllm")
         return _compare_vllm(policy, profile, workload, model, plot, num_requests, max_output,
                              time_scale, rate, timer, seed, as_json, err,
                              (block_size, num_blocks, max_num_seqs, max_num_batched_tokens,
