@@ -145,8 +145,9 @@ RELAX_MODES = ("hard", "relaxed", "straight_through")
   ``M = sum_i m_i need_i`` with ``need_i`` in block tokens, iteration time
   ``d0 + d1_prefill sum_i m_i chunk_i + d1_context sum_i m_i context_i
   + d2 sum_{i: chunk_i > 0} m_i``) and the overflow indicator becomes
-  ``sigmoid((M - C_b - 1/2) / (temperature * mean need))`` (memory is whole tokens); when the policy evicted newest first, the eviction count is the soft
-  LIFO count ``sum_i m_i sigmoid((M - C - newer_i - 1/2) / (temperature * need_i))``
+  ``sigmoid((M - C_b - 1/2) / (temperature * mean need))`` (memory is whole tokens); when the
+  policy evicted newest first, the eviction count is the soft
+  LIFO count ``sum_i m_i sigmoid((M - C_b - newer_i - 1/2) / (temperature * need_i))``
   (``newer_i``: the mass-weighted memory of residents admitted after ``i``), so more
   admitted mass means more evictions in the gradient too. Which requests
   are admitted, run and evicted is decided exactly as in ``hard`` mode; as the temperature

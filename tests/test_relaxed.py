@@ -53,11 +53,11 @@ def _workload(seed: int, n: int = 48, span: float = 24.0, offset: float = 0.0):
 
 
 def _run(policy: str, values: dict, workload, relax: str, temperature=None, *, capacity=40.0,
-         d1=0.0, horizon=40, d2=0.0):
+         d1=0.0, horizon=40, d2=0.0, **split):
     pol = get_policy(policy)
     shape = SimShape(max_batch=12, queue_size=8, horizon=horizon, num_classes=2, relax=relax)
     pp = make_params(pol, values, num_classes=2)
-    sp = sim.SimParams(system_params(capacity, 1.0, d1, True, d2), pp,
+    sp = sim.SimParams(system_params(capacity, 1.0, d1, True, d2, **split), pp,
                        None if relax == "hard" else jnp.float32(temperature))
     res = sim.simulate(pol, shape, jax.random.PRNGKey(1)[None], jt.stack([workload]), sp)
     return {k: float(np.asarray(v)[0]) for k, v in res.metrics.items()}
@@ -87,6 +87,23 @@ def test_straight_through_forward_is_hard(policy, values):
         st = _run(policy, values, wl, "straight_through", temp)
         for m in METRICS:
             assert st[m] == pytest.approx(hard[m], rel=1e-6, nan_ok=True), (m, temp)
+
+
+@pytest.mark.parametrize("policy,values", [CASES[0], CASES[2]])  # flow control, vLLM
+def test_block_memory_and_split_coefficients_relax_to_hard(policy, values):
+    # memory in blocks of 4 tokens (mass-weighted block tokens in the relaxed modes) and
+    # tau = d0 + d1_prefill P + d1_context D with the two coefficients apart
+    wl = _workload(0)
+    system = dict(capacity=41.0, d1_prefill=0.25, d1_context=0.0625, block_size=4)
+    hard = _run(policy, values, wl, "hard", **system)
+    tokens = _run(policy, values, wl, "hard", **{**system, "block_size": 1})
+    assert hard["evictions"] > 0 and hard["peak_memory"] % 4 == 0
+    assert hard["peak_memory"] <= 40  # C_b: the whole blocks in 41 tokens
+    assert hard != tokens, "blocks must change the trajectory"
+    for relax, temp, tol in (("relaxed", 1e-3, 1e-5), ("straight_through", 0.5, 1e-6)):
+        got = _run(policy, values, wl, relax, temp, **system)
+        for m in METRICS:
+            assert got[m] == pytest.approx(hard[m], rel=tol, nan_ok=True), (relax, m)
 
 
 def test_prefill_request_time_relaxes_to_hard():

@@ -51,7 +51,7 @@ def main() -> None:
               f"{1e6 * s.seconds / s.tokens:.1f} us per token on average")
     if args.old_d0 is not None and args.old_d1 is not None:
         dec = [s for s in samples if s.kind == "decode"]
-        ratio = np.array([(args.old_d0 + args.old_d1 * (s.context_tokens + 0)) / s.seconds
+        ratio = np.array([(args.old_d0 + args.old_d1 * s.context_tokens) / s.seconds
                           for s in dec])
         print(f"  old tau = {args.old_d0:g} + {args.old_d1:g} (P + D) on the decode "
               f"iterations: {ratio.min():.1f}x..{ratio.max():.1f}x the Vidur time "

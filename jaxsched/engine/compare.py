@@ -29,7 +29,8 @@ host overhead of this small CPU engine is excluded.
 Simulator
 ---------
 The same list becomes a one-replica :class:`~jaxsched.model.Workload`, simulated with the
-profile's ``capacity, d0, d1_prefill, d1_context, d2`` (and ``block_size``), the engine's ``max_batch``/``queue_size``,
+profile's ``capacity, d0, d1_prefill, d1_context, d2`` (and ``block_size``), the
+engine's ``max_batch``/``queue_size``,
 ``restart_on_evict = false`` (the engine keeps generated tokens) and the same policy and
 parameters, for enough iterations to complete every request.
 

@@ -437,7 +437,8 @@ def reserve_full(eviction: str = "newest") -> Policy:
         max_new = jnp.clip(params["max_new_tokens"], 0, BIG_OUTPUT).astype(jnp.int32)
         used = jnp.sum(view_memory(view, jnp.where(
             s.valid, _reserved(s.prompt, s.generated, s.output, max_new), 0)))
-        need = view_memory(view, jnp.where(q.valid, _reserved(q.prompt, q.kept, q.output, max_new), 0))
+        need = view_memory(view, jnp.where(
+            q.valid, _reserved(q.prompt, q.kept, q.output, max_new), 0))
         ok = (used + jnp.cumsum(need)).astype(jnp.float32) <= view.capacity
         return fcfs_prefix(ok, q.valid), pstate
 
