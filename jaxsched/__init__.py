@@ -17,7 +17,8 @@ from jaxsched.errors import JaxschedError
 from jaxsched.metrics import METRIC_KEYS
 from jaxsched.model import SimShape, SystemParams, Workload, system_params
 from jaxsched.policies import Policy, get_policy, list_policies, make_params
-from jaxsched.sim import SimParams, compiled_simulator, simulate
+from jaxsched.rollout import compiled_simulator, simulate
+from jaxsched.sim import SimParams
 
 __version__ = "0.1.0"
 

@@ -107,7 +107,7 @@ class RelaxedObjective:
         import jax
         import jax.numpy as jnp
 
-        from jaxsched.sim import compiled_simulator
+        from jaxsched.rollout import compiled_simulator
 
         exp = job.experiment
         self.job, self.objective, self.penalty = job, objective, penalty

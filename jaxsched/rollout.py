@@ -1,0 +1,165 @@
+"""One rollout in four phases, shared by every way of running the simulator.
+
+A rollout of one workload is
+
+* ``init``: the carry ``(SimState, policy state, Accumulators)`` before iteration 0;
+* ``advance``: ``lax.scan`` of :func:`jaxsched.sim.step` over ``length`` iterations (the
+  per-iteration trace when ``shape.record_trace``); optionally rematerialized in segments
+  (``remat``), so that reverse-mode memory does not grow with the length (see below);
+* ``collect``: the accumulators and final counters (:class:`Final`) handed back at the end;
+* ``finalize``: :func:`jaxsched.metrics.finalize` of them, a
+  :class:`~jaxsched.sim.RolloutResult`.
+
+:func:`simulate` (one ``jit(vmap(...))`` call, traceable and differentiable: the tuners'
+batch evaluators) is ``finalize(collect(advance(init(), H)))``; :func:`jaxsched.chunked.
+run_chunked` (what ``jaxsched simulate`` runs) calls ``init`` once, ``advance`` once per
+chunk with the carry kept on the device, ``collect`` and, on the host-gathered batch,
+``finalize``; its streamed runs (:mod:`jaxsched.stream`) wrap the same ``init`` and
+``collect`` around a window. :func:`~jaxsched.sim.step` draws iteration ``k``'s keys from
+``fold_in(key, k)``, so every composition gives the same trajectory.
+
+Memory of gradients. Reverse mode over a scan of ``H`` iterations stores every iteration's
+residuals: ``O(H x B)`` per rollout. With ``remat = S`` the scan becomes ``H / S`` segments
+of ``S`` iterations, each under :func:`jax.checkpoint`: the backward pass keeps only the
+``H / S`` segment-boundary carries and recomputes one segment's residuals at a time, so the
+memory is ``O((H / S + S) x B)`` instead (with ``S ~ sqrt(H)``, ``O(sqrt(H) x B)``), for
+about one more forward pass of compute (Griewank and Walther's checkpointing; the same
+values, since the recomputation is the same program). The forward pass is unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from jaxsched import metrics as M
+from jaxsched.model import SimShape, Workload
+from jaxsched.policies.base import Policy
+from jaxsched.sim import RolloutResult, SimParams, initial_state, step
+
+__all__ = [
+    "Final",
+    "init",
+    "advance",
+    "collect",
+    "finalize",
+    "remat_segment",
+    "make_rollout",
+    "compiled_simulator",
+    "simulate",
+]
+
+
+@struct.dataclass
+class Final:
+    """What a rollout hands back at its end (leading (.., W) axes when batched)."""
+
+    acc: M.Accumulators
+    time: jax.Array  # () float32, T_H
+    arrived: jax.Array  # () int32, arrivals so far (absolute: a stream's base included)
+    completed: jax.Array  # () int32
+    waiting: jax.Array  # () int32
+    resident: jax.Array  # () int32
+    lost: Any = None  # streamed: iterations run on a window too small to be exact
+
+
+def init(policy: Policy, shape: SimShape, workload: Workload, params: SimParams):
+    """The carry before iteration 0: ``(SimState, policy state, Accumulators)``."""
+    return (initial_state(shape, workload), policy.init(params.policy, shape),
+            M.init_accumulators(shape.relax != "hard"))
+
+
+def remat_segment(length: int, target: int) -> int:
+    """The largest divisor of ``length`` at most ``target`` (segments of equal length, so the
+    segmented scan is one scan of scans)."""
+    for s in range(max(1, min(target, length)), 0, -1):
+        if length % s == 0:
+            return s
+    return 1
+
+
+def advance(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
+            params: SimParams, carry, length: int, remat: int | None = None):
+    """``length`` iterations from ``carry``: ``(carry, trace (length, ...) or None)``.
+
+    ``remat``: segment length of the rematerialized scan (see the module docstring; rounded
+    down to a divisor of ``length``), or None for the plain scan. Same values either way.
+    """
+    def body(c, _):
+        return step(policy, shape, key, workload, params, c)
+
+    if remat is None or remat >= length:
+        return jax.lax.scan(body, carry, None, length=length)
+    seg = remat_segment(length, remat)
+
+    @jax.checkpoint
+    def segment(c, _):
+        return jax.lax.scan(body, c, None, length=seg)
+
+    carry, trace = jax.lax.scan(segment, carry, None, length=length // seg)
+    if trace is not None:  # (length / seg, seg, ...) -> (length, ...)
+        trace = jax.tree.map(lambda x: x.reshape((length,) + x.shape[2:]), trace)
+    return carry, trace
+
+
+def collect(carry, arrived_offset=0, lost=None) -> Final:
+    """The accumulators and final counters of a carry (``arrived_offset``: arrivals not
+    counted by the state, a stream's requests before its window)."""
+    state, _, acc = carry
+    return Final(acc=acc, time=state.time, arrived=state.arrived + arrived_offset,
+                 completed=state.num_completed, waiting=state.num_waiting,
+                 resident=jnp.sum(state.slots.valid, dtype=jnp.int32), lost=lost)
+
+
+def finalize(params: SimParams, final: Final, record_trace: bool) -> RolloutResult:
+    """The metrics (:func:`jaxsched.metrics.finalize`) and final counters; no trace (the
+    caller attaches it), the latency histogram when ``record_trace``."""
+    lo = M.histogram_floor(params.system.d0, params.system.d1)
+    return RolloutResult(
+        metrics=M.finalize(final.acc, final.waiting, params.system.capacity, lo),
+        trace=None,
+        latency_hist=final.acc.latency_hist if record_trace else None,
+        final_time=final.time,
+        final_arrived=final.arrived,
+        final_completed=final.completed,
+        final_waiting=final.waiting,
+        final_resident=final.resident,
+    )
+
+
+def make_rollout(policy: Policy, shape: SimShape, remat: int | None = None):
+    """``rollout(key, workload, params) -> RolloutResult`` for one workload (pure, unjitted):
+    ``finalize(collect(advance(init(), H)))``."""
+
+    def rollout(key, workload: Workload, params: SimParams) -> RolloutResult:
+        carry = init(policy, shape, workload, params)
+        carry, trace = advance(policy, shape, key, workload, params, carry, shape.horizon,
+                               remat)
+        return finalize(params, collect(carry), shape.record_trace).replace(trace=trace)
+
+    return rollout
+
+
+@functools.lru_cache(maxsize=64)
+def compiled_simulator(policy: Policy, shape: SimShape, batched_params: bool = False,
+                       remat: int | None = None):
+    """The jitted batch simulator for a policy and static shape (cached).
+
+    ``fn(keys (W,), workloads (W, N), params) -> RolloutResult`` with leading axis (W,), or
+    (P, W) when ``batched_params`` (params with a leading axis P). ``remat``: see
+    :func:`advance` (for gradients; the values are the same).
+    """
+    per_workload = jax.vmap(make_rollout(policy, shape, remat), in_axes=(0, 0, None))
+    if batched_params:
+        per_workload = jax.vmap(per_workload, in_axes=(None, None, 0))
+    return jax.jit(per_workload)
+
+
+def simulate(policy: Policy, shape: SimShape, keys, workloads: Workload, params: SimParams,
+             batched_params: bool = False) -> RolloutResult:
+    """Run the batch in one call (see :func:`compiled_simulator`)."""
+    return compiled_simulator(policy, shape, batched_params)(keys, workloads, params)
