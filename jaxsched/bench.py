@@ -1,7 +1,10 @@
 """Benchmarks: every ratio they print is measured in the same run.
 
-``bench_sim``: the batched JAX simulator at several batch sizes against the plain-Python
-reference simulator on the same workloads.
+``bench_sim``: the batched JAX simulator at several batch sizes against two plain-Python
+references on the same workloads: the reference simulator (:mod:`jaxsched.reference`, every
+phase of the model written out, simple rather than fast) and, for greedy admission on a
+saturated backlog, :func:`tight_greedy`, a tight loop of that one model (the setting of
+``configs/tight-greedy.toml``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 from jaxsched import api
 from jaxsched.config import Config
 
-__all__ = ["SimBenchRow", "SimBench", "bench_sim", "plain_params"]
+__all__ = ["SimBenchRow", "SimBench", "bench_sim", "plain_params", "tight_greedy"]
 
 
 @dataclasses.dataclass
@@ -28,6 +31,7 @@ class SimBenchRow:
     requests_per_second: float  # requests completed (all iterations) / wall
     seconds_per_workload: float
     speedup_vs_reference: float  # reference seconds per workload / seconds_per_workload
+    speedup_vs_tight: float  # tight-loop seconds per workload / seconds_per_workload (or NaN)
 
 
 @dataclasses.dataclass
@@ -42,6 +46,9 @@ class SimBench:
     reference_requests_per_second: float
     reference_agrees: bool  # completed counts identical on the compared workloads
     rows: list[SimBenchRow]
+    tight_seconds_per_workload: float = float("nan")  # NaN: the tight loop does not apply
+    tight_requests_per_second: float = float("nan")
+    tight_agrees: bool | None = None  # completed counts identical to the JAX batch's
 
 
 def plain_params(params: dict) -> dict:
@@ -51,6 +58,44 @@ def plain_params(params: dict) -> dict:
         a = np.asarray(v)
         out[k] = a.tolist() if a.ndim else float(a)
     return out
+
+
+def tight_greedy(prompt, output, capacity: float, max_batch: int, queue_size: int,
+                 horizon: int, d0: float, d1: float, d2: float = 0.0) -> tuple[int, float]:
+    """``(completed, T_H)`` of greedy admission on a saturated backlog, as a tight loop.
+
+    Every request waits from time 0, in order. Each iteration admits FCFS (at most
+    ``queue_size``, up to ``max_batch`` residents) while ``l + 1`` fits in what the
+    residents leave after their next token, prefills whole prompts, gives every resident one
+    token (``tau = d0 + d1 (P + D) + d2 R``) and completes those that reach their output.
+    Greedy admits only what fits, so nothing is evicted and the backlog is a pointer: no
+    queue, no window, no metrics. The model of :mod:`jaxsched.model`, nothing else.
+    """
+    left, cached = [], []  # per resident: tokens still to generate, KV tokens held
+    n, nxt, held, t, completed = len(prompt), 0, 0, 0.0, 0
+    for _ in range(horizon):
+        used, prefill, new = held + len(left), 0, 0
+        while (nxt < n and len(left) < max_batch and new < queue_size
+               and used + prompt[nxt] + 1 <= capacity):
+            left.append(output[nxt])
+            cached.append(prompt[nxt])
+            used += prompt[nxt] + 1
+            prefill += prompt[nxt]
+            new += 1
+            nxt += 1
+        t += d0 + d1 * (prefill + held) + d2 * new
+        still = [i for i, x in enumerate(left) if x > 1]
+        completed += len(left) - len(still)
+        left = [left[i] - 1 for i in still]
+        cached = [cached[i] + 1 for i in still]
+        held = sum(cached)
+    return completed, t
+
+
+def _tight_applies(cfg: Config, exp) -> bool:
+    mns = float(np.asarray(exp.params.policy.get("max_num_seqs", np.inf)))
+    return (exp.policy.name == "greedy" and cfg.workload.kind == "saturated"
+            and mns >= exp.shape.max_batch)
 
 
 def bench_sim(cfg: Config, batch_sizes=(1, 64, 1024), reference_workloads: int = 2,
@@ -88,6 +133,7 @@ def bench_sim(cfg: Config, batch_sizes=(1, 64, 1024), reference_workloads: int =
             requests_per_second=completed / t,
             seconds_per_workload=t / w,
             speedup_vs_reference=float("nan"),
+            speedup_vs_tight=float("nan"),
         ))
 
     ref_n = min(reference_workloads, biggest)
@@ -113,6 +159,29 @@ def bench_sim(cfg: Config, batch_sizes=(1, 64, 1024), reference_workloads: int =
             row.speedup_vs_reference = per / row.seconds_per_workload
     else:
         per = float("nan")
+    tight = {}
+    if _tight_applies(cfg, exp) and ref_n > 0:
+        sysp = {k: float(np.asarray(getattr(exp.params.system, k)))
+                for k in ("capacity", "d0", "d1", "d2")}
+        jax_done = api.run_experiment(exp, keys[:ref_n],
+                                      jax.tree.map(lambda x: x[:ref_n], workloads)).final_completed
+        t_time, t_completed, t_agrees = 0.0, 0, True
+        for i in range(ref_n):
+            say(f"tight loop: workload {i + 1}/{ref_n}")
+            valid = np.asarray(workloads.valid[i])
+            prompt = np.asarray(workloads.prompt[i])[valid].tolist()
+            output = np.asarray(workloads.output[i])[valid].tolist()
+            t0 = time.perf_counter()
+            done, _ = tight_greedy(prompt, output, sysp["capacity"], exp.shape.max_batch,
+                                   exp.shape.queue_size, exp.shape.horizon, sysp["d0"],
+                                   sysp["d1"], sysp["d2"])
+            t_time += time.perf_counter() - t0
+            t_completed += done
+            t_agrees &= done == int(jax_done[i])
+        tight = dict(tight_seconds_per_workload=t_time / ref_n,
+                     tight_requests_per_second=t_completed / t_time, tight_agrees=t_agrees)
+        for row in rows:
+            row.speedup_vs_tight = t_time / ref_n / row.seconds_per_workload
     return SimBench(
         config_source=cfg.source,
         policy=exp.policy.name,
@@ -124,4 +193,5 @@ def bench_sim(cfg: Config, batch_sizes=(1, 64, 1024), reference_workloads: int =
         reference_requests_per_second=ref_completed / ref_time if ref_time else float("nan"),
         reference_agrees=agrees,
         rows=rows,
+        **tight,
     )

@@ -47,7 +47,6 @@ __all__ = [
     "advance",
     "collect",
     "finalize",
-    "remat_segment",
     "make_rollout",
     "compiled_simulator",
     "simulate",
@@ -73,36 +72,30 @@ def init(policy: Policy, shape: SimShape, workload: Workload, params: SimParams)
             M.init_accumulators(shape.relax != "hard"))
 
 
-def remat_segment(length: int, target: int) -> int:
-    """The largest divisor of ``length`` at most ``target`` (segments of equal length, so the
-    segmented scan is one scan of scans)."""
-    for s in range(max(1, min(target, length)), 0, -1):
-        if length % s == 0:
-            return s
-    return 1
-
-
 def advance(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
             params: SimParams, carry, length: int, remat: int | None = None):
     """``length`` iterations from ``carry``: ``(carry, trace (length, ...) or None)``.
 
-    ``remat``: segment length of the rematerialized scan (see the module docstring; rounded
-    down to a divisor of ``length``), or None for the plain scan. Same values either way.
+    ``remat``: iterations per rematerialized segment (see the module docstring; a shorter
+    last segment when it does not divide ``length``), or None (or 0) for the plain scan.
+    The same values either way.
     """
     def body(c, _):
         return step(policy, shape, key, workload, params, c)
 
-    if remat is None or remat >= length:
+    if not remat or remat >= length:
         return jax.lax.scan(body, carry, None, length=length)
-    seg = remat_segment(length, remat)
 
-    @jax.checkpoint
-    def segment(c, _):
-        return jax.lax.scan(body, c, None, length=seg)
+    def segment(n):
+        return jax.checkpoint(lambda c, _: jax.lax.scan(body, c, None, length=n))
 
-    carry, trace = jax.lax.scan(segment, carry, None, length=length // seg)
-    if trace is not None:  # (length / seg, seg, ...) -> (length, ...)
-        trace = jax.tree.map(lambda x: x.reshape((length,) + x.shape[2:]), trace)
+    carry, trace = jax.lax.scan(segment(remat), carry, None, length=length // remat)
+    if trace is not None:  # (segments, remat, ...) -> (segments x remat, ...)
+        trace = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), trace)
+    if length % remat:
+        carry, tail = segment(length % remat)(carry, None)
+        if trace is not None:
+            trace = jax.tree.map(lambda x, y: jnp.concatenate([x, y]), trace, tail)
     return carry, trace
 
 
