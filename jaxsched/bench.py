@@ -9,6 +9,7 @@ saturated backlog, :func:`tight_greedy`, a tight loop of that one model (the set
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import time
 from typing import Callable
@@ -61,41 +62,52 @@ def plain_params(params: dict) -> dict:
 
 
 def tight_greedy(prompt, output, capacity: float, max_batch: int, queue_size: int,
-                 horizon: int, d0: float, d1: float, d2: float = 0.0) -> tuple[int, float]:
+                 horizon: int, d0: float, d1: float, d2: float = 0.0,
+                 restart: bool = False) -> tuple[int, float]:
     """``(completed, T_H)`` of greedy admission on a saturated backlog, as a tight loop.
 
     Every request waits from time 0, in order. Each iteration admits FCFS (at most
-    ``queue_size``, up to ``max_batch`` residents) while ``l + 1`` fits in what the
-    residents leave after their next token, prefills whole prompts, gives every resident one
-    token (``tau = d0 + d1 (P + D) + d2 R``) and completes those that reach their output.
-    Greedy admits only what fits, so nothing is evicted and the backlog is a pointer: no
-    queue, no window, no metrics. The model of :mod:`jaxsched.model`, nothing else.
+    ``queue_size``, up to ``max_batch`` residents) while ``l + g + 1`` fits in what the
+    residents leave after their next token, evicts newest first while the residents' next
+    tokens overflow ``C`` (an evicted request rejoins the queue at its place, keeping its
+    ``g`` tokens unless ``restart``), prefills whole, gives every resident one token
+    (``tau = d0 + d1 (P + D) + d2 R``) and completes those that reach their output. The
+    model of :mod:`jaxsched.model` for this one policy, with no window, trace or metrics.
     """
-    left, cached = [], []  # per resident: tokens still to generate, KV tokens held
-    n, nxt, held, t, completed = len(prompt), 0, 0, 0.0, 0
+    res, gen = [], []  # residents in admission order: request index, tokens generated
+    kept, back = {}, []  # tokens kept by evicted requests; their indices, sorted
+    n, nxt, t, completed = len(prompt), 0, 0.0, 0
     for _ in range(horizon):
-        used, prefill, new = held + len(left), 0, 0
-        while (nxt < n and len(left) < max_batch and new < queue_size
-               and used + prompt[nxt] + 1 <= capacity):
-            left.append(output[nxt])
-            cached.append(prompt[nxt])
-            used += prompt[nxt] + 1
-            prefill += prompt[nxt]
-            new += 1
-            nxt += 1
-        t += d0 + d1 * (prefill + held) + d2 * new
-        still = [i for i, x in enumerate(left) if x > 1]
-        completed += len(left) - len(still)
-        left = [left[i] - 1 for i in still]
-        cached = [cached[i] + 1 for i in still]
-        held = sum(cached)
+        old = len(res)  # a resident holds l + g tokens and needs one more, as does a new one
+        used = sum(prompt[i] + g + 1 for i, g in zip(res, gen))
+        while len(res) < max_batch and len(res) - old < queue_size and (back or nxt < n):
+            i = back[0] if back else nxt
+            if used + prompt[i] + kept.get(i, 0) + 1 > capacity:
+                break
+            used += prompt[i] + kept.get(i, 0) + 1
+            res.append(i)
+            gen.append(kept.pop(i, 0))
+            nxt += not back
+            back = back[1:] if back else back
+        while used > capacity:  # evict newest first; rejoin the queue at its place
+            i, g = res.pop(), gen.pop()
+            used -= prompt[i] + g + 1
+            kept[i] = 0 if restart else g
+            bisect.insort(back, i)
+        old = min(old, len(res))
+        tokens = [prompt[i] + g for i, g in zip(res, gen)]  # P (new) and D (old)
+        t += d0 + d1 * sum(tokens) + d2 * (len(res) - old)
+        live = [k for k, i in enumerate(res) if gen[k] + 1 < output[i]]
+        completed += len(res) - len(live)
+        res, gen = [res[k] for k in live], [gen[k] + 1 for k in live]
     return completed, t
 
 
 def _tight_applies(cfg: Config, exp) -> bool:
     mns = float(np.asarray(exp.params.policy.get("max_num_seqs", np.inf)))
     return (exp.policy.name == "greedy" and cfg.workload.kind == "saturated"
-            and mns >= exp.shape.max_batch)
+            and mns >= exp.shape.max_batch
+            and cfg.policy.settings().get("eviction", "newest") == "newest")
 
 
 def bench_sim(cfg: Config, batch_sizes=(1, 64, 1024), reference_workloads: int = 2,
@@ -163,6 +175,7 @@ def bench_sim(cfg: Config, batch_sizes=(1, 64, 1024), reference_workloads: int =
     if _tight_applies(cfg, exp) and ref_n > 0:
         sysp = {k: float(np.asarray(getattr(exp.params.system, k)))
                 for k in ("capacity", "d0", "d1", "d2")}
+        restart = bool(np.asarray(exp.params.system.restart_on_evict))
         jax_done = api.run_experiment(exp, keys[:ref_n],
                                       jax.tree.map(lambda x: x[:ref_n], workloads)).final_completed
         t_time, t_completed, t_agrees = 0.0, 0, True
@@ -174,7 +187,7 @@ def bench_sim(cfg: Config, batch_sizes=(1, 64, 1024), reference_workloads: int =
             t0 = time.perf_counter()
             done, _ = tight_greedy(prompt, output, sysp["capacity"], exp.shape.max_batch,
                                    exp.shape.queue_size, exp.shape.horizon, sysp["d0"],
-                                   sysp["d1"], sysp["d2"])
+                                   sysp["d1"], sysp["d2"], restart)
             t_time += time.perf_counter() - t0
             t_completed += done
             t_agrees &= done == int(jax_done[i])
