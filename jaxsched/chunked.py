@@ -53,7 +53,7 @@ from jaxsched import stream as ST
 from jaxsched.errors import JaxschedError
 from jaxsched.model import SimShape, Workload
 from jaxsched.policies.base import Policy
-from jaxsched.sim import RolloutResult, SimParams, StepOutput, step
+from jaxsched.sim import RolloutResult, SimParams, StepOutput
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -286,29 +286,14 @@ def chunk_functions(policy: Policy, shape: SimShape, mesh, batched_params: bool,
         if stream is None:
             return batch(functools.partial(R.init, policy, shape), (0, None), (None, 0))(
                 workloads, params)
-        return batch(functools.partial(_init_stream, policy, shape, stream),
+        return batch(functools.partial(R.init_stream, policy, shape, stream),
                      (0, None, None), (None, None, 0))(wrap(workloads), extra[0], params)
 
     def advance_one(length, key, workload, params, carry):
         return R.advance(policy, shape, key, workload, params, carry, length)
 
     def advance_stream(length, key, skey, sp, params, carry):
-        sim_carry, win = carry
-
-        def body(c, _):
-            c, lost = c
-            lost = lost + ST.window_short(stream, sp, shape, win, c[0]).astype(jnp.int32)
-            c, out = step(policy, shape, key, win.workload, params, c)
-            if out is not None:  # absolute arrival counts in the trace
-                out = out.replace(arrived=out.arrived + win.base
-                                  + ST.outside(stream, sp, win.base))
-            return (c, lost), out
-
-        (sim_carry, lost), trace = jax.lax.scan(body, (sim_carry, win.lost), None,
-                                                length=length)
-        state, pstate, acc = sim_carry
-        win, state = ST.slide(skey, stream, sp, win.replace(lost=lost), state)
-        return ((state, pstate, acc), win), trace
+        return R.advance_stream(policy, shape, stream, key, skey, sp, params, carry, length)
 
     def make_advance(length):
         if stream is None:
@@ -332,9 +317,7 @@ def chunk_functions(policy: Policy, shape: SimShape, mesh, batched_params: bool,
         def one(carry, *extra):
             if stream is None:
                 return R.collect(carry)
-            sim_carry, win = carry
-            return R.collect(sim_carry, win.base + ST.outside(stream, extra[0], win.base),
-                             win.lost)
+            return R.collect_stream(stream, extra[0], carry)
 
         return batch(one, (0,) + (None,) * len(extra), (0,) + (None,) * len(extra))(
             carry, *extra)
@@ -350,17 +333,6 @@ def chunk_functions(policy: Policy, shape: SimShape, mesh, batched_params: bool,
                       check_vma=False),
         in_shardings=tuple(named(x) for x in in_collect), out_shardings=named(lead))
     return init, {n: make_advance(n) for n in lengths}, collect
-
-
-def _init_stream(policy: Policy, shape: SimShape, spec: ST.StreamSpec, skey,
-                 sp: ST.StreamParams, params: SimParams):
-    """A streamed rollout's initial carry: ``((SimState, policy state, Accumulators),
-    Window)``; ``num_waiting`` starts at the requests beyond the window that have already
-    arrived (:func:`jaxsched.stream.outside`)."""
-    win = ST.init_window(skey, spec, sp)
-    state, pstate, acc = R.init(policy, shape, win.workload, params)
-    state = state.replace(num_waiting=ST.outside(spec, sp, win.base))
-    return (state, pstate, acc), win
 
 
 @functools.lru_cache(maxsize=16)

@@ -14,8 +14,9 @@ A rollout of one workload is
 batch evaluators) is ``finalize(collect(advance(init(), H)))``; :func:`jaxsched.chunked.
 run_chunked` (what ``jaxsched simulate`` runs) calls ``init`` once, ``advance`` once per
 chunk with the carry kept on the device, ``collect`` and, on the host-gathered batch,
-``finalize``; its streamed runs (:mod:`jaxsched.stream`) wrap the same ``init`` and
-``collect`` around a window. :func:`~jaxsched.sim.step` draws iteration ``k``'s keys from
+``finalize``; its streamed runs (:mod:`jaxsched.stream`) use the windowed variants
+``init_stream``, ``advance_stream`` (the chunk on the window, then the window slides) and
+``collect_stream``, which wrap the same ``init``, scan and ``collect`` around the window. :func:`~jaxsched.sim.step` draws iteration ``k``'s keys from
 ``fold_in(key, k)``, so every composition gives the same trajectory.
 
 Memory of gradients. Reverse mode over a scan of ``H`` iterations stores every iteration's
@@ -37,6 +38,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxsched import metrics as M
+from jaxsched import stream as ST
 from jaxsched.model import SimShape, Workload
 from jaxsched.policies.base import Policy
 from jaxsched.sim import RolloutResult, SimParams, initial_state, step
@@ -47,6 +49,9 @@ __all__ = [
     "advance",
     "collect",
     "finalize",
+    "init_stream",
+    "advance_stream",
+    "collect_stream",
     "make_rollout",
     "compiled_simulator",
     "simulate",
@@ -83,6 +88,11 @@ def advance(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
     def body(c, _):
         return step(policy, shape, key, workload, params, c)
 
+    return _scan(body, carry, length, remat)
+
+
+def _scan(body, carry, length: int, remat: int | None):
+    """``lax.scan(body, carry, None, length)``, in ``jax.checkpoint`` segments of ``remat``."""
     if not remat or remat >= length:
         return jax.lax.scan(body, carry, None, length=length)
 
@@ -122,6 +132,47 @@ def finalize(params: SimParams, final: Final, record_trace: bool) -> RolloutResu
         final_waiting=final.waiting,
         final_resident=final.resident,
     )
+
+
+def init_stream(policy: Policy, shape: SimShape, spec: ST.StreamSpec, skey,
+                sp: ST.StreamParams, params: SimParams):
+    """A streamed rollout's initial carry: ``((SimState, policy state, Accumulators),
+    Window)``; ``num_waiting`` starts at the requests beyond the window that have already
+    arrived (:func:`jaxsched.stream.outside`)."""
+    win = ST.init_window(skey, spec, sp)
+    state, pstate, acc = init(policy, shape, win.workload, params)
+    state = state.replace(num_waiting=ST.outside(spec, sp, win.base))
+    return (state, pstate, acc), win
+
+
+def advance_stream(policy: Policy, shape: SimShape, spec: ST.StreamSpec, key: jax.Array, skey,
+                   sp: ST.StreamParams, params: SimParams, carry, length: int,
+                   remat: int | None = None):
+    """``length`` iterations on the window, counting the inexact ones
+    (:func:`~jaxsched.stream.window_short`), then the window slides
+    (:func:`~jaxsched.stream.slide`): ``((sim carry, Window), trace or None)``, the trace's
+    arrival counts absolute."""
+    sim_carry, win = carry
+
+    def body(c, _):
+        c, lost = c
+        lost = lost + ST.window_short(spec, sp, shape, win, c[0]).astype(jnp.int32)
+        c, out = step(policy, shape, key, win.workload, params, c)
+        if out is not None:
+            out = out.replace(arrived=out.arrived + win.base + ST.outside(spec, sp, win.base))
+        return (c, lost), out
+
+    (sim_carry, lost), trace = _scan(body, (sim_carry, win.lost), length, remat)
+    state, pstate, acc = sim_carry
+    win, state = ST.slide(skey, spec, sp, win.replace(lost=lost), state)
+    return ((state, pstate, acc), win), trace
+
+
+def collect_stream(spec: ST.StreamSpec, sp: ST.StreamParams, carry) -> Final:
+    """:func:`collect` of a streamed carry: arrivals counted from the stream's start, and the
+    iterations run on a window too small to be exact (``lost``)."""
+    sim_carry, win = carry
+    return collect(sim_carry, win.base + ST.outside(spec, sp, win.base), win.lost)
 
 
 def make_rollout(policy: Policy, shape: SimShape, remat: int | None = None):
