@@ -114,7 +114,7 @@ def _class_arrays(cfg: Config):
 def _tau_bound(cfg: Config) -> float:
     """Longest possible iteration: prefill plus context tokens never exceed C, prefilling
     requests never exceed ``min(max_batch, C)``."""
-    return (cfg.d0 + cfg.d1 * cfg.capacity
+    return (cfg.d0 + max(cfg.d1_prefill, cfg.d1_context) * cfg.capacity
             + cfg.d2 * min(cfg.system.max_batch, cfg.capacity))
 
 
@@ -154,13 +154,18 @@ def _max_in_window(times: np.ndarray, span: float, window: float) -> int:
 
 
 def workload_context(cfg: Config) -> dict:
-    """System and workload facts for a policy's ``fit_defaults`` and for the theory module."""
+    """System and workload facts for a policy's ``fit_defaults`` and for the theory module.
+    ``d1`` is the theory's single coefficient, None when ``d1_prefill`` and ``d1_context``
+    differ (a theory fit then refuses, see ``Config.d1``)."""
     prompt, output, rate, weight = _class_arrays(cfg)
     rates = None if cfg.workload.kind in ("saturated", "trace") else rate.tolist()
+    single = cfg.d1_prefill == cfg.d1_context
     return {
         "capacity": cfg.capacity,
         "d0": cfg.d0,
-        "d1": cfg.d1,
+        "d1": cfg.d1 if single else None,
+        "d1_prefill": cfg.d1_prefill,
+        "d1_context": cfg.d1_context,
         "prompt_len": prompt.tolist(),
         "output_len": output.tolist(),
         "rate": rates,
@@ -284,8 +289,9 @@ def build_experiment(cfg: Config, record_trace: bool = False) -> Experiment:
     if policy.check_shape is not None:
         policy.check_shape(pparams, shape, f"{cfg.source}: policy.")
     params = SimParams(
-        system=system_params(cfg.capacity, cfg.d0, cfg.d1, cfg.system.restart_on_evict,
-                             cfg.d2),
+        system=system_params(cfg.capacity, cfg.d0, restart_on_evict=cfg.system.restart_on_evict,
+                             d2=cfg.d2, d1_prefill=cfg.d1_prefill, d1_context=cfg.d1_context,
+                             block_size=cfg.block_size),
         policy=pparams,
     )
     trace = _load_trace(cfg) if cfg.workload.kind == "trace" else None

@@ -62,8 +62,8 @@ def plain_params(params: dict) -> dict:
 
 
 def tight_greedy(prompt, output, capacity: float, max_batch: int, queue_size: int,
-                 horizon: int, d0: float, d1: float, d2: float = 0.0,
-                 restart: bool = False) -> tuple[int, float]:
+                 horizon: int, d0: float, d1_prefill: float, d1_context: float,
+                 d2: float = 0.0, restart: bool = False) -> tuple[int, float]:
     """``(completed, T_H)`` of greedy admission on a saturated backlog, as a tight loop.
 
     Every request waits from time 0, in order. Each iteration admits FCFS (at most
@@ -71,8 +71,9 @@ def tight_greedy(prompt, output, capacity: float, max_batch: int, queue_size: in
     residents leave after their next token, evicts newest first while the residents' next
     tokens overflow ``C`` (an evicted request rejoins the queue at its place, keeping its
     ``g`` tokens unless ``restart``), prefills whole, gives every resident one token
-    (``tau = d0 + d1 (P + D) + d2 R``) and completes those that reach their output. The
-    model of :mod:`jaxsched.model` for this one policy, with no window, trace or metrics.
+    (``tau = d0 + d1_prefill P + d1_context D + d2 R``) and completes those that reach their
+    output. The model of :mod:`jaxsched.model` (memory in whole tokens, ``block_size = 1``)
+    for this one policy, with no window, trace or metrics.
     """
     res, gen = [], []  # residents in admission order: request index, tokens generated
     kept, back = {}, []  # tokens kept by evicted requests; their indices, sorted
@@ -96,7 +97,8 @@ def tight_greedy(prompt, output, capacity: float, max_batch: int, queue_size: in
             bisect.insort(back, i)
         old = min(old, len(res))
         tokens = [prompt[i] + g for i, g in zip(res, gen)]  # P (new) and D (old)
-        t += d0 + d1 * sum(tokens) + d2 * (len(res) - old)
+        t += (d0 + d1_prefill * sum(tokens[old:]) + d1_context * sum(tokens[:old])
+              + d2 * (len(res) - old))
         live = [k for k, i in enumerate(res) if gen[k] + 1 < output[i]]
         completed += len(res) - len(live)
         res, gen = [res[k] for k in live], [gen[k] + 1 for k in live]
@@ -107,6 +109,7 @@ def _tight_applies(cfg: Config, exp) -> bool:
     mns = float(np.asarray(exp.params.policy.get("max_num_seqs", np.inf)))
     return (exp.policy.name == "greedy" and cfg.workload.kind == "saturated"
             and mns >= exp.shape.max_batch
+            and int(np.asarray(exp.params.system.block_size)) == 1
             and cfg.policy.settings().get("eviction", "newest") == "newest")
 
 
@@ -174,7 +177,7 @@ def bench_sim(cfg: Config, batch_sizes=(1, 64, 1024), reference_workloads: int =
     tight = {}
     if _tight_applies(cfg, exp) and ref_n > 0:
         sysp = {k: float(np.asarray(getattr(exp.params.system, k)))
-                for k in ("capacity", "d0", "d1", "d2")}
+                for k in ("capacity", "d0", "d1_prefill", "d1_context", "d2")}
         restart = bool(np.asarray(exp.params.system.restart_on_evict))
         jax_done = api.run_experiment(exp, keys[:ref_n],
                                       jax.tree.map(lambda x: x[:ref_n], workloads)).final_completed
@@ -187,7 +190,8 @@ def bench_sim(cfg: Config, batch_sizes=(1, 64, 1024), reference_workloads: int =
             t0 = time.perf_counter()
             done, _ = tight_greedy(prompt, output, sysp["capacity"], exp.shape.max_batch,
                                    exp.shape.queue_size, exp.shape.horizon, sysp["d0"],
-                                   sysp["d1"], sysp["d2"], restart)
+                                   sysp["d1_prefill"], sysp["d1_context"], sysp["d2"],
+                                   restart)
             t_time += time.perf_counter() - t0
             t_completed += done
             t_agrees &= done == int(jax_done[i])

@@ -2,8 +2,9 @@
 
 A config has four tables::
 
-    [system]      capacity (tokens) or profile (hardware profile TOML), d0, d1, d2,
-                  max_batch, queue_size, restart_on_evict
+    [system]      capacity (tokens) or profile (hardware profile TOML), d0, d1 (or
+                  d1_prefill and d1_context), d2, block_size, max_batch, queue_size,
+                  restart_on_evict
     [workload]    kind = poisson | saturated | bursty | trace, horizon, warmup,
                   num_workloads, seed, [[workload.classes]] prompt_len, output_len, rate, weight;
                   for traces path, format (azure | mooncake), time_scale
@@ -12,6 +13,11 @@ A config has four tables::
 
 Unknown keys, wrong types and out-of-range values are refused with one line naming the file
 and the key. ``--set section.key=value`` overrides are applied before validation.
+
+Iteration-time coefficients (:mod:`jaxsched.model`): ``d1`` is the papers' single coefficient
+and means ``d1_prefill = d1_context = d1``. One table (a config's ``[system]``, a profile) may
+give ``d1`` together with a split key only if they are equal; otherwise it is refused in one
+line. A config's keys override its profile's: ``d1`` sets both, a split key its own.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ __all__ = [
     "apply_overrides",
     "load_profile",
     "format_validation",
+    "split_d1",
     "read_text",
     "CONFIG_DIR",
     "DEFAULT_CONFIG",
@@ -54,6 +61,21 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "data" / "default.toml"
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def split_d1(d1, d1_prefill, d1_context, required: bool = False):
+    """``(d1_prefill, d1_context)`` of one table: a split key where given, else ``d1``. A split
+    key that differs from a ``d1`` given with it is refused (``ValueError`` naming the key);
+    ``required``: both must end up set. Missing values stay None."""
+    for name, value in (("d1_prefill", d1_prefill), ("d1_context", d1_context)):
+        if d1 is not None and value is not None and value != d1:
+            raise ValueError(f"{name} = {value:g} differs from d1 = {d1:g}: give d1 (both "
+                             "coefficients) or d1_prefill and d1_context, not both")
+    p = d1 if d1_prefill is None else d1_prefill
+    c = d1 if d1_context is None else d1_context
+    if required and (p is None or c is None):
+        raise ValueError("d1 (or both d1_prefill and d1_context) is required")
+    return p, c
 
 
 class ClassConfig(_Strict):
@@ -79,11 +101,22 @@ class SystemConfig(_Strict):
     capacity: float | None = Field(default=None, gt=0, description="C: KV tokens")
     profile: str | None = Field(default=None, description="hardware profile TOML")
     d0: float | None = Field(default=None, ge=0, description="time per iteration")
-    d1: float | None = Field(default=None, ge=0, description="time per batched token")
+    d1: float | None = Field(default=None, ge=0,
+                             description="time per prefill or context token (both)")
+    d1_prefill: float | None = Field(default=None, ge=0, description="time per prefill token")
+    d1_context: float | None = Field(default=None, ge=0,
+                                     description="time per context token of a decode")
     d2: float | None = Field(default=None, ge=0, description="time per prefilling request")
+    block_size: int | None = Field(default=None, ge=1,
+                                   description="tokens per KV block (default: profile's, else 1)")
     max_batch: int = Field(default=256, ge=1, description="resident request slots")
     queue_size: int = Field(default=64, ge=1, description="scheduler look-ahead window")
     restart_on_evict: bool = Field(default=False, description="evicted requests lose progress")
+
+    @model_validator(mode="after")
+    def _split(self):
+        split_d1(self.d1, self.d1_prefill, self.d1_context)
+        return self
 
 
 class WorkloadConfig(_Strict):
@@ -134,7 +167,8 @@ class Config(_Strict):
     policy: PolicyConfig = PolicyConfig()
     tune: dict[str, Any] = Field(default_factory=dict)
     source: str = Field(default="<config>", exclude=True)
-    # resolved from a profile: (capacity, d0, d1, d2, hardware name)
+    # resolved from a profile and the config: capacity, d0, d1_prefill, d1_context, d2,
+    # block_size (when set), hardware name
     resolved: dict[str, Any] = Field(default_factory=dict, exclude=True)
 
     @property
@@ -146,8 +180,31 @@ class Config(_Strict):
         return float(self.resolved["d0"])
 
     @property
+    def d1_prefill(self) -> float:
+        return float(self.resolved["d1_prefill"])
+
+    @property
+    def d1_context(self) -> float:
+        return float(self.resolved["d1_context"])
+
+    @property
     def d1(self) -> float:
-        return float(self.resolved["d1"])
+        """The papers' single ``d1``, for the theory (WAIT thresholds, fluid bounds): the common
+        value when ``d1_prefill = d1_context``. When they differ the theory's
+        ``tau = d0 + d1 M`` has no single coefficient to take, and this raises a one-line
+        :class:`JaxschedError` asking for ``system.d1`` (setting it in the config makes both
+        equal)."""
+        p, c = self.d1_prefill, self.d1_context
+        if p != c:
+            raise JaxschedError(
+                f"{self.source}: system.d1: the theory uses one d1 but d1_prefill = {p:g} "
+                f"and d1_context = {c:g} differ; set system.d1 to the value it should use")
+        return p
+
+    @property
+    def block_size(self) -> int:
+        """Tokens per KV block: ``system.block_size``, else the profile's, else 1."""
+        return int(self.resolved.get("block_size", 1))
 
     @property
     def d2(self) -> float:
@@ -166,9 +223,9 @@ class HardwareProfile(_Strict):
     with ``weight_bytes = num_params_billion * 1e9 * bytes_per_param`` and
     ``kv_bytes_per_token = 2 * num_layers * num_kv_heads * head_dim * kv_bytes`` (K and V
     for every layer and KV head), divided by ``tensor_parallel`` GPUs' worth of weights and
-    multiplied by their memory. ``d0, d1, d2``: the iteration time
-    ``tau = d0 + d1 (P + D) + d2 R`` (:mod:`jaxsched.model`; ``d2`` per prefilling request,
-    default 0).
+    multiplied by their memory. ``d0, d1_prefill, d1_context, d2``: the iteration time
+    ``tau = d0 + d1_prefill P + d1_context D + d2 R`` (:mod:`jaxsched.model`; ``d2`` per
+    prefilling request, default 0); an older profile's single ``d1`` gives both.
     """
 
     name: str
@@ -184,10 +241,23 @@ class HardwareProfile(_Strict):
     head_dim: int = Field(gt=0)
     kv_bytes: float = Field(default=2.0, gt=0)
     d0: float = Field(ge=0, description="fitted time per iteration")
-    d1: float = Field(ge=0, description="fitted time per batched token")
+    d1: float | None = Field(default=None, ge=0, description="time per token (both kinds)")
+    d1_prefill: float | None = Field(default=None, ge=0, description="time per prefill token")
+    d1_context: float | None = Field(default=None, ge=0, description="time per context token")
     d2: float = Field(default=0.0, ge=0, description="fitted time per prefilling request")
+    block_size: int | None = Field(default=None, ge=1, description="tokens per KV block")
     time_unit: str = "s"
     note: str = ""
+
+    @model_validator(mode="after")
+    def _split(self):
+        split_d1(self.d1, self.d1_prefill, self.d1_context, required=True)
+        return self
+
+    @property
+    def coefficients(self) -> tuple[float, float]:
+        """``(d1_prefill, d1_context)``, a single ``d1`` giving both."""
+        return split_d1(self.d1, self.d1_prefill, self.d1_context, required=True)
 
     @property
     def kv_bytes_per_token(self) -> float:
@@ -215,13 +285,27 @@ class SystemProfile(_Strict):
     device: str
     capacity: int = Field(gt=0, description="C: KV tokens")
     d0: float = Field(ge=0, description="fitted time per iteration")
-    d1: float = Field(ge=0, description="fitted time per batched token")
+    d1: float | None = Field(default=None, ge=0, description="time per token (both kinds)")
+    d1_prefill: float | None = Field(default=None, ge=0, description="time per prefill token")
+    d1_context: float | None = Field(default=None, ge=0, description="time per context token")
     d2: float = Field(default=0.0, ge=0, description="fitted time per prefilling request")
+    block_size: int | None = Field(default=None, ge=1,
+                                   description="tokens per KV block of the engine")
     time_unit: str = "s"
     fit_rms: float | None = Field(default=None, ge=0)
     fit_rel_error: float | None = Field(default=None, ge=0)
     samples: int | None = Field(default=None, ge=0)
     note: str = ""
+
+    @model_validator(mode="after")
+    def _split(self):
+        split_d1(self.d1, self.d1_prefill, self.d1_context, required=True)
+        return self
+
+    @property
+    def coefficients(self) -> tuple[float, float]:
+        """``(d1_prefill, d1_context)``, a single ``d1`` giving both."""
+        return split_d1(self.d1, self.d1_prefill, self.d1_context, required=True)
 
     @property
     def gpu(self) -> str:
@@ -341,30 +425,43 @@ def config_from_dict(data: dict, source: str = "<config>", base_dir: Path | None
     resolved: dict[str, Any] = {"hardware": None}
     if sysc.profile is not None:
         prof = load_profile(sysc.profile, base_dir)
-        resolved.update(capacity=prof.capacity, d0=prof.d0, d1=prof.d1, d2=prof.d2,
-                        hardware=f"{prof.model} on {prof.num_gpus}x {prof.gpu}")
-    for key, default in (("capacity", None), ("d0", 1.0), ("d1", 0.0), ("d2", 0.0)):
-        value = getattr(sysc, key)
+        d1p, d1c = prof.coefficients
+        resolved.update(capacity=prof.capacity, d0=prof.d0, d1_prefill=d1p, d1_context=d1c,
+                        d2=prof.d2, hardware=f"{prof.model} on {prof.num_gpus}x {prof.gpu}")
+        if prof.block_size is not None:
+            resolved["block_size"] = prof.block_size
+    if sysc.block_size is not None:
+        resolved["block_size"] = sysc.block_size
+    # the config's keys override the profile's; its d1 sets both coefficients
+    d1p, d1c = split_d1(sysc.d1, sysc.d1_prefill, sysc.d1_context)
+    given = {"capacity": sysc.capacity, "d0": sysc.d0, "d1_prefill": d1p, "d1_context": d1c,
+             "d2": sysc.d2}
+    for key, default in (("capacity", None), ("d0", 1.0), ("d1_prefill", 0.0),
+                         ("d1_context", 0.0), ("d2", 0.0)):
+        value = given[key]
         if value is not None:
             resolved[key] = value
         elif key not in resolved:
             if default is None:
                 raise JaxschedError(f"{source}: system.capacity: set capacity or profile")
             resolved[key] = default
-    if resolved["d0"] + resolved["d1"] <= 0:
+    if resolved["d0"] + min(resolved["d1_prefill"], resolved["d1_context"]) <= 0:
         raise JaxschedError(f"{source}: system.d0: d0 + d1 must be positive")
     cap = resolved["capacity"]
+    bs = int(resolved.get("block_size", 1))
+    usable = cap if bs == 1 else bs * math.floor(cap / bs)  # C_b, jaxsched.model
+    blocks = "" if bs == 1 else f" ({usable:g} in whole blocks of {bs})"
     for i, c in enumerate(cfg.workload.classes):
-        if c.prompt_len >= cap:
+        if c.prompt_len >= usable:
             raise JaxschedError(
                 f"{source}: workload.classes.{i}.prompt_len: {c.prompt_len} does not fit in "
-                f"system.capacity = {cap:g} tokens"
+                f"system.capacity = {cap:g} tokens{blocks}"
             )
-        if c.prompt_len + c.output_len > cap:
+        if bs * math.ceil((c.prompt_len + c.output_len) / bs) > usable:
             raise JaxschedError(
                 f"{source}: workload.classes.{i}.output_len: prompt + output = "
-                f"{c.prompt_len + c.output_len} exceeds system.capacity = {cap:g} tokens "
-                "(the request could never complete)"
+                f"{c.prompt_len + c.output_len} exceeds system.capacity = {cap:g} tokens"
+                f"{blocks} (the request could never complete)"
             )
     return cfg.model_copy(update={"resolved": resolved})
 

@@ -8,9 +8,9 @@ A policy file (schema version 1, JSON Schema in ``jaxsched/data/policy.schema.js
       "jaxsched_version": "0.1.0",
       "created": "2026-05-20T12:00:00Z",
       "policy":   {"name": "flow_control", "options": {}, "params": {"budget": 12.3}},
-      "system":   {"capacity": 16492, "d0": 1, "d1": 0, "d2": 0, "max_batch": 1024,
-                   "queue_size": 64, "restart_on_evict": true, "num_classes": 3,
-                   "hardware": null},
+      "system":   {"capacity": 16492, "d0": 1, "d1": 0, "d1_prefill": 0, "d1_context": 0,
+                   "d2": 0, "block_size": 1, "max_batch": 1024, "queue_size": 64,
+                   "restart_on_evict": true, "num_classes": 3, "hardware": null},
       "workload": {"fingerprint": "sha256:...", "source": "configs/flow-control.toml",
                    "config": {... the [workload] table ...}},
       "metrics":  {"completed_per_time": 11.4, "latency_mean": 330, "latency_p95": 488,
@@ -23,7 +23,10 @@ A policy file (schema version 1, JSON Schema in ``jaxsched/data/policy.schema.js
 :func:`load_policy` is the one function from a file to a policy of the registry and its
 parameter pytree (what the engine's scheduler uses); :func:`validate_policy` also re-simulates
 the recorded setting and compares the metrics. Files with another ``schema_version`` or with
-unknown fields are refused with one line naming the file and the field.
+unknown fields are refused with one line naming the file and the field. ``system.block_size``,
+``system.d1_prefill`` and ``system.d1_context`` are optional: a file without them (written
+before they existed) means blocks of one token and ``d1`` for both coefficients. A file gives
+``d1`` (written only when the two are equal), the split pair, or both when they agree.
 :func:`server_config` maps a policy file to the nearest flags of vLLM or SGLang.
 """
 
@@ -37,9 +40,9 @@ import math
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from jaxsched.config import Config
+from jaxsched.config import Config, split_d1
 from jaxsched.errors import JaxschedError
 
 __all__ = [
@@ -97,14 +100,31 @@ class SystemSection(_Strict):
 
     capacity: float = Field(gt=0, description="C: KV-cache tokens")
     d0: float = Field(ge=0, description="time per iteration")
-    d1: float = Field(ge=0, description="time per prefill or context token in an iteration")
+    d1: float | None = Field(default=None, ge=0, description="time per prefill or context token "
+                             "in an iteration (the papers' single d1: both coefficients)")
+    d1_prefill: float | None = Field(default=None, ge=0, description="time per prefill token "
+                                     "(optional: files without it mean d1)")
+    d1_context: float | None = Field(default=None, ge=0, description="time per context token "
+                                     "of a decoding request (optional: files without it mean d1)")
     d2: float = Field(default=0.0, ge=0, description="time per prefilling request in an "
                       "iteration (optional: files without it mean 0)")
+    block_size: int = Field(default=1, ge=1, description="tokens per KV block (optional: files "
+                            "without it mean 1, the token model)")
     max_batch: int = Field(ge=1)
     queue_size: int = Field(ge=1)
     restart_on_evict: bool
     num_classes: int = Field(ge=1)
     hardware: str | None = Field(default=None, description="model on GPU, from the hardware profile")
+
+    @model_validator(mode="after")
+    def _split(self):
+        split_d1(self.d1, self.d1_prefill, self.d1_context, required=True)
+        return self
+
+    @property
+    def coefficients(self) -> tuple[float, float]:
+        """``(d1_prefill, d1_context)``; a file with only ``d1`` gives it for both."""
+        return split_d1(self.d1, self.d1_prefill, self.d1_context, required=True)
 
 
 class WorkloadSection(_Strict):
@@ -211,11 +231,13 @@ def _trace_file(cfg_workload: Mapping[str, Any], base_dir: Path | None) -> Path 
 
 def config_snapshot(cfg: Config) -> dict:
     """A self-contained config dict (``config_from_dict`` rebuilds it): the system's resolved
-    capacity, d0, d1 and d2 instead of a profile; a trace path made absolute unless it names a
-    shipped trace."""
+    capacity, d0, d1_prefill, d1_context, d2 and block_size instead of a profile; a trace path
+    made absolute unless it names a shipped trace."""
     system = cfg.system.model_dump(exclude_none=True)
     system.pop("profile", None)
-    system.update(capacity=cfg.capacity, d0=cfg.d0, d1=cfg.d1, d2=cfg.d2)
+    system.pop("d1", None)
+    system.update(capacity=cfg.capacity, d0=cfg.d0, d1_prefill=cfg.d1_prefill,
+                  d1_context=cfg.d1_context, d2=cfg.d2, block_size=cfg.block_size)
     workload = cfg.workload.model_dump(exclude_none=True)
     if workload["kind"] == "trace":
         from jaxsched import traces
@@ -269,6 +291,17 @@ def _clean_metrics(metrics: Mapping[str, Any]) -> dict:
     return out
 
 
+def _coefficients(system: Mapping[str, Any]) -> dict:
+    """``d1_prefill`` and ``d1_context`` of a snapshot's system (``d1`` giving both), and ``d1``
+    as well when they are equal (the papers' notation)."""
+    p, c = split_d1(system.get("d1"), system.get("d1_prefill"), system.get("d1_context"),
+                    required=True)
+    out = {"d1_prefill": float(p), "d1_context": float(c)}
+    if p == c:
+        out["d1"] = float(p)
+    return out
+
+
 def policy_document(snapshot: Mapping[str, Any], params: Mapping[str, Any], metrics: Mapping[str, Any],
                     *, source: str, hardware: str | None, fingerprint: str,
                     objective: Mapping[str, Any] | None = None,
@@ -291,8 +324,9 @@ def policy_document(snapshot: Mapping[str, Any], params: Mapping[str, Any], metr
         "created": _now(),
         "policy": {"name": name, "options": options, "params": dict(params)},
         "system": {
-            "capacity": float(system["capacity"]), "d0": float(system["d0"]), "d1": float(system["d1"]),
-            "d2": float(system.get("d2", 0.0)),
+            "capacity": float(system["capacity"]), "d0": float(system["d0"]),
+            **_coefficients(system), "d2": float(system.get("d2", 0.0)),
+            "block_size": int(system.get("block_size", 1)),
             "max_batch": int(system["max_batch"]), "queue_size": int(system["queue_size"]),
             "restart_on_evict": bool(system.get("restart_on_evict", False)),
             "num_classes": num_classes, "hardware": hardware,
@@ -454,7 +488,8 @@ def document_config(doc: PolicyFile, source: str = "<policy file>") -> Config:
 
     s = doc.system
     data = {
-        "system": {"capacity": s.capacity, "d0": s.d0, "d1": s.d1, "d2": s.d2,
+        "system": {"capacity": s.capacity, "d0": s.d0, "d1_prefill": s.coefficients[0],
+                   "d1_context": s.coefficients[1], "d2": s.d2, "block_size": s.block_size,
                    "max_batch": s.max_batch,
                    "queue_size": s.queue_size, "restart_on_evict": s.restart_on_evict},
         "workload": json.loads(json.dumps(doc.workload.config)),
@@ -480,7 +515,8 @@ def simulate_metrics(cfg: Config) -> dict[str, float]:
     res = compiled_simulator(exp.policy, exp.shape, True)(keys, workloads, params)
     res = jax.block_until_ready(res)
     per = {k: np.asarray(v, np.float64)[0] for k, v in res.metrics.items()}
-    elapsed = measured_time(cfg.workload.horizon, cfg.workload.warmup, cfg.d0, cfg.d1,
+    elapsed = measured_time(cfg.workload.horizon, cfg.workload.warmup, cfg.d0,
+                            max(cfg.d1_prefill, cfg.d1_context),
                             np.asarray(res.final_time, np.float64)[0], d2=cfg.d2)
     agg = aggregate(add_derived(per, elapsed))
     return {k: float(v) for k, v in agg.items()}
@@ -605,7 +641,12 @@ def server_config(doc: PolicyFile, server: str) -> ServerConfig:
 
     # The system the policy was tuned for.
     cap = int(s.capacity)
-    if vllm:
+    if vllm and s.block_size > 1:  # tuned in blocks: the same blocks, floor(C / b) of them
+        flags["--block-size"] = int(s.block_size)
+        flags["--num-gpu-blocks-override"] = cap // int(s.block_size)
+        notes.append(f"capacity C = {cap} KV tokens as {cap // int(s.block_size)} blocks of "
+                     f"{s.block_size} (tuned for {s.hardware or 'the configured system'})")
+    elif vllm:
         flags["--block-size"] = 16
         flags["--num-gpu-blocks-override"] = math.ceil(cap / 16)
         notes.append(f"capacity C = {cap} KV tokens as 16-token blocks (tuned for "

@@ -88,7 +88,8 @@ def init_accumulators(relaxed: bool = False) -> Accumulators:
 
 
 def histogram_floor(d0, d1):
-    """Lower edge of the latency histogram: half the shortest possible iteration."""
+    """Lower edge of the latency histogram: half the shortest possible iteration (``d1``: the
+    smaller of ``d1_prefill`` and ``d1_context``)."""
     return jnp.maximum(0.5 * (d0 + d1), 1e-9)
 
 

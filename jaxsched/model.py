@@ -10,18 +10,33 @@ tokens (``l_i >= 1``, ``o_i >= 1``) and a class ``c_i``. While resident it holds
 tokens of KV memory; after its prefill and ``s_i`` generated tokens, ``cached_i = l_i + s_i``.
 The server has a capacity of ``C`` tokens.
 
+Memory is allocated in blocks of ``b = block_size`` tokens (``b = 1``, the default, is the
+papers' token model), as paged servers (vLLM, the jaxsched engine) allocate it: a resident whose
+memory need is ``t`` tokens holds ``ceil(t / b)`` blocks, i.e. ``[t]_b = b ceil(t / b)`` tokens
+(:func:`block_tokens`), and the usable capacity is ``C_b = b floor(C / b)`` tokens
+(:func:`usable_capacity`; ``C`` itself when ``b = 1``, the same for whole-token memory). Every
+memory figure below (``m_i``, ``M_k``, the policies' checks, the metrics) is in block tokens.
+
 Iterations
 ----------
 Time advances in iterations (one batched forward pass). Iteration ``k`` starts at time ``T_k``
-(``T_0 = 0``) and lasts ``tau_k = d0 + d1 * (P_k + D_k) + d2 * R_k`` where ``P_k`` is the
-number of prefill tokens computed in it, ``D_k`` the context tokens (``cached``) of the requests
-that decode in it and ``R_k`` the number of requests that process prefill tokens in it (chunk
-``c_i > 0``). With ``d0 = 1, d1 = 0`` an iteration is one slot (the slotted model of Dong & Cao
+(``T_0 = 0``) and lasts
+
+    ``tau_k = d0 + d1_prefill * P_k + d1_context * D_k + d2 * R_k``
+
+where ``P_k`` is the number of prefill tokens computed in it, ``D_k`` the context tokens
+(``cached``, whole tokens, not block tokens) of the requests that decode in it and ``R_k`` the
+number of requests that process prefill tokens in it (chunk ``c_i > 0``). A prefill token costs
+a full forward pass through the MLPs and attention; a context token only its KV read in the
+decode attention, two orders of magnitude less on a GPU (Vidur's A100 profile of Llama-2-7B,
+``configs/hardware/``), hence two coefficients. ``d1_prefill = d1_context = d1`` is the papers'
+single ``d1``: with ``d0 = 1, d1 = 0`` an iteration is one slot (the slotted model of Dong & Cao
 2026 and Ao, Dong, Luo & Simchi-Levi); with fitted ``d0, d1`` it is the iteration-time model of
 Ao, Luo, Simchi-Levi & Wang (WAIT). ``d2 >= 0`` (default 0) is a per-sequence prefill overhead,
 outside the papers' model: the fixed cost an engine pays for each prefilling request, e.g. one
 that runs every prefill as its own model call (the jaxsched engine does). The theory
-(:mod:`jaxsched.theory`, the WAIT thresholds) uses ``d0, d1`` only. ``T_{k+1} = T_k + tau_k``.
+(:mod:`jaxsched.theory`, the WAIT thresholds) uses ``d0`` and one ``d1`` only (see
+``jaxsched.config.Config.d1`` for what it takes when the two differ). ``T_{k+1} = T_k + tau_k``.
 
 Within iteration ``k``, in this order:
 
@@ -39,11 +54,12 @@ Within iteration ``k``, in this order:
    ``cached < l + s`` processes ``c = min(chunk, l + s - cached)`` prefill tokens; if that
    completes its prefill it also generates one token. A running resident whose prefill is
    complete decodes one token. A resident that does not run keeps its cache.
-4. **Memory.** The iteration needs ``M_k = sum_i m_i`` with ``m_i = cached_i + c_i + t_i``
+4. **Memory.** The iteration needs ``M_k = sum_i m_i`` with ``m_i = [cached_i + c_i + t_i]_b``
    (``t_i = 1`` if ``i`` generates a token in this iteration, the slot of the new token, as in
    the flow-control and congestion papers: a request that has generated ``j`` tokens holds
-   ``l + j``). If ``M_k > C`` the iteration *overflows*: the policy evicts residents (the
-   simulator then evicts newest-admitted first until ``M_k <= C``, the hardware limit). An
+   ``l + j``, rounded up to whole blocks). If ``M_k > C_b`` the iteration *overflows*: the
+   policy evicts residents (the simulator then evicts newest-admitted first until
+   ``M_k <= C_b``, the hardware limit). An
    evicted request frees its cache and rejoins the queue. ``recomputed_tokens`` adds the
    ``cached`` tokens it held before the iteration (the KV work that will be redone). With
    ``restart_on_evict`` false (vLLM's recompute preemption, the default) it keeps its generated
@@ -56,7 +72,7 @@ Within iteration ``k``, in this order:
    its memory: latency ``T_{k+1} - a``. Its first token's time gives TTFT ``T_{k+1} - a`` in the
    iteration where it first generates a token (once per request, even if evicted later).
 
-Conserved at every iteration: arrived = completed + waiting + resident; ``M_k <= C`` after
+Conserved at every iteration: arrived = completed + waiting + resident; ``M_k <= C_b`` after
 eviction; the tokens generated add up to the outputs of the completed requests plus the
 progress of the others (minus what restarts discarded).
 
@@ -86,6 +102,9 @@ __all__ = [
     "RequestState",
     "SimState",
     "system_params",
+    "blocks_for",
+    "block_tokens",
+    "usable_capacity",
     "BIG_CHUNK",
 ]
 
@@ -123,11 +142,12 @@ RELAX_MODES = ("hard", "relaxed", "straight_through")
   of requests: how far the request is inside its budget, threshold or free memory) gives each
   admitted request a mass ``m = sigmoid(margin / temperature)`` in (0, 1]; every count and
   token sum is mass-weighted (completions, tokens, evictions, recomputed tokens, memory
-  ``M = sum_i m_i need_i``, iteration time
-  ``d0 + d1 sum_i m_i (chunk_i + context_i) + d2 sum_{i: chunk_i > 0} m_i``) and the
-  overflow indicator becomes ``sigmoid((M - C - 1/2) / (temperature * mean need))`` (memory
-  is whole tokens); when the policy evicted newest first, the eviction count is the soft
-  LIFO count ``sum_i m_i sigmoid((M - C - newer_i - 1/2) / (temperature * need_i))``
+  ``M = sum_i m_i need_i`` with ``need_i`` in block tokens, iteration time
+  ``d0 + d1_prefill sum_i m_i chunk_i + d1_context sum_i m_i context_i
+  + d2 sum_{i: chunk_i > 0} m_i``) and the overflow indicator becomes
+  ``sigmoid((M - C_b - 1/2) / (temperature * mean need))`` (memory is whole tokens); when the
+  policy evicted newest first, the eviction count is the soft
+  LIFO count ``sum_i m_i sigmoid((M - C_b - newer_i - 1/2) / (temperature * need_i))``
   (``newer_i``: the mass-weighted memory of residents admitted after ``i``), so more
   admitted mass means more evictions in the gradient too. Which requests
   are admitted, run and evicted is decided exactly as in ``hard`` mode; as the temperature
@@ -145,20 +165,49 @@ class SystemParams:
 
     capacity: jax.Array  # () float32, C: tokens of KV memory
     d0: jax.Array  # () float32, time per iteration
-    d1: jax.Array  # () float32, time per prefill or context token in an iteration
+    d1_prefill: jax.Array  # () float32, time per prefill token in an iteration
+    d1_context: jax.Array  # () float32, time per context token of a decoding request
     restart_on_evict: jax.Array  # () bool, evicted requests lose their generated tokens
     d2: jax.Array  # () float32, time per prefilling request (chunk > 0) in an iteration
+    block_size: jax.Array  # () int32 >= 1, tokens per KV block (1: the token model)
 
 
-def system_params(capacity, d0=1.0, d1=0.0, restart_on_evict=False, d2=0.0) -> SystemParams:
-    """Build :class:`SystemParams` from Python numbers or arrays."""
+def system_params(capacity, d0=1.0, d1=0.0, restart_on_evict=False, d2=0.0, *,
+                  d1_prefill=None, d1_context=None, block_size=1) -> SystemParams:
+    """Build :class:`SystemParams` from Python numbers or arrays; ``d1_prefill`` and
+    ``d1_context`` default to ``d1`` (the papers' single coefficient)."""
     return SystemParams(
         capacity=jnp.asarray(capacity, jnp.float32),
         d0=jnp.asarray(d0, jnp.float32),
-        d1=jnp.asarray(d1, jnp.float32),
+        d1_prefill=jnp.asarray(d1 if d1_prefill is None else d1_prefill, jnp.float32),
+        d1_context=jnp.asarray(d1 if d1_context is None else d1_context, jnp.float32),
         restart_on_evict=jnp.asarray(restart_on_evict, bool),
         d2=jnp.asarray(d2, jnp.float32),
+        block_size=jnp.asarray(block_size, jnp.int32),
     )
+
+
+def blocks_for(tokens, block_size):
+    """``ceil(tokens / block_size)``: the KV blocks that hold ``tokens`` (integer arrays or
+    Python ints; 0 tokens hold no block)."""
+    return -(-tokens // block_size)
+
+
+def block_tokens(tokens, block_size):
+    """``[t]_b = block_size * ceil(tokens / block_size)``: the memory, in tokens, of a resident
+    whose need is ``tokens`` (every memory check rounds with this)."""
+    return blocks_for(tokens, block_size) * block_size
+
+
+def usable_capacity(capacity, block_size):
+    """``C_b = block_size * floor(C / block_size)``: the tokens of the whole blocks that fit in
+    ``C``; ``C`` itself when ``block_size = 1`` (memory is whole tokens, so ``M <= C`` iff
+    ``M <= floor(C)``, and ``C`` keeps its gradient in the relaxed modes). For
+    ``block_size > 1`` the floor's gradient is passed straight through (d C_b / d C = 1)."""
+    capacity = jnp.asarray(capacity, jnp.float32)
+    floored = jnp.floor(capacity / block_size) * block_size
+    floored = capacity + jax.lax.stop_gradient(floored - capacity)
+    return jnp.where(block_size > 1, floored, capacity)
 
 
 @struct.dataclass

@@ -44,7 +44,7 @@ def plot_simulation(result, out: str | Path, max_lines: int = 4) -> Path:
     ax_mem.set_ylabel("KV memory in use (tokens)")
     ax_mem.set_title(f"{exp.policy.name}: memory over time")
     ax_mem.legend(fontsize=8, loc="lower right")
-    lo = float(M.histogram_floor(cfg.d0, cfg.d1))
+    lo = float(M.histogram_floor(cfg.d0, min(cfg.d1_prefill, cfg.d1_context)))
     x, y = histogram_cdf(result.latency_hist.sum(axis=0), lo)
     ax_cdf.step(x, y, where="post")
     ax_cdf.set_xscale("log")

@@ -26,13 +26,21 @@ Conventions it reproduces, all from the model text:
   ``cached`` tokens it held before the iteration to ``recomputed_tokens``, and rejoins the
   queue at its index position with its generated tokens kept (set to 0 and counted in
   ``discarded_tokens`` when ``restart_on_evict``).
-* ``tau_k = d0 + d1 (P_k + D_k) + d2 R_k`` (``R_k``: survivors with a prefill chunk > 0); a
+* Memory is in blocks of ``block_size`` tokens: a resident needing ``t`` tokens holds
+  ``block_size ceil(t / block_size)`` (``refpolicies.base.block_tokens``, written again here
+  from the model text rather than imported from the JAX side), the usable capacity is
+  ``C_b = block_size floor(C / block_size)`` (``C`` when ``block_size = 1``) and the policies
+  see ``C_b`` as ``view.capacity``; ``M_k``, the needs passed to ``evict`` and the memory
+  metrics are block tokens.
+* ``tau_k = d0 + d1_prefill P_k + d1_context D_k + d2 R_k`` (``R_k``: survivors with a
+  prefill chunk > 0); a
   request completes at ``T_{k+1}`` once it has generated ``o`` tokens; its TTFT is recorded
   once, in the iteration of its first token.
 * Metrics count iterations ``k >= warmup``; percentiles are exact nearest-rank (the
   ``ceil(p n)``-th smallest value).
 
-Numbers: the capacity, ``d0``, ``d1``, ``d2`` and the arrival times are rounded to their float32
+Numbers: the capacity, ``d0``, ``d1_prefill``, ``d1_context``, ``d2`` and the arrival times
+are rounded to their float32
 values (what the JAX simulator stores); time arithmetic is then done in Python floats. With
 dyadic values (``d0 = 1, d1 = 1/8``, arrivals on a grid of ``1/4``) both simulators compute the
 same times exactly.
@@ -46,7 +54,14 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from jaxsched.refpolicies.base import RefPolicy, RefResident, RefView, RefWaiting
+from jaxsched.refpolicies.base import (
+    RefPolicy,
+    RefResident,
+    RefView,
+    RefWaiting,
+    block_tokens,
+    usable_capacity,
+)
 
 if TYPE_CHECKING:  # only for annotations: any object with the same fields will do
     from jaxsched.model import SimShape
@@ -117,9 +132,11 @@ class RefSystem:
 
     capacity: float  # C
     d0: float
-    d1: float
+    d1_prefill: float  # time per prefill token
+    d1_context: float  # time per context token of a decoding request
     restart_on_evict: bool = False
     d2: float = 0.0  # time per prefilling request
+    block_size: int = 1  # tokens per KV block
 
 
 @dataclasses.dataclass
@@ -246,26 +263,43 @@ def requests_from_workload(workload: Any = None, *, arrival=None, prompt=None, o
 
 
 def ref_system(capacity=None, d0=1.0, d1=0.0, restart_on_evict=False, d2=0.0, *,
+               d1_prefill=None, d1_context=None, block_size=1,
                system: Any = None) -> RefSystem:
     """A :class:`RefSystem` from numbers, from a ``jaxsched.model.SystemParams`` or a mapping
-    (``system=``; ``d2`` may be missing: 0). Values are rounded to float32, as the JAX
-    simulator stores them."""
+    (``system=``; ``d2`` may be missing: 0; ``block_size``: 1; ``d1_prefill`` and
+    ``d1_context``: ``d1``). Values are rounded to float32, as the JAX simulator stores
+    them."""
     if system is not None:
-        get = system.get if isinstance(system, dict) else (lambda k: getattr(system, k))
+        if isinstance(system, dict):
+            get = system.get
+        else:
+            def get(k):
+                return getattr(system, k, None)
         capacity, d0, d1, restart_on_evict = (
             get("capacity"), get("d0"), get("d1"), get("restart_on_evict"))
-        d2 = system.get("d2") if isinstance(system, dict) else getattr(system, "d2", None)
+        d1_prefill, d1_context, d2, block_size = (
+            get("d1_prefill"), get("d1_context"), get("d2"), get("block_size"))
         d2 = 0.0 if d2 is None else d2
+        block_size = 1 if block_size is None else block_size
+        d1 = 0.0 if d1 is None else d1
+        restart_on_evict = False if restart_on_evict is None else restart_on_evict
     if capacity is None:
         raise ValueError("capacity is required")
-    return RefSystem(capacity=_f32(capacity), d0=_f32(d0), d1=_f32(d1),
-                     restart_on_evict=bool(np.asarray(restart_on_evict)), d2=_f32(d2))
+    block_size = int(np.asarray(block_size))
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    return RefSystem(capacity=_f32(capacity), d0=_f32(d0),
+                     d1_prefill=_f32(d1 if d1_prefill is None else d1_prefill),
+                     d1_context=_f32(d1 if d1_context is None else d1_context),
+                     restart_on_evict=bool(np.asarray(restart_on_evict)), d2=_f32(d2),
+                     block_size=block_size)
 
 
 def _as_system(system) -> RefSystem:
     if isinstance(system, RefSystem):
-        return RefSystem(_f32(system.capacity), _f32(system.d0), _f32(system.d1),
-                         bool(system.restart_on_evict), _f32(system.d2))
+        return RefSystem(_f32(system.capacity), _f32(system.d0), _f32(system.d1_prefill),
+                         _f32(system.d1_context), bool(system.restart_on_evict),
+                         _f32(system.d2), int(system.block_size))
     return ref_system(system=system)
 
 
@@ -297,7 +331,8 @@ def _admission(state: _State, shape: "SimShape", system: RefSystem, policy: RefP
     view = RefView(
         time=state.time,
         iteration=state.iteration,
-        capacity=system.capacity,
+        capacity=usable_capacity(system.capacity, system.block_size),
+        block_size=system.block_size,
         num_waiting=len(waiting),
         queue=[RefWaiting(index=r.index, prompt=r.prompt, output=r.output,
                           kept=state.kept[r.index], cls=r.cls, arrival=r.arrival)
@@ -318,7 +353,7 @@ def _admission(state: _State, shape: "SimShape", system: RefSystem, policy: RefP
 
 def _plan(state: _State, policy: RefPolicy, view: RefView):
     """Phase 3: per resident, whether it runs, its prefill chunk and whether it generates a
-    token; and its memory need ``cached + chunk + token``."""
+    token; and its memory need ``cached + chunk + token`` rounded up to whole blocks."""
     plan = list(policy.plan(view))
     if len(plan) != len(state.residents):
         raise ValueError(f"plan returned {len(plan)} entries for {len(state.residents)} residents")
@@ -332,15 +367,15 @@ def _plan(state: _State, policy: RefPolicy, view: RefView):
         runs.append(run)
         chunks.append(chunk)
         tokens.append(token)
-        needs.append(x.cached + chunk + int(token))
+        needs.append(block_tokens(x.cached + chunk + int(token), view.block_size))
     return runs, chunks, tokens, needs
 
 
 def _memory(state: _State, system: RefSystem, policy: RefPolicy, view: RefView,
             needs: list[int]) -> tuple[bool, list[bool]]:
     """Phase 4: overflow flag and evictions (the policy's, then newest-admitted first while
-    the memory still exceeds C)."""
-    excess = sum(needs) - system.capacity
+    the memory still exceeds C_b)."""
+    excess = sum(needs) - view.capacity
     view.excess = excess
     chosen = list(policy.evict(view, list(needs)))
     if len(chosen) != len(state.residents):
@@ -371,7 +406,8 @@ def _execution(state: _State, system: RefSystem, runs, chunks, tokens, needs, ev
             context += x.cached
         decode += int(token)
         memory += need
-    tau = system.d0 + system.d1 * (prefill + context) + system.d2 * prefilling
+    tau = (system.d0 + system.d1_prefill * prefill + system.d1_context * context
+           + system.d2 * prefilling)
     return dict(prefill=prefill, context=context, decode=decode, memory=memory, tau=tau)
 
 

@@ -218,7 +218,7 @@ def _policy_study(name: str, out: Path, scale: float, say: Callable[[str], None]
         traces[c.label] = (res.trace.time[0], res.trace.memory[0], res.latency_hist.sum(axis=0))
     plt = _pyplot()
     fig, (ax_mem, ax_cdf) = plt.subplots(1, 2, figsize=(13, 4.5))
-    lo = float(histogram_floor(base.d0, base.d1))
+    lo = float(histogram_floor(base.d0, min(base.d1_prefill, base.d1_context)))
     for label, (t, mem, hist) in traces.items():
         ax_mem.plot(t, mem, lw=0.8, label=label)
         x, y = histogram_cdf(hist, lo)

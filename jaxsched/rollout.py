@@ -121,7 +121,8 @@ def collect(carry, arrived_offset=0, lost=None) -> Final:
 def finalize(params: SimParams, final: Final, record_trace: bool) -> RolloutResult:
     """The metrics (:func:`jaxsched.metrics.finalize`) and final counters; no trace (the
     caller attaches it), the latency histogram when ``record_trace``."""
-    lo = M.histogram_floor(params.system.d0, params.system.d1)
+    lo = M.histogram_floor(params.system.d0, jnp.minimum(
+        params.system.d1_prefill, params.system.d1_context))
     return RolloutResult(
         metrics=M.finalize(final.acc, final.waiting, params.system.capacity, lo),
         trace=None,

@@ -33,6 +33,7 @@ from jaxsched.model import (
     SlotState,
     SystemParams,
     Workload,
+    usable_capacity,
 )
 from jaxsched.policies.base import (
     Policy,
@@ -222,14 +223,16 @@ def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
         arrival=workload.arrival[j],
     )
     no_new = jnp.zeros((b,), bool)
+    capacity = usable_capacity(sysp.capacity, sysp.block_size)  # C_b, whole blocks
     view = SchedView(
         time=t0,
         iteration=state.iteration,
-        capacity=sysp.capacity,
+        capacity=capacity,
         num_waiting=num_waiting,
         queue=queue,
         slots=_slot_view(slots, no_new),
         excess=jnp.zeros((), jnp.float32),
+        block_size=sysp.block_size,
     )
     admit_out, pstate = policy.admit(k_admit, pp, pstate, view)
     admit, margin = decision_parts(admit_out)
@@ -267,10 +270,11 @@ def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
     view = view.replace(slots=_slot_view(slots, is_new))
     plan = policy.plan(k_plan, pp, pstate, view)
     run, chunk, token, need, pending = plan_execution(
-        plan.run, plan.chunk, valid, slots.prompt, slots.generated, slots.cached)
+        plan.run, plan.chunk, valid, slots.prompt, slots.generated, slots.cached,
+        sysp.block_size)
 
-    # 4. Memory: overflow -> the policy evicts, then newest-first until it fits.
-    excess = jnp.sum(need).astype(jnp.float32) - sysp.capacity
+    # 4. Memory (block tokens): overflow -> the policy evicts, then newest-first until it fits.
+    excess = jnp.sum(need).astype(jnp.float32) - capacity
     overflow = excess > 0
     evict, pstate = policy.evict(k_evict, pp, pstate, view.replace(excess=excess), need)
     evict = evict_to_fit(evict, need, valid, excess)
@@ -291,7 +295,8 @@ def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
         def weigh(mask, x=1.0):
             return jnp.sum(jnp.where(mask, mass * x, 0.0))
 
-        tau = (sysp.d0 + sysp.d1 * (weigh(survive, chunk) + weigh(decoding, slots.cached))
+        tau = (sysp.d0 + sysp.d1_prefill * weigh(survive, chunk)
+               + sysp.d1_context * weigh(decoding, slots.cached)
                + sysp.d2 * weigh(survive & (chunk > 0)))
         memory_w = weigh(survive, need)
         total = weigh(valid, need)
@@ -300,7 +305,7 @@ def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
         # Memory is whole tokens: the hard events (M > C, newer memory < M - C) switch at
         # integers, so the soft ones are centred half a token past them (exact in the limit
         # unless C is a half-integer).
-        excess_w = total - sysp.capacity
+        excess_w = total - capacity
         soft = jax.nn.sigmoid((excess_w - 0.5) / (temp * scale))
         # Evictions: newest first, slot i goes iff the memory newer than it is short of the
         # excess; soft, each resident's gate sigmoid((excess - newer_i - 1/2) / (T need_i)).
@@ -320,7 +325,8 @@ def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
                             + (recomputed_w - jax.lax.stop_gradient(recomputed_w)))
         overflow_w = soft
     else:
-        tau = (sysp.d0 + sysp.d1 * (prefill_tokens + context_tokens).astype(jnp.float32)
+        tau = (sysp.d0 + sysp.d1_prefill * prefill_tokens.astype(jnp.float32)
+               + sysp.d1_context * context_tokens.astype(jnp.float32)
                + sysp.d2 * jnp.sum(chunk > 0).astype(jnp.float32))
     t1 = t0 + tau
     generated = slots.generated + token
@@ -366,7 +372,7 @@ def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
 
     # Accumulators (iterations k >= warmup).
     on = state.iteration >= shape.warmup
-    lo = M.histogram_floor(sysp.d0, sysp.d1)
+    lo = M.histogram_floor(sysp.d0, jnp.minimum(sysp.d1_prefill, sysp.d1_context))
     bins = jnp.where(done & on, M.bin_index(latency, lo), M.NUM_BINS)
     tbins = jnp.where(first_now & on, M.bin_index(latency, lo), M.NUM_BINS)
     if relaxed:  # mass-weighted counts (RELAX_MODES)

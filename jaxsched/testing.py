@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import functools
 import math
+import os
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -49,6 +50,8 @@ from jaxsched.reference import (
 
 __all__ = [
     "HYPOTHESIS_SETTINGS",
+    "LONG_PROFILE",
+    "property_settings",
     "COUNT_METRICS",
     "MEAN_METRICS",
     "PERCENTILE_METRICS",
@@ -69,6 +72,7 @@ __all__ = [
     "jax_states",
     "workloads",
     "systems",
+    "BLOCK_SIZES",
     "small_tuning_config",
     "assert_same_rollout",
 ]
@@ -107,6 +111,22 @@ HYPOTHESIS_SETTINGS = _hypothesis_settings()
 """Base ``hypothesis.settings`` for simulator tests: no deadline, derandomized, no example
 database, no explain phase (pass it as the parent of ``settings(...)`` and set
 ``max_examples``; add ``phases=...`` without ``Phase.shrink`` for faster failures)."""
+
+LONG_PROFILE = "long"
+"""The hypothesis profile ``tests/conftest.py`` registers for long runs
+(``HYPOTHESIS_PROFILE=long``): :data:`HYPOTHESIS_SETTINGS`, random instead of derandomized,
+``HYPOTHESIS_MAX_EXAMPLES`` examples (default 2000) per test."""
+
+
+def property_settings(max_examples: int):
+    """The settings of a property test: :data:`HYPOTHESIS_SETTINGS` with ``max_examples``
+    (the same few examples on every run), or the :data:`LONG_PROFILE` profile when the
+    environment selects it (``HYPOTHESIS_PROFILE=long``)."""
+    import hypothesis
+
+    if os.environ.get("HYPOTHESIS_PROFILE") == LONG_PROFILE:
+        return hypothesis.settings.get_profile(LONG_PROFILE)
+    return hypothesis.settings(HYPOTHESIS_SETTINGS, max_examples=max_examples)
 
 
 def small_shape(max_batch: int = 4, queue_size: int = 8, horizon: int = 32,
@@ -151,9 +171,9 @@ def stack(items: Sequence[Any]):
 
 
 def as_system(system: Any) -> SystemParams:
-    """A :class:`SystemParams` from one, from a mapping with keys capacity, d0, d1, d2,
-    restart_on_evict (missing: ``d0=1, d1=0, d2=0, restart_on_evict=False``), or a number (the
-    capacity, slotted)."""
+    """A :class:`SystemParams` from one, from a mapping with keys capacity, d0, d1 (or
+    d1_prefill, d1_context), d2, block_size, restart_on_evict (missing: ``d0=1, d1=0, d2=0,
+    block_size=1, restart_on_evict=False``), or a number (the capacity, slotted)."""
     if isinstance(system, SystemParams):
         return system
     if isinstance(system, Mapping):
@@ -422,23 +442,31 @@ def workloads(n: int = 24, num_classes: int = 2, max_prompt: int = 6, max_output
     return build()
 
 
+BLOCK_SIZES = (1, 2, 4)
+"""The block sizes :func:`systems` draws from (1: the token model)."""
+
+
 def systems(capacity: tuple[int, int] = (6, 40), slotted: bool | None = None,
-            restart_on_evict: bool | None = None):
-    """Hypothesis strategy: a dict (capacity, d0, d1, d2, restart_on_evict) for
-    :func:`as_system`. ``slotted=True`` gives ``d0=1, d1=0, d2=0``; ``False`` dyadic ``d0`` in
-    {1/2, 1, 2}, ``d1`` in {1/16, 1/8, 1/4} and ``d2`` (time per prefilling request) in
-    {0, 1/8, 1/2}; ``None`` either. Integer capacity in the given range."""
+            restart_on_evict: bool | None = None, block_sizes: Sequence[int] = BLOCK_SIZES):
+    """Hypothesis strategy: a dict (capacity, d0, d1_prefill, d1_context, d2, block_size,
+    restart_on_evict) for :func:`as_system`. ``slotted=True`` gives ``d0=1``, both ``d1 = 0``,
+    ``d2=0``; ``False`` dyadic ``d0`` in {1/2, 1, 2}, ``d1_prefill`` and ``d1_context`` each in
+    {1/16, 1/8, 1/4} (equal or not) and ``d2`` (time per prefilling request) in
+    {0, 1/8, 1/2}; ``None`` either. Integer capacity in the given range; ``block_size`` from
+    ``block_sizes``."""
     from hypothesis import strategies as st
 
     restart = st.booleans() if restart_on_evict is None else st.just(bool(restart_on_evict))
-    slot = st.just((1.0, 0.0, 0.0))
-    timed = st.tuples(st.sampled_from([0.5, 1.0, 2.0]), st.sampled_from([0.0625, 0.125, 0.25]),
+    slot = st.just((1.0, 0.0, 0.0, 0.0))
+    coef = st.sampled_from([0.0625, 0.125, 0.25])
+    timed = st.tuples(st.sampled_from([0.5, 1.0, 2.0]), coef, coef,
                       st.sampled_from([0.0, 0.125, 0.5]))
     timing = {True: slot, False: timed, None: st.one_of(slot, timed)}[slotted]
     return st.builds(
-        lambda c, t, r: {"capacity": float(c), "d0": t[0], "d1": t[1], "d2": t[2],
-                         "restart_on_evict": r},
-        st.integers(*capacity), timing, restart)
+        lambda c, t, r, bs: {"capacity": float(c), "d0": t[0], "d1_prefill": t[1],
+                             "d1_context": t[2], "d2": t[3], "block_size": bs,
+                             "restart_on_evict": r},
+        st.integers(*capacity), timing, restart, st.sampled_from(tuple(block_sizes)))
 
 
 def small_tuning_config(tune: str = "", horizon: int = 120, workloads: int = 3,

@@ -23,7 +23,13 @@ Three families, each cited by paper and section as in ``PAPERS.md``:
 Iteration time: these take the papers' ``tau = d0 + d1 (P + D)`` (``d0, d1`` only). The
 simulator's per-prefilling-request term ``d2 R`` (:mod:`jaxsched.model`) is outside the
 papers' model and not in any bound here; with ``d2 > 0`` the theory describes a system whose
-iterations are faster than the simulated ones.
+iterations are faster than the simulated ones. The simulator's split coefficients
+``d1_prefill``, ``d1_context`` are the papers' ``d1`` when equal; when they differ no formula
+here separates them (the WAIT fluid model charges ``d1`` on the memory ``M``, prefill and
+context tokens alike), so there is no ``d1`` to pass: ``jaxsched.config.Config.d1`` and the
+WAIT policies' threshold fits refuse such a system in one line and ask for ``system.d1``
+(no reduction is made silently; ``d1 = d1_context`` would price prefills at a context token's
+cost, ``d1 = d1_prefill`` decodes at a prefill token's).
 
 Conventions
 -----------

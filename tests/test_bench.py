@@ -21,7 +21,8 @@ from jaxsched.reference import reference_for, simulate_reference
     [],  # the setting, shortened: overflows and evicts newest first from iteration 3
     ["system.restart_on_evict=true", "system.max_batch=40", "system.queue_size=8",
      "system.capacity=3000"],
-    ["system.d1=0.001", "system.d2=0.5", "system.capacity=5000"],
+    ["system.d1_prefill=0.002", "system.d1_context=0.001", "system.d2=0.5",
+     "system.capacity=5000"],
 ])
 def test_tight_loop_completes_what_the_reference_does_at_the_same_time(overrides):
     cfg = load_config("tight-greedy", ["workload.horizon=300", "workload.warmup=50",
@@ -35,8 +36,8 @@ def test_tight_loop_completes_what_the_reference_does_at_the_same_time(overrides
     s = exp.params.system
     done, end = tight_greedy(one.prompt[one.valid].tolist(), one.output[one.valid].tolist(),
                              float(s.capacity), exp.shape.max_batch, exp.shape.queue_size,
-                             exp.shape.horizon, float(s.d0), float(s.d1), float(s.d2),
-                             bool(s.restart_on_evict))
+                             exp.shape.horizon, float(s.d0), float(s.d1_prefill),
+                             float(s.d1_context), float(s.d2), bool(s.restart_on_evict))
     last = ref.trajectory[-1]
     assert done == last.num_completed > 0
     assert end == pytest.approx(last.time + last.duration, rel=1e-9)

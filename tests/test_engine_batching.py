@@ -85,17 +85,27 @@ WORKLOAD = [(0, 5, 6), (0, 12, 4), (0, 3, 9), (1, 9, 5), (2, 7, 7), (2, 14, 3), 
             (5, 10, 6), (6, 6, 5), (8, 3, 10)]
 
 
-@pytest.mark.parametrize("policy", ["greedy", "vllm", "flow_control"])
-def test_engine_trace_equals_simulator(policy):
+@pytest.mark.parametrize("policy,memory", [("greedy", "tokens"), ("vllm", "tokens"),
+                                           ("flow_control", "tokens"), ("greedy", "blocks"),
+                                           ("vllm", "blocks")])
+def test_engine_trace_equals_simulator(policy, memory):
+    # memory = "blocks": the engine's policy counts its cache's 4-token blocks, and so does the
+    # simulator with [system] block_size = 4 (capacity_tokens 40: 10 blocks)
     horizon = 40
     wl = jt.make_workload(WORKLOAD)
     params = POLICY_PARAMS.get(policy, {})
-    engine = Engine(engine_cfg=SMALL, params=tiny_params(), policy=policy, policy_params=params)
+    ec = dataclasses.replace(SMALL, memory=memory)
+    engine = Engine(engine_cfg=ec, params=tiny_params(), policy=policy, policy_params=params)
     records, reqs = engine_trace(engine, wl, horizon)
     shape = jt.small_shape(max_batch=SMALL.max_batch, queue_size=SMALL.queue_size,
                            horizon=horizon, num_classes=1)
+    system = {"capacity": ec.capacity, "block_size": ec.memory_block_size}
     with jt.fast_compile():
-        run = jt.run_jax(policy, shape, wl, SMALL.capacity, params=params)
+        run = jt.run_jax(policy, shape, wl, system, params=params)
+    if memory == "blocks":
+        assert ec.capacity == 40 and ec.memory_block_size == 4
+        assert all(r["memory"] % 4 == 0 for r in records)
+        assert all(r.blocks_used * 4 == r.memory for r in engine.records)  # exact accounting
     for k in range(horizon):
         expected = {f: run.trajectory[k][f] for f in SIM_FIELDS}
         assert records[k] == expected, f"iteration {k}"
@@ -143,6 +153,16 @@ def test_stop_sequences_eos_and_max_tokens():
     engine.tokenizer.eos_id = first
     out = engine.generate([prompt], SamplingParams(max_tokens=5))[0]
     assert out.finish_reason == "stop" and out.token_ids == () and out.text == ""
+
+
+def test_block_memory_capacity_counts_every_block():
+    # tokens: (40 - 4) blocks x 4 = 144 (one block per slot held back); blocks: 40 x 4 = 160
+    assert TEST_ENGINE.capacity == 144 and TEST_ENGINE.memory_block_size == 1
+    blocks = dataclasses.replace(TEST_ENGINE, memory="blocks")
+    assert blocks.capacity == 160 and blocks.memory_block_size == 4
+    assert dataclasses.replace(blocks, capacity_tokens=41).capacity == 40  # whole blocks
+    with pytest.raises(JaxschedError, match="engine.memory must be one of tokens, blocks"):
+        dataclasses.replace(TEST_ENGINE, memory="pages")
 
 
 def test_request_validation():

@@ -40,21 +40,25 @@ def profile(tmp_path_factory):
 def test_calibrate_writes_profile(profile, tmp_path, capsys):
     data = tomllib.loads(profile.read_text())
     system = data["system"]
-    for key in ("name", "model", "device", "capacity", "d0", "d1", "d2", "fit_rms",
-                "fit_rel_error", "samples"):
+    for key in ("name", "model", "device", "capacity", "d0", "d1_prefill", "d1_context", "d2",
+                "fit_rms", "fit_rel_error", "samples"):
         assert key in system, key
+    assert "d1" not in system and "block_size" not in system  # token memory: the default
     assert system["capacity"] == 1024  # the default EngineConfig's C
-    assert system["d0"] >= 0 and system["d1"] >= 0 and system["d2"] >= 0
+    assert min(system["d0"], system["d1_prefill"], system["d1_context"], system["d2"]) >= 0
     assert system["fit_rms"] >= 0 and system["samples"] >= 2
     assert data["engine"]["max_batch"] == 8
-    cal = data["calibration"]  # how it was measured, and the prefill/context evidence fit
+    cal = data["calibration"]  # how it was measured, and the single-d1 comparison fits
     assert cal["timer"] == "cpu" and cal["probe_reference_s"] > 0  # --probe
-    for key in ("mean_abs_rel_error", "overhead_s", "prefill_context_d0", "prefill_context_dp",
-                "prefill_context_dc", "prefill_context_rel_error", "without_d2_d0",
-                "without_d2_d1", "without_d2_rel_error", "without_d2_mean_abs_rel_error"):
+    for key in ("mean_abs_rel_error", "overhead_s", "single_d1_d0", "single_d1_d1",
+                "single_d1_d2", "single_d1_rel_error", "single_d1_mean_abs_rel_error",
+                "without_d2_d0", "without_d2_d1", "without_d2_rel_error",
+                "without_d2_mean_abs_rel_error"):
         assert key in cal, key
-    # The fit with d2 includes the one without (d2 = 0): its error is never larger.
-    assert system["fit_rel_error"] <= cal["without_d2_rel_error"] + 1e-12
+    # The split fit includes the single-d1 one (d1_prefill = d1_context), which includes the
+    # one without d2: each error is never larger than the next.
+    assert system["fit_rel_error"] <= cal["single_d1_rel_error"] + 1e-12
+    assert cal["single_d1_rel_error"] <= cal["without_d2_rel_error"] + 1e-12
 
     # A config includes it and simulate runs with it.
     cfg = tmp_path / "cfg.toml"
@@ -72,8 +76,9 @@ def test_calibrate_writes_profile(profile, tmp_path, capsys):
     from jaxsched.config import load_config
 
     loaded = load_config(cfg)
-    assert loaded.capacity == 1024 and loaded.d1 == pytest.approx(system["d1"])
-    assert loaded.d2 == pytest.approx(system["d2"])
+    assert loaded.capacity == 1024 and loaded.d2 == pytest.approx(system["d2"])
+    assert loaded.d1_prefill == pytest.approx(system["d1_prefill"])
+    assert loaded.d1_context == pytest.approx(system["d1_context"])
 
 
 def test_fit_tau_recovers_d2_and_keeps_coefficients_non_negative():
@@ -93,12 +98,32 @@ def test_fit_tau_recovers_d2_and_keeps_coefficients_non_negative():
     assert d2 == 0.0 and d0 >= 0 and d1 >= 0
 
 
+def test_fit_split_tau_recovers_prefill_and_context_coefficients():
+    from jaxsched.engine.calibrate import fit_split_tau, fit_tau
+
+    rng = np.random.default_rng(1)
+    prefill = rng.integers(0, 300, 300).astype(float) * (rng.random(300) < 0.3)
+    context = rng.integers(0, 3000, 300).astype(float)
+    reqs = (prefill > 0) * rng.integers(1, 4, 300).astype(float)
+    # A100-like: a prefill token 200x a context token
+    times = 4e-3 + 6e-5 * prefill + 3e-7 * context + 1e-3 * reqs
+    d0, dp, dc, d2, rms, rel, _ = fit_split_tau(prefill, context, times, reqs)
+    assert (d0, dp, dc, d2) == pytest.approx((4e-3, 6e-5, 3e-7, 1e-3), rel=1e-7)
+    assert rms < 1e-12
+    single = fit_tau(prefill + context, times, reqs)
+    assert single[4] > 0.05  # one d1 for both cannot follow these times
+    # a negative unconstrained coefficient is clipped to 0
+    d0, dp, dc, d2, *_ = fit_split_tau(prefill, context, 4e-3 + 6e-5 * prefill - 1e-8 * context)
+    assert dc == 0.0 and d2 == 0.0 and dp > 0
+
+
 def test_calibrate_table_reports_fit_error(tmp_path, capsys):
     out = tmp_path / "p.toml"
     assert main(["calibrate", "--out", str(out), "--batches", "2", "--prompts", "8",
                  "--output-len", "3"]) == 0
     text = capsys.readouterr().out
-    assert "fit error" in text and "RMS" in text and "d1 =" in text
+    assert "fit error" in text and "RMS" in text and "d1_prefill =" in text
+    assert "d1_context =" in text and "one d1 for both kinds" in text
     assert out.is_file()
 
 

@@ -7,8 +7,6 @@ import asyncio
 import dataclasses
 import json
 import random
-import socket
-import threading
 import time
 
 import httpx
@@ -17,7 +15,7 @@ from starlette.testclient import TestClient
 
 from jaxsched.engine import Engine, SamplingParams
 from jaxsched.engine.server import create_app
-from jaxsched.engine.testing import TEST_ENGINE, solo_outputs, tiny_params
+from jaxsched.engine.testing import TEST_ENGINE, LoopbackServer, solo_outputs, tiny_params
 from jaxsched.engine.tokenizer import ByteTokenizer
 
 
@@ -133,35 +131,6 @@ def test_health_and_metrics(served):
 # ------------------------------------------------------------------------------ load test
 
 
-class _Server:
-    """uvicorn on a loopback socket in a thread."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", lifespan="on",
-                                timeout_graceful_shutdown=5)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
-        self.sock.close()
-
-
 def test_load_64_concurrent_clients():
     rng = random.Random(7)
     words = "the quick brown fox jumps over a lazy dog while caches fill up".split()
@@ -196,7 +165,7 @@ def test_load_64_concurrent_clients():
             return await asyncio.wait_for(
                 asyncio.gather(*(one(client, b) for b in jobs)), timeout=180)
 
-    with _Server(app) as base:
+    with LoopbackServer(app) as base:
         t0 = time.monotonic()
         results = asyncio.run(run_all(base))
         elapsed = time.monotonic() - t0

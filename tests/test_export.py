@@ -49,7 +49,8 @@ def test_export_load_validate_round_trip(tuned, exported):
     assert data["tuning"]["trial"] == best.number and data["tuning"]["sampler"] == "tpe"
     assert data["policy"] == {"name": "flow_control", "options": {},
                               "params": {"budget": best.params["budget"]}}
-    assert data["system"] == {"capacity": 600.0, "d0": 1.0, "d1": 0.0, "d2": 0.0, "max_batch": 24,
+    assert data["system"] == {"capacity": 600.0, "d0": 1.0, "d1": 0.0, "d1_prefill": 0.0,
+                              "d1_context": 0.0, "d2": 0.0, "block_size": 1, "max_batch": 24,
                               "queue_size": 8, "restart_on_evict": False, "num_classes": 2,
                               "hardware": None}
     assert data["workload"]["fingerprint"] == job.workload_fingerprint
@@ -104,6 +105,38 @@ def test_d2_is_recorded_and_optional(tmp_path, exported):
     jsonschema.validate(older, json.loads(ex.SCHEMA_PATH.read_text()))
     _, _, doc = ex.load_policy(_write(tmp_path, _edit(data, "system.d2", 0.25), "d2.json"))
     assert doc.system.d2 == 0.25 and ex.document_config(doc).d2 == 0.25
+
+
+def test_blocks_and_split_coefficients_are_recorded_and_optional(tmp_path, exported):
+    # Files written before block_size, d1_prefill and d1_context existed (only d1) load with
+    # blocks of one token and d1 for both coefficients, and validate against the schema.
+    _, data = exported
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(ex.SCHEMA_PATH.read_text())
+    older = data
+    for key in ("system.block_size", "system.d1_prefill", "system.d1_context"):
+        older = _edit(older, key, delete=True)
+    older = _edit(older, "system.d1", 0.125)
+    path = _write(tmp_path, older, "older.json")
+    _, _, doc = ex.load_policy(path)
+    assert doc.system.block_size == 1 and doc.system.coefficients == (0.125, 0.125)
+    cfg = ex.document_config(doc)
+    assert (cfg.block_size, cfg.d1_prefill, cfg.d1_context) == (1, 0.125, 0.125)
+    jsonschema.validate(older, schema)
+    # split coefficients and blocks round-trip (no d1: the theory's single value is absent)
+    split = _edit(_edit(_edit(_edit(data, "system.d1", delete=True), "system.d1_prefill", 0.5),
+                        "system.d1_context", 0.0625), "system.block_size", 4)
+    jsonschema.validate(split, schema)
+    _, _, doc = ex.load_policy(_write(tmp_path, split, "split.json"))
+    cfg = ex.document_config(doc)
+    assert (cfg.block_size, cfg.d1_prefill, cfg.d1_context) == (4, 0.5, 0.0625)
+    snap = ex.config_snapshot(cfg)["system"]
+    assert "d1" not in snap and snap["block_size"] == 4 and snap["d1_prefill"] == 0.5
+    # d1 with a split coefficient that differs is refused in one line
+    bad = _write(tmp_path, _edit(split, "system.d1", 0.5), "bad-d1.json")
+    with pytest.raises(JaxschedError, match=r"d1_context = 0.0625 differs from d1 = 0.5") as e:
+        ex.load_policy(bad)
+    assert "\n" not in str(e.value)
 
 
 def _write(tmp_path, data, name="bad.json") -> Path:
@@ -223,6 +256,12 @@ def _doc(name, params, options=None, **system):
     metrics = {k: 1.0 for k in ex.REQUIRED_METRICS}
     return ex.policy_document(snapshot, params, metrics, source="t.toml", hardware=None,
                               fingerprint="sha256:" + "0" * 64)
+
+
+def test_vllm_flags_keep_the_tuned_block_size():
+    # tuned with blocks of 32 tokens: vLLM gets the same blocks, floor(16492 / 32) = 515
+    v = ex.server_config(_doc("vllm", {"max_num_seqs": 96}, block_size=32), "vllm")
+    assert v.flags["--block-size"] == 32 and v.flags["--num-gpu-blocks-override"] == 515
 
 
 def test_server_flags_and_notes():

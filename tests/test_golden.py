@@ -5,7 +5,8 @@ Each expected row lists, for iteration k, the StepOutput fields in this order:
     (time, duration, memory, admitted, evicted, completed, overflow, arrived,
      num_waiting, num_resident, num_completed, prefill, decode, context, discarded)
 Requests are written (arrival, prompt, output); "s" is the number of generated tokens, the
-need of a resident is cached + prefill chunk + new token.
+need of a resident is cached + prefill chunk + new token ([t]_b: rounded up to whole blocks of
+b tokens when the system has a block size).
 """
 
 from __future__ import annotations
@@ -276,3 +277,45 @@ def test_window_shows_the_first_waiting_requests_after_many_completions():
     assert traj[9]["evicted"] == 1 and traj[9]["discarded_tokens"] == 9
     assert traj[10]["num_waiting"] == 6 and traj[10]["completed"] == 1
     assert run.metrics["recomputed_tokens"] == 10.0
+
+
+def test_block_memory_rounds_every_resident_up_to_whole_blocks():
+    # greedy, C = 13 in blocks of 4: C_b = 12 usable tokens (3 whole blocks); split iteration
+    # time d0 = 1, d1_prefill = 1/2, d1_context = 1/8. A(0,3,3), B(0,3,3), C(0,3,2).
+    # k=0 T=0: each needs [3 + 0 + 1]_4 = 4: 4 + 4 + 4 = 12 <= 12, all admitted. P = 9:
+    #   tau = 1 + 9/2 = 5.5. s=1, cached 4 each; TTFT 5.5 each.
+    # k=1 T=5.5: each needs 4 + 1 = 5 tokens -> 8 (a second block): M = 24 > 12, excess 12:
+    #   evict C (newest, frees 8 < 12 short) and B (8 + 8 >= 12); the token model (need 5 each,
+    #   excess 15 - 13 = 2) would evict C alone. recomputed += 4 + 4; B, C keep 1 token.
+    #   A decodes, context 4: tau = 1 + 4/8 = 1.5 -> T=7. Memory 8.
+    # k=2 T=7: free 12 - [3 + 2 + 1]_4 = 4; B needs [3 + 1 + 1]_4 = 8: blocked, and C behind it.
+    #   A decodes (need [6]_4 = 8, context 5): tau = 1.625 -> T=8.625; A completes (8.625).
+    # k=3 T=8.625: B admitted (8 <= 12; C's 8 does not fit in the 4 left); it prefills 3 + 1
+    #   and generates (need [5]_4 = 8): P = 4, tau = 3 -> T=11.625.
+    # k=4 T=11.625: free 12 - [6]_4 = 4 < 8, C waits; B decodes (context 5): tau = 1.625 ->
+    #   T=13.25; B completes (13.25).
+    # k=5 T=13.25: C admitted, prefills 4, generates its 2nd token: tau 3 -> T=16.25, completes.
+    # k=6..11: idle.
+    wl = jt.make_workload([(0, 3, 3), (0, 3, 3), (0, 3, 2)], n=N)
+    rows = [
+        (0.0, 5.5, 12, 3, 0, 0, False, 3, 0, 3, 0, 9, 3, 0, 0),
+        (5.5, 1.5, 8, 0, 2, 0, True, 3, 2, 1, 0, 0, 1, 4, 0),
+        (7.0, 1.625, 8, 0, 0, 1, False, 3, 2, 0, 1, 0, 1, 5, 0),
+        (8.625, 3.0, 8, 1, 0, 0, False, 3, 1, 1, 1, 4, 1, 0, 0),
+        (11.625, 1.625, 8, 0, 0, 1, False, 3, 1, 0, 2, 0, 1, 5, 0),
+        (13.25, 3.0, 8, 1, 0, 1, False, 3, 0, 0, 3, 4, 1, 0, 0),
+    ] + idle(range(6, 12), arrived=3, completed=3, t0=16.25)
+    system = {"capacity": 13.0, "d0": 1.0, "d1_prefill": 0.5, "d1_context": 0.125,
+              "block_size": 4}
+    run, ref = jt.run_both("greedy", SHAPE, wl, system)
+    check(rows, run, ref)
+    expected = {
+        "latency_mean": (8.625 + 13.25 + 16.25) / 3, "ttft_mean": 5.5,
+        "completed_per_time": 3 / 22.25, "recomputed_tokens": 8.0, "evictions": 2.0,
+        "peak_memory": 12.0,
+    }
+    check_metrics(ref.metrics, expected, pct_rtol=0.0)
+    check_metrics(run.metrics, expected)
+    # The same system in tokens (block_size 1): needs 5 each at k=1, only C is evicted.
+    _, tokens = jt.run_both("greedy", SHAPE, wl, {**system, "block_size": 1})
+    assert (tokens.trajectory[1].evicted, tokens.trajectory[1].memory) == (1, 10)

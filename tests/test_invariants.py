@@ -1,9 +1,10 @@
 """Properties of the JAX simulator's trajectories on random workloads (hypothesis).
 
-* Per iteration, for every registered policy (its default options): arrived = completed +
-  waiting + resident; memory <= C; at most max_batch residents; an overflow evicts someone;
-  the clock advances by tau = d0 + d1 (P + D); the cumulative counters and the metrics agree
-  with the trace.
+* Per iteration, for every registered policy (its default options), with block sizes 1, 2
+  and 4 drawn: arrived = completed + waiting + resident; memory <= C_b (the whole blocks in
+  C) and a multiple of the block size; at most max_batch residents; an overflow evicts
+  someone; the clock advances by tau = d0 + d1_prefill P + d1_context D + d2 R; the
+  cumulative counters and the metrics agree with the trace.
 * From the state after every iteration (scanning ``jaxsched.sim.step``): the tokens
   generated add up (decoded = outputs of the completed + progress of the residents + tokens
   kept by waiting requests + tokens discarded by restarts); a request completes exactly in the
@@ -45,21 +46,27 @@ def _column(run, field):
 
 @pytest.mark.parametrize("name", list_policies())
 def test_trace_invariants(name):
-    @hypothesis.settings(jt.HYPOTHESIS_SETTINGS, max_examples=10)
+    @hypothesis.settings(jt.property_settings(10))
     @hypothesis.given(workload=WORKLOADS, system=SYSTEMS)
     def check(workload, system):
         run = jt.run_jax(name, SHAPE, workload, system)
         col = lambda f: _column(run, f)  # noqa: E731
-        cap, d0, d1, d2 = system["capacity"], system["d0"], system["d1"], system.get("d2", 0.0)
+        d0, d1p, d1c, d2 = (system["d0"], system["d1_prefill"], system["d1_context"],
+                            system.get("d2", 0.0))
+        bs = system["block_size"]
+        cap = bs * math.floor(system["capacity"] / bs)  # C_b: the whole blocks in C
         np.testing.assert_array_equal(
             col("arrived"), col("num_completed") + col("num_waiting") + col("num_resident"))
         assert np.all(col("memory") <= cap), (col("memory"), cap)
+        assert np.all(col("memory") % bs == 0)  # every resident holds whole blocks
         assert np.all(col("num_resident") <= SHAPE.max_batch)
         assert np.all(col("evicted")[col("overflow")] >= 1)
         np.testing.assert_array_equal(col("num_completed"), np.cumsum(col("completed")))
         assert np.all(np.diff(col("arrived")) >= 0)
-        # tau = d0 + d1 (P + D) + d2 R: R prefilling requests, >= 1 iff P > 0, <= max_batch.
-        extra = col("duration") - (d0 + d1 * (col("prefill_tokens") + col("context_tokens")))
+        # tau = d0 + d1_prefill P + d1_context D + d2 R: R prefilling requests, >= 1 iff
+        # P > 0, <= max_batch.
+        extra = col("duration") - (d0 + d1p * col("prefill_tokens")
+                                   + d1c * col("context_tokens"))
         if d2 == 0:
             np.testing.assert_allclose(extra, 0.0, atol=1e-6 * (1 + col("duration").max()))
         else:
@@ -108,7 +115,7 @@ def _state_lists(states, k):
 
 @pytest.mark.parametrize("name", STATE_POLICIES)
 def test_tokens_add_up_and_requests_complete_at_their_output(name):
-    @hypothesis.settings(jt.HYPOTHESIS_SETTINGS, max_examples=15)
+    @hypothesis.settings(jt.property_settings(15))
     @hypothesis.given(workload=WORKLOADS, system=SYSTEMS)
     def check(workload, system):
         states, trace = jt.jax_states(name, SHAPE, workload, system)
@@ -120,7 +127,10 @@ def test_tokens_add_up_and_requests_complete_at_their_output(name):
         duration = np.asarray(trace.duration)
         decoded = np.cumsum(np.asarray(trace.decode_tokens))
         discarded = np.cumsum(np.asarray(trace.discarded_tokens))
-        d0 = system["d0"]
+        d0, bs = system["d0"], system["block_size"]
+
+        def blocks(tokens):  # block tokens: bs ceil(tokens / bs)
+            return bs * -(-tokens // bs)
 
         resident_pre, taken_pre, kept_pre = {}, np.zeros(N, bool), np.zeros(N, np.int64)
         completed_pre: set[int] = set()
@@ -145,9 +155,11 @@ def test_tokens_add_up_and_requests_complete_at_their_output(name):
                      + sum(g for g, _ in resident.values())
                      + int(kept[in_queue].sum()) + int(discarded[k]))
             assert decoded[k] == total, (k, decoded[k], total)
-            # memory of the iteration = what survivors hold now + what completions freed
-            freed = sum(int(prompt[i] + output[i]) for i in new)
-            assert int(trace.memory[k]) == sum(c for _, c in resident.values()) + freed, k
+            # memory of the iteration = what survivors hold now + what completions freed,
+            # each in whole blocks
+            freed = sum(blocks(int(prompt[i] + output[i])) for i in new)
+            held = sum(blocks(c) for _, c in resident.values())
+            assert int(trace.memory[k]) == held + freed, k
             for i, (g, c) in resident.items():
                 assert 0 <= g < output[i] and c <= prompt[i] + g, (k, i, g, c)
             # waiting = arrived by T_k, neither resident nor completed
@@ -159,7 +171,7 @@ def test_tokens_add_up_and_requests_complete_at_their_output(name):
     check()
 
 
-@hypothesis.settings(jt.HYPOTHESIS_SETTINGS, max_examples=15)
+@hypothesis.settings(jt.property_settings(15))
 @hypothesis.given(outputs=st.lists(st.integers(1, 20), min_size=1, max_size=SHAPE.max_batch),
                   prompt=st.integers(1, 6))
 def test_requests_with_room_complete_exactly_after_their_output(outputs, prompt):

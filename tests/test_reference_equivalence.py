@@ -3,7 +3,9 @@ registered policy (default parameters; every eviction order where the factory ha
 ``eviction`` option) over hypothesis-generated workloads.
 
 Every example runs four systems on the same workload: restart_on_evict false and true, each
-slotted (d0=1, d1=0) and with an iteration-time model (dyadic d0, d1 > 0). A policy registered
+slotted (d0=1, d1=0) and with an iteration-time model (dyadic d0, d1_prefill, d1_context > 0,
+equal or not), each with a block size drawn from 1, 2 and 4 (memory in whole blocks). A
+policy registered
 without a twin in jaxsched/refpolicies fails here. The shape and workload length are those of
 the policy test modules, so a full run reuses their compiled simulators; XLA optimizations
 are off while this module compiles (compile time dominates; results are unchanged).

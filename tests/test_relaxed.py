@@ -4,8 +4,9 @@
   a temperature where every sigmoid saturates); at a high temperature they differ.
 * Straight-through: the forward pass is the hard simulator at every temperature.
 * Gradients with respect to a policy parameter (the flow-control budget, the vLLM watermark)
-  and system parameters (capacity, d1) are finite and match central finite differences of
-  the relaxed objective, at points where no hard decision changes within the difference step.
+  and system parameters (capacity, d1_prefill, d1_context) are finite and match central finite
+  differences of the relaxed objective, at points where no hard decision changes within the
+  difference step; with blocks of 4 tokens too (memory in block tokens).
 """
 
 from __future__ import annotations
@@ -52,11 +53,11 @@ def _workload(seed: int, n: int = 48, span: float = 24.0, offset: float = 0.0):
 
 
 def _run(policy: str, values: dict, workload, relax: str, temperature=None, *, capacity=40.0,
-         d1=0.0, horizon=40, d2=0.0):
+         d1=0.0, horizon=40, d2=0.0, **split):
     pol = get_policy(policy)
     shape = SimShape(max_batch=12, queue_size=8, horizon=horizon, num_classes=2, relax=relax)
     pp = make_params(pol, values, num_classes=2)
-    sp = sim.SimParams(system_params(capacity, 1.0, d1, True, d2), pp,
+    sp = sim.SimParams(system_params(capacity, 1.0, d1, True, d2, **split), pp,
                        None if relax == "hard" else jnp.float32(temperature))
     res = sim.simulate(pol, shape, jax.random.PRNGKey(1)[None], jt.stack([workload]), sp)
     return {k: float(np.asarray(v)[0]) for k, v in res.metrics.items()}
@@ -88,6 +89,23 @@ def test_straight_through_forward_is_hard(policy, values):
             assert st[m] == pytest.approx(hard[m], rel=1e-6, nan_ok=True), (m, temp)
 
 
+@pytest.mark.parametrize("policy,values", [CASES[0], CASES[2]])  # flow control, vLLM
+def test_block_memory_and_split_coefficients_relax_to_hard(policy, values):
+    # memory in blocks of 4 tokens (mass-weighted block tokens in the relaxed modes) and
+    # tau = d0 + d1_prefill P + d1_context D with the two coefficients apart
+    wl = _workload(0)
+    system = dict(capacity=41.0, d1_prefill=0.25, d1_context=0.0625, block_size=4)
+    hard = _run(policy, values, wl, "hard", **system)
+    tokens = _run(policy, values, wl, "hard", **{**system, "block_size": 1})
+    assert hard["evictions"] > 0 and hard["peak_memory"] % 4 == 0
+    assert hard["peak_memory"] <= 40  # C_b: the whole blocks in 41 tokens
+    assert hard != tokens, "blocks must change the trajectory"
+    for relax, temp, tol in (("relaxed", 1e-3, 1e-5), ("straight_through", 0.5, 1e-6)):
+        got = _run(policy, values, wl, relax, temp, **system)
+        for m in METRICS:
+            assert got[m] == pytest.approx(hard[m], rel=tol, nan_ok=True), (relax, m)
+
+
 def test_prefill_request_time_relaxes_to_hard():
     # tau = d0 + d1 (P + D) + d2 R: the relaxed R is the admitted mass of prefilling requests.
     policy, values = CASES[0]
@@ -110,24 +128,20 @@ def test_relaxed_mode_needs_a_known_mode():
 
 
 def _objective_fn(policy: str, values: dict, param: str, workload, *, horizon, base_capacity,
-                  base_d1, relax="relaxed", temperature=0.5, remat=None):
+                  base_d1, relax="relaxed", temperature=0.5, block_size=1, remat=None):
     """f(x): a mix of mass-weighted metrics, as a function of one parameter ``param``
-    (a policy parameter name, or ``capacity`` / ``d1``)."""
+    (a policy parameter name, or ``capacity`` / ``d1_prefill`` / ``d1_context``)."""
     pol = get_policy(policy)
     shape = SimShape(max_batch=12, queue_size=8, horizon=horizon, num_classes=2, relax=relax)
     pp0 = make_params(pol, values, num_classes=2)
 
     def f(x):
         pp = dict(pp0)
-        cap, d1 = jnp.float32(base_capacity), jnp.float32(base_d1)
-        if param == "capacity":
-            cap = x
-        elif param == "d1":
-            d1 = x
+        system = system_params(base_capacity, 1.0, base_d1, True, block_size=block_size)
+        if param in ("capacity", "d1_prefill", "d1_context"):
+            system = dataclasses.replace(system, **{param: x})
         else:
             pp[param] = x
-        system = dataclasses.replace(system_params(base_capacity, 1.0, base_d1, True),
-                                     capacity=cap, d1=d1)
         sp = sim.SimParams(system, pp, jnp.float32(temperature))
         res = rollout.make_rollout(pol, shape, remat)(jax.random.PRNGKey(1), workload, sp)
         m = res.metrics
@@ -137,18 +151,23 @@ def _objective_fn(policy: str, values: dict, param: str, workload, *, horizon, b
     return f
 
 
-@pytest.mark.parametrize("policy,values,param,x0,h,d1", [
+@pytest.mark.parametrize("policy,values,param,x0,h,d1,block_size", [
     # budget 2.003 +- 0.002: floor(credit + budget) stays 2 for 32 iterations
-    ("flow_control", {"budget": 2.003}, "budget", 2.003, 2e-3, 0.0),
-    ("vllm", {"watermark": 0.1}, "watermark", 0.1013, 2e-4, 0.0),
+    ("flow_control", {"budget": 2.003}, "budget", 2.003, 2e-3, 0.0, 1),
+    ("vllm", {"watermark": 0.1}, "watermark", 0.1013, 2e-4, 0.0, 1),
     # capacity 40.3 +- 0.1: no hard overflow or eviction changes (memory is whole tokens)
-    ("flow_control", {"budget": 2.0}, "capacity", 40.3, 0.1, 0.0),
+    ("flow_control", {"budget": 2.0}, "capacity", 40.3, 0.1, 0.0, 1),
     # d1 small: iteration ends never cross an arrival (arrivals at half-integers)
-    ("flow_control", {"budget": 2.0}, "d1", 2e-5, 5e-6, 2e-5),
+    ("flow_control", {"budget": 2.0}, "d1_prefill", 2e-5, 5e-6, 2e-5, 1),
+    ("flow_control", {"budget": 2.0}, "d1_context", 2e-5, 5e-6, 2e-5, 1),
+    # blocks of 4 tokens: the budget's gradient through block-token memory
+    ("flow_control", {"budget": 2.003}, "budget", 2.003, 2e-3, 0.0, 4),
 ])
-def test_gradients_match_central_finite_differences(policy, values, param, x0, h, d1):
+def test_gradients_match_central_finite_differences(policy, values, param, x0, h, d1,
+                                                    block_size):
     wl = _workload(2, n=40, span=30.0, offset=0.5)
-    f = _objective_fn(policy, values, param, wl, horizon=32, base_capacity=40.3, base_d1=d1)
+    f = _objective_fn(policy, values, param, wl, horizon=32, base_capacity=40.3, base_d1=d1,
+                      block_size=block_size)
     x = jnp.float32(x0)
     grad = float(jax.jit(jax.grad(f))(x))
     fd = (float(jax.jit(f)(x + h)) - float(jax.jit(f)(x - h))) / (2 * h)
@@ -157,15 +176,18 @@ def test_gradients_match_central_finite_differences(policy, values, param, x0, h
     assert grad == pytest.approx(fd, rel=0.03, abs=0.02 * max(abs(fd), 1e-2)), (grad, fd)
 
 
-@pytest.mark.parametrize("policy,values,param,x0,relax", [
-    ("flow_control", {"budget": 2.003}, "budget", 2.003, "straight_through"),
+@pytest.mark.parametrize("policy,values,param,x0,relax,block_size", [
+    ("flow_control", {"budget": 2.003}, "budget", 2.003, "straight_through", 1),
     # WAIT thresholds are whole requests: straight through the floor in both modes
-    ("wait", {"threshold": [2, 2]}, "threshold", [2.0, 2.0], "relaxed"),
+    ("wait", {"threshold": [2, 2]}, "threshold", [2.0, 2.0], "relaxed", 1),
+    # blocks of 4: C_b = 4 floor(C / 4) passes its gradient straight through (d C_b / d C = 1;
+    # the forward value is constant between multiples of 4, so no finite difference sees it)
+    ("flow_control", {"budget": 2.0}, "capacity", 41.5, "relaxed", 4),
 ])
-def test_gradients_are_finite_and_nonzero(policy, values, param, x0, relax):
+def test_gradients_are_finite_and_nonzero(policy, values, param, x0, relax, block_size):
     wl = _workload(2, n=40, span=30.0, offset=0.5)
     f = _objective_fn(policy, values, param, wl, horizon=32, base_capacity=40.3, base_d1=0.0,
-                      relax=relax)
+                      relax=relax, block_size=block_size)
     g = np.asarray(jax.jit(jax.grad(f))(jnp.asarray(x0, jnp.float32)))
     assert np.all(np.isfinite(g)) and np.any(g != 0.0), g
 

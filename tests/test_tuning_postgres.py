@@ -79,9 +79,19 @@ def test_two_workers_share_one_study_and_every_trial_lands_once(tmp_path):
     trials = study.get_trials()
     numbers = [t.number for t in trials]
     assert sorted(numbers) == list(range(len(trials)))
-    assert told[0] | told[1] == set(numbers), "every trial was told by exactly one worker"
-    assert all(t.state == TrialState.COMPLETE for t in trials)
-    # each worker stops when the target is reached; both overshoot by less than a batch
-    assert target <= len(trials) < target + 2 * 2
-    workers = {t.user_attrs["worker"] for t in trials}
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert told[0] | told[1] == {t.number for t in complete}, \
+        "every trial was told by exactly one worker"
+    # the target is met exactly: a trial created beyond it by a race is failed unsampled
+    assert len(complete) == target and max(o["evaluated"] for o in outs) == target
+    for t in trials:
+        if t.state != TrialState.COMPLETE:
+            assert t.state == TrialState.FAIL and not t.params
+            assert t.user_attrs["fail_reason"].startswith("surplus: ")
+    # the config's own point, evaluated once, by whichever worker claimed it
+    baselines = [t for t in trials if t.user_attrs.get(osr.BASELINE_ATTR)]
+    job = osr.prepare(load_config(cfg))
+    assert len(baselines) == 1 and baselines[0].state == TrialState.COMPLETE
+    assert baselines[0].params == job.space.default_point()
+    workers = {t.user_attrs["worker"] for t in complete}
     assert len(workers) == 2 and all(told), "both workers evaluated trials"

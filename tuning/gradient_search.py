@@ -140,7 +140,8 @@ class RelaxedObjective:
         self._fn = compiled_simulator(exp.policy, self.shape, batched_params=True,
                                       remat=seg or None)
         cfg = job.config
-        self._time = (cfg.workload.horizon, cfg.workload.warmup, float(cfg.d0), float(cfg.d1))
+        self._time = (cfg.workload.horizon, cfg.workload.warmup, float(cfg.d0),
+                      max(cfg.d1_prefill, cfg.d1_context))
         self._d2 = float(cfg.d2)
 
     def params(self, u):

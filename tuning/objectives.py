@@ -81,7 +81,8 @@ METRIC_DIRECTIONS: dict[str, Direction] = {
 
 def measured_time(horizon: int, warmup: int, d0: float, d1: float, final_time,
                   d2: float = 0.0):
-    """Time over which the metrics are measured (iterations ``warmup..horizon-1``).
+    """Time over which the metrics are measured (iterations ``warmup..horizon-1``); ``d1``: the
+    larger of ``d1_prefill`` and ``d1_context`` (only whether it is 0 matters).
 
     Exact for a constant iteration time (``d1 = d2 = 0``: ``(horizon - warmup) d0``); with
     ``d1 > 0`` or ``d2 > 0`` the simulator does not report the warmup's end, so this is
@@ -185,14 +186,28 @@ class Objective:
 
     def with_baseline(self, baseline: Mapping[str, float]) -> "Objective":
         """Resolve ``"baseline"`` scales from the metrics of the config's own parameters
-        (``|value|``; 1 where that is 0 or not finite)."""
+        (``|value|``; 1 where that is 0, not finite, or missing: ``None`` is how a study
+        stores NaN)."""
         terms = []
         for t in self.terms:
             if t.scale is None:
-                v = abs(float(baseline.get(t.metric, float("nan"))))
+                v = baseline.get(t.metric)
+                v = abs(float(v)) if v is not None else math.nan
                 t = dataclasses.replace(t, scale=v if math.isfinite(v) and v > 0 else 1.0)
             terms.append(t)
         return dataclasses.replace(self, terms=tuple(terms))
+
+    def fallback_scales(self, baseline: Mapping[str, float]) -> tuple[str, ...]:
+        """The ``"baseline"``-scaled metrics whose baseline value is 0, not finite or missing
+        (:meth:`with_baseline` scales them by 1)."""
+        out = []
+        for t in self.terms:
+            if t.scale is None:
+                v = baseline.get(t.metric)
+                v = abs(float(v)) if v is not None else math.nan
+                if not (math.isfinite(v) and v > 0):
+                    out.append(t.metric)
+        return tuple(out)
 
     def score(self, metrics: Mapping[str, Any]):
         """The weighted score to maximize (works on floats, NumPy and JAX arrays)."""

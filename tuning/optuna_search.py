@@ -19,7 +19,14 @@ Trial bookkeeping:
   heartbeat is older than the grace period;
 * ``trials`` is the study's target: trials evaluated (complete, or failed for non-finite
   metrics), counting earlier runs and other workers; interrupted trials do not count and are
-  redone.
+  redone. Workers count it with the study's trials in the order of their numbers: a trial
+  created beyond the target while other workers were creating theirs (a race) is failed at
+  once, unsampled, with ``fail_reason`` ``"surplus: ..."``, so the study ends with exactly
+  ``trials`` evaluated;
+* the baseline, the config's own parameters, is enqueued once (``Study.enqueue_trial``, user
+  attribute ``baseline``) by the worker that creates the study, so it is trial 0 and whichever
+  worker claims it evaluates it; a baseline trial that is interrupted is enqueued again by
+  the worker that fails it (an atomic state change: exactly one does).
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ __all__ = [
     "HEARTBEAT_INTERVAL",
     "GRACE_PERIOD",
     "META_KEY",
+    "BASELINE_ATTR",
     "TuneJob",
     "BatchEvaluator",
     "Progress",
@@ -83,6 +91,12 @@ GRACE_PERIOD = 60
 
 META_KEY = "jaxsched"
 """Study user attribute holding the tuned setup."""
+
+BASELINE_ATTR = "baseline"
+"""Trial user attribute (True) of the trial that evaluates the config's own parameters."""
+
+_META_WAIT = 15.0
+"""Seconds a worker waits for the worker that created a study to record its setup."""
 
 _NONFINITE_PREFIX = "non-finite metrics"
 
@@ -262,8 +276,8 @@ class BatchEvaluator:
         self.calls += 1
         per = {k: np.asarray(v, np.float64)[:n] for k, v in res.metrics.items()}
         cfg = self.job.config
-        elapsed = measured_time(cfg.workload.horizon, cfg.workload.warmup, cfg.d0, cfg.d1,
-                                np.asarray(res.final_time, np.float64)[:n], d2=cfg.d2)
+        elapsed = measured_time(cfg.workload.horizon, cfg.workload.warmup, cfg.d0,
+                                max(cfg.d1_prefill, cfg.d1_context), np.asarray(res.final_time, np.float64)[:n], d2=cfg.d2)
         return add_derived(per, elapsed)
 
     def evaluate(self, points: Sequence[Mapping[str, float]]) -> list[dict[str, float]]:
@@ -317,10 +331,20 @@ def open_storage(url: str | None):
     else:
         kwargs["pool_pre_ping"] = True
     try:
-        with _quiet():
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
-                                              heartbeat_interval=HEARTBEAT_INTERVAL,
-                                              grace_period=GRACE_PERIOD)
+        for attempt in range(3):
+            try:
+                with _quiet():
+                    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs,
+                                                      heartbeat_interval=HEARTBEAT_INTERVAL,
+                                                      grace_period=GRACE_PERIOD,
+                                                      failed_trial_callback=_requeue_baseline)
+            except Exception as err:  # workers creating a new database's tables at once
+                from sqlalchemy.exc import IntegrityError, OperationalError
+
+                if attempt == 2 or not isinstance(err, (IntegrityError, OperationalError)) \
+                        or "constraint" not in str(err) and "already exists" not in str(err):
+                    raise
+                time.sleep(0.5 * (attempt + 1))
     except ImportError as err:
         raise JaxschedError(f"--storage {redact_url(url)}: missing database driver: {err}") from None
     except Exception as err:  # sqlalchemy errors: bad URL, unreachable server, auth
@@ -390,20 +414,33 @@ def load_study(storage, name: str, sampler=None):
                             f"{known}") from None
 
 
-def _open_study(job: TuneJob, storage, name: str, sampler):
+def _open_study(job: TuneJob, storage, name: str, sampler, baseline: bool = False):
+    """Create the study (exactly one worker succeeds: it enqueues the baseline trial when
+    ``baseline``, then records the setup) or open it (waiting up to :data:`_META_WAIT` s for
+    its creator's setup)."""
     import optuna
 
     with _quiet():
-        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
-                                    directions=list(job.objective.directions),
-                                    load_if_exists=True)
+        try:
+            study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
+                                        directions=list(job.objective.directions))
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+            created = False
     meta = study_meta(study)
+    deadline = time.monotonic() + (0 if created else _META_WAIT)
+    while meta is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        meta = study_meta(study)
     if meta is None:
         if study.trials:
             raise JaxschedError(
                 f"--study {name!r}: exists in {redact_url(storage.url)} but was not created by "
                 "jaxsched tune; use another --study"
             )
+        if baseline:
+            _enqueue_baseline(study, job.space.default_point())
         study.set_user_attr(META_KEY, job.meta())
         meta = study_meta(study)
     if meta.get("fingerprint") != job.fingerprint:
@@ -441,15 +478,36 @@ def _alive(pid: int, start: str) -> bool:
     return not start or _start_ticks(pid) == start
 
 
-def _fail_trial(storage, trial_id: int, reason: str) -> bool:
+def _enqueue_baseline(study, params: Mapping[str, Any]) -> None:
+    with _quiet():
+        study.enqueue_trial(dict(params), user_attrs={BASELINE_ATTR: True})
+
+
+def _requeue_baseline(study, trial) -> None:
+    """Enqueue the baseline again when its trial was failed unevaluated (Optuna's
+    ``failed_trial_callback`` for stale trials, and :func:`_fail_trial`)."""
+    if trial.user_attrs.get(BASELINE_ATTR):
+        # killed before its parameters were sampled: they are still the enqueued ones
+        params = trial.params or trial.system_attrs.get("fixed_params")
+        if params:
+            _enqueue_baseline(study, params)
+
+
+def _fail_trial(study, trial, reason: str) -> bool:
+    """Fail a running ``trial`` (frozen or live) unevaluated; True if this call did it, in
+    which case a baseline trial is enqueued again."""
     import optuna
     from optuna.trial import TrialState
 
+    storage = study._storage
     try:
-        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-        return bool(storage.set_trial_state_values(trial_id, state=TrialState.FAIL))
+        storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+        ok = bool(storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL))
     except optuna.exceptions.UpdateFinishedTrialError:
         return False  # another worker finished or failed it first
+    if ok:
+        _requeue_baseline(study, storage.get_trial(trial._trial_id))
+    return ok
 
 
 def fail_interrupted(study) -> list[int]:
@@ -464,7 +522,6 @@ def fail_interrupted(study) -> list[int]:
 
     host = socket.gethostname()
     failed = []
-    storage = study._storage
     now = datetime.datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker")
@@ -473,11 +530,11 @@ def fail_interrupted(study) -> list[int]:
             pid_s, _, start = rest.partition(":")
             if h == host and pid_s.isdigit() and int(pid_s) != os.getpid() and \
                     not _alive(int(pid_s), start):
-                if _fail_trial(storage, t._trial_id, f"interrupted: worker {worker} exited"):
+                if _fail_trial(study, t, f"interrupted: worker {worker} exited"):
                     failed.append(t.number)
         elif t.datetime_start is not None and \
                 (now - t.datetime_start).total_seconds() > GRACE_PERIOD:
-            if _fail_trial(storage, t._trial_id, "interrupted: no worker recorded"):
+            if _fail_trial(study, t, "interrupted: no worker recorded"):
                 failed.append(t.number)
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
     with _quiet():
@@ -493,6 +550,26 @@ def _is_evaluated(t) -> bool:
         return True
     return t.state == TrialState.FAIL and str(t.user_attrs.get("fail_reason", "")).startswith(
         _NONFINITE_PREFIX)
+
+
+def _is_live(t) -> bool:
+    """Counts toward the target: evaluated, running or waiting."""
+    from optuna.trial import TrialState
+
+    return t.state in (TrialState.RUNNING, TrialState.WAITING) or _is_evaluated(t)
+
+
+def baseline_trial(study):
+    """The evaluated trial of the config's own parameters (user attribute ``baseline``; trial
+    0 in studies made before that attribute existed), or None."""
+    trials = study.get_trials(deepcopy=False)
+    for t in trials:
+        if t.user_attrs.get(BASELINE_ATTR) and _is_evaluated(t):
+            return t
+    if trials and not any(t.user_attrs.get(BASELINE_ATTR) for t in trials) \
+            and _is_evaluated(trials[0]):
+        return trials[0]
+    return None
 
 
 def evaluated_count(study) -> int:
@@ -534,7 +611,7 @@ class Progress:
     told_here: int  # trials this worker evaluated in this run
     best: tuple | None  # best values (weighted: (score,)); None before the first feasible
     pareto_size: int  # feasible Pareto-optimal trials (pareto objectives)
-    trials_per_second: float  # this worker, compilation excluded
+    trials_per_second: float  # this worker, per second of evaluation (compilation excluded)
     batch_seconds: float
     failed_here: int
 
@@ -557,12 +634,22 @@ class TuneOutcome:
     batches: int
     batch: int
     sampler: str
+    baseline: int | None = None  # number of the trial of the config's own parameters
+    baseline_fallback: tuple[str, ...] = ()  # baseline-scaled metrics scaled by 1 instead
+    eval_seconds: float = 0.0  # asking, simulating and telling: the run less compilation
     plots: list[str] = dataclasses.field(default_factory=list)
     plot_notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def trials_per_second(self) -> float:
+        """Trials this worker told per second of its whole run (compilation included)."""
         return len(self.told) / self.wall_seconds if self.wall_seconds > 0 else float("nan")
+
+    @property
+    def eval_trials_per_second(self) -> float:
+        """Trials this worker told per second of evaluation (compilation excluded; the
+        progress bar's rate)."""
+        return len(self.told) / self.eval_seconds if self.eval_seconds > 0 else float("nan")
 
     def to_json(self) -> dict:
         return {
@@ -579,6 +666,10 @@ class TuneOutcome:
             "sim_seconds": self.sim_seconds,
             "wall_seconds": self.wall_seconds,
             "trials_per_second": self.trials_per_second,
+            "eval_trials_per_second": self.eval_trials_per_second,
+            "eval_seconds": self.eval_seconds,
+            "baseline_trial": self.baseline,
+            "baseline_fallback": list(self.baseline_fallback),
             "batches": self.batches,
             "batch": self.batch,
             "sampler": self.sampler,
@@ -632,42 +723,58 @@ class _Heartbeat:
                     pass
 
 
-def _new_trial(study, distributions: dict, attrs: dict, hb: "_Heartbeat", params=None):
+def _start_trial(study, attrs: dict, hb: "_Heartbeat") -> tuple[int, bool]:
     """Start a trial whose worker is recorded atomically with its creation (so a worker killed
-    at any moment leaves no running trial without an owner), then sample its parameters.
+    at any moment leaves no running trial without an owner): ``(trial_id, claimed)``.
 
-    A trial waiting in the study's queue (``Study.enqueue_trial``) is claimed first; its owner
-    is written before the claim and again after it, and a heartbeat right after, so the one
-    claim that wins is attributed to its claimer. ``params`` fixes the parameters of a new
-    trial (the baseline).
+    A trial waiting in the study's queue (``Study.enqueue_trial``: the baseline) is claimed
+    first (``claimed``); its owner is written before the claim and again after it, and a
+    heartbeat right after, so the one claim that wins is attributed to its claimer.
     """
     import optuna
-    from optuna.distributions import IntDistribution
     from optuna.trial import TrialState
 
     storage = study._storage
-    study_id = storage.get_study_id_from_name(study.study_name)
-    trial_id = None
+    study_id = study._study_id
     for waiting in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.WAITING,)):
         try:
             for k, v in attrs.items():
                 storage.set_trial_user_attr(waiting._trial_id, k, v)
             if storage.set_trial_state_values(waiting._trial_id, state=TrialState.RUNNING):
-                trial_id = waiting._trial_id
-                hb.storage.record_heartbeat(trial_id)
+                hb.storage.record_heartbeat(waiting._trial_id)
                 for k, v in attrs.items():
-                    storage.set_trial_user_attr(trial_id, k, v)
-                break
+                    storage.set_trial_user_attr(waiting._trial_id, k, v)
+                return waiting._trial_id, True
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
-    if trial_id is None:
-        template = optuna.trial.create_trial(
-            state=TrialState.RUNNING, user_attrs=dict(attrs),
-            params=params if params is not None else None,
-            distributions=distributions if params is not None else None,
-        )
-        trial_id = storage.create_new_trial(study_id, template_trial=template)
-        hb.storage.record_heartbeat(trial_id)
+    template = optuna.trial.create_trial(state=TrialState.RUNNING, user_attrs=dict(attrs))
+    trial_id = storage.create_new_trial(study_id, template_trial=template)
+    hb.storage.record_heartbeat(trial_id)
+    return trial_id, False
+
+
+def _surplus(study, created: Sequence[int], target: int) -> list[int]:
+    """Of the trials this worker ``created`` (ids), those beyond the target: at least
+    ``target`` live trials (:func:`_is_live`) have a smaller number."""
+    if not created:
+        return []
+    live = sorted(t.number for t in study._storage.get_all_trials(study._study_id,
+                                                                   deepcopy=False)
+                  if _is_live(t))
+    out = []
+    for trial_id in created:
+        number = study._storage.get_trial_number_from_id(trial_id)
+        if sum(n < number for n in live) >= target:
+            out.append(trial_id)
+    return out
+
+
+def _sample_trial(study, trial_id: int, distributions: dict):
+    """The started trial as an ``optuna.Trial`` with its parameters sampled (or fixed by
+    its enqueued values)."""
+    import optuna
+    from optuna.distributions import IntDistribution
+
     # Like Study.ask: samplers read the study's trials afresh for every new trial.
     if hasattr(study, "_thread_local"):
         study._thread_local.cached_all_trials = None
@@ -710,14 +817,13 @@ def run_optuna(job: TuneJob, *, trials: int | None = None, batch: int | None = N
 
     store = storage if _is_storage(storage) else open_storage(storage or s.storage)
     say(f"opening study {name!r}")
-    study = _open_study(job, store, name, None)
+    study = _open_study(job, store, name, None, baseline=True)
     n_existing = len(study.get_trials(deepcopy=False))
     sampler_obj = _make_sampler(sampler_name, seed + n_existing, batch, len(job.space.dims),
                                 len(job.objective.directions))
     with _quiet():
         study = optuna.load_study(study_name=name, storage=store, sampler=sampler_obj)
     interrupted = fail_interrupted(study)
-    first = job.space.default_point() if n_existing == 0 else None  # trial 0: the baseline
 
     evaluator = None  # compiled when there is something to evaluate
     objective = job.objective
@@ -753,19 +859,40 @@ def run_optuna(job: TuneJob, *, trials: int | None = None, batch: int | None = N
                     f"{job.config.workload.num_workloads} workloads")
                 evaluator = BatchEvaluator(job, batch)
             need_baseline = objective.needs_baseline
-            n = min(batch - (1 if need_baseline and batch > 1 else 0), remaining)
+            queued = any(t.state == TrialState.WAITING and t.user_attrs.get(BASELINE_ATTR)
+                         for t in all_trials)  # this batch claims it: no extra slot needed
+            n = min(batch - (1 if need_baseline and not queued and batch > 1 else 0), remaining)
             n = max(n, 1)
             t0 = time.perf_counter()
             asked = []
+            started: list[tuple[int, bool]] = []
             try:
                 attrs = {"worker": worker, "sampler": sampler_name}
                 with _quiet():
                     for _ in range(n):
-                        asked.append(_new_trial(study, distributions, attrs, hb, first))
-                        first = None
+                        started.append(_start_trial(study, attrs, hb))
+                    surplus = set(_surplus(study, [i for i, claimed in started if not claimed],
+                                           trials))
+                    for i, _claimed in started:
+                        if i in surplus:
+                            _fail_trial(study, study._storage.get_trial(i),
+                                        f"surplus: the study reached its target of {trials} "
+                                        "trials while this one was being created")
+                    started = [(i, c) for i, c in started if i not in surplus]
+                    asked = [_sample_trial(study, i, distributions) for i, _ in started]
+                if not asked:
+                    continue
                 hb.beat([t._trial_id for t in asked])
                 points = [dict(t.params) for t in asked]
-                if need_baseline:
+                own = [j for j, t in enumerate(asked) if t.user_attrs.get(BASELINE_ATTR)]
+                if need_baseline and own:  # the baseline trial is in this batch
+                    results = evaluator.evaluate(points)
+                    base = results[own[0]]
+                    if _baseline_from_study(study) is None:
+                        study.set_user_attr("baseline_metrics",
+                                            {k: _jsonable(v) for k, v in base.items()})
+                    objective = objective.with_baseline(_baseline_from_study(study))
+                elif need_baseline:
                     points_eval = points + [evaluator.default_point]
                     if len(points_eval) > batch:  # batch == 1: a separate call for the baseline
                         base = evaluator.evaluate([evaluator.default_point])[0]
@@ -800,9 +927,11 @@ def run_optuna(job: TuneJob, *, trials: int | None = None, batch: int | None = N
                 hb.beat([])
             except BaseException:
                 hb.beat([])
-                for trial in asked:
-                    if trial.number not in told:
-                        _fail_trial(study._storage, trial._trial_id, "interrupted: worker stopped")
+                told_ids = {t._trial_id for t in asked if t.number in told}
+                for trial_id, _claimed in started:
+                    if trial_id not in told_ids:
+                        _fail_trial(study, study._storage.get_trial(trial_id),
+                                    "interrupted: worker stopped")
                 raise
             batches += 1
             dt = time.perf_counter() - t0
@@ -816,6 +945,8 @@ def run_optuna(job: TuneJob, *, trials: int | None = None, batch: int | None = N
                 ))
 
     evaluated = evaluated_count(study)
+    base = baseline_trial(study)
+    stored = _baseline_from_study(study)
     return TuneOutcome(
         study_name=name,
         storage=redact_url(store.url),
@@ -833,6 +964,9 @@ def run_optuna(job: TuneJob, *, trials: int | None = None, batch: int | None = N
         batches=batches,
         batch=batch,
         sampler=sampler_name,
+        baseline=base.number if base is not None else None,
+        baseline_fallback=job.objective.fallback_scales(stored) if stored is not None else (),
+        eval_seconds=eval_time,
     )
 
 

@@ -5,26 +5,29 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
 from jaxsched.cli.app import app, bench_app
 from jaxsched.errors import JaxschedError
 
-__all__ = ["serve", "calibrate", "compare_sim", "bench_engine", "resolve_policy"]
+__all__ = ["serve", "calibrate", "compare_sim", "bench_engine", "resolve_policy",
+           "serve_shape"]
 
 
-def resolve_policy(policy: Optional[str]) -> tuple[Any, dict, int]:
+def resolve_policy(policy: Optional[str], with_doc: bool = False):
     """``(Policy, raw parameter values, num_classes)`` for ``--policy``: an exported policy
     file (``*.json`` or an existing file, read by :func:`jaxsched.export.load_policy`), a
-    registered policy name, or None (greedy)."""
+    registered policy name, or None (greedy). ``with_doc``: the parsed policy file (None for
+    a name) is appended."""
     from jaxsched.policies import get_policy
 
+    doc = None
     if policy is None:
-        return get_policy("greedy"), {}, 1
-    path = Path(policy)
-    if path.suffix == ".json" or path.exists():
+        out = get_policy("greedy"), {}, 1
+    elif Path(policy).suffix == ".json" or Path(policy).exists():
+        path = Path(policy)
         if not path.is_file():
             raise JaxschedError(f"--policy {policy}: no such policy file")
         try:
@@ -33,11 +36,82 @@ def resolve_policy(policy: Optional[str]) -> tuple[Any, dict, int]:
             raise JaxschedError("--policy: policy files need jaxsched.export; pass a policy "
                                 "name instead") from None
         pol, _params, doc = load_policy(path)
-        return pol, dict(doc.policy.params), int(doc.system.num_classes)
-    try:
-        return get_policy(policy), {}, 1
-    except JaxschedError as err:
-        raise JaxschedError(f"--policy {policy}: {err}") from None
+        out = pol, dict(doc.policy.params), int(doc.system.num_classes)
+    else:
+        try:
+            out = get_policy(policy), {}, 1
+        except JaxschedError as err:
+            raise JaxschedError(f"--policy {policy}: {err}") from None
+    return out + (doc,) if with_doc else out
+
+
+def serve_shape(system=None, *, capacity: int | None = None, num_blocks: int | None = None,
+                block_size: int | None = None, max_batch: int | None = None,
+                queue_size: int | None = None, max_seq_len: int | None = None,
+                adapt: bool = False, source: str = "the policy file") -> tuple[dict, list[str]]:
+    """The engine's shape for ``serve``: ``(EngineConfig fields, changes)``.
+
+    Flags win; the rest comes from the policy file's ``system`` (capacity C, slots B, window
+    W) when there is one, else from :class:`~jaxsched.engine.config.EngineConfig`'s
+    defaults. The pool holds ``ceil(C / block_size) + B`` blocks (one spare per slot, see
+    :mod:`jaxsched.engine.batching`), and the scheduler's capacity is exactly C. A flag that
+    contradicts the policy's system is refused with one line unless ``adapt``; then
+    ``changes`` lists what differs from the system the policy was tuned for.
+    """
+    from jaxsched.engine.config import EngineConfig
+
+    d = EngineConfig()
+    block_size = block_size or d.block_size
+    for flag, v in (("--capacity", capacity), ("--num-blocks", num_blocks),
+                    ("--block-size", block_size), ("--max-batch", max_batch),
+                    ("--queue-size", queue_size), ("--max-seq-len", max_seq_len)):
+        if v is not None and v < 1:
+            raise JaxschedError(f"{flag} {v}: must be >= 1")
+    if adapt and system is None:
+        raise JaxschedError("--adapt-system: needs --policy FILE (an exported policy)")
+    tuned: dict[str, int] = {}
+    if system is not None:
+        if system.capacity != int(system.capacity):
+            raise JaxschedError(
+                f"{source}: system.capacity {system.capacity:g} is not a whole number of "
+                "tokens; give --capacity N --adapt-system to serve it")
+        tuned = {"capacity": int(system.capacity), "max_batch": int(system.max_batch),
+                 "queue_size": int(system.queue_size)}
+    b = max_batch or tuned.get("max_batch", d.max_batch)
+    cap_flag = "--capacity"
+    if capacity is None and num_blocks is not None:
+        cap_flag = "--num-blocks"
+        if num_blocks <= b:
+            raise JaxschedError(f"--num-blocks {num_blocks}: must exceed the {b} slots "
+                                "(capacity is (num_blocks - max_batch) * block_size)")
+        capacity = (num_blocks - b) * block_size
+    c = capacity or tuned.get("capacity", d.capacity)
+    blocks = num_blocks or -(-c // block_size) + b
+    if (blocks - b) * block_size < c:
+        raise JaxschedError(f"--num-blocks {blocks}: {blocks - b} blocks of {block_size} "
+                            f"beyond the slots hold fewer than the {c} tokens of --capacity")
+    w = queue_size or tuned.get("queue_size", d.queue_size)
+    given = {"capacity": c, "max_batch": b, "queue_size": w}
+    labels = {"capacity": (cap_flag, "capacity C", " tokens"),
+              "max_batch": ("--max-batch", "slots (max_batch)", ""),
+              "queue_size": ("--queue-size", "scheduler window (queue_size)", "")}
+    changes = [f"{labels[k][1]} {tuned[k]} -> {given[k]}{labels[k][2]}"
+               for k in tuned if given[k] != tuned[k]]
+    if changes and not adapt:
+        k = next(k for k in tuned if given[k] != tuned[k])
+        flag = labels[k][0]
+        value = {"--capacity": capacity, "--num-blocks": num_blocks, "--max-batch": max_batch,
+                 "--queue-size": queue_size}[flag]
+        raise JaxschedError(
+            f"{flag} {value}: {source} was tuned for {labels[k][1]} = {tuned[k]}{labels[k][2]} "
+            f"(system.{k}), not {given[k]}; drop the flag to serve it as tuned, or pass "
+            "--adapt-system to serve it on this shape anyway")
+    seq = max_seq_len or min(d.max_seq_len, c)
+    full = (blocks - b) * block_size
+    values = {"block_size": block_size, "num_blocks": blocks, "max_batch": b,
+              "queue_size": w, "max_seq_len": seq,
+              "capacity_tokens": 0 if c == full else c}
+    return values, changes
 
 
 def _engine_cfg(table: dict | None = None, num_classes: int = 1, max_batch: int | None = None):
@@ -63,22 +137,55 @@ def serve(
                                          "registered policy name; default greedy)"),
     model: Optional[str] = typer.Option(None, "--model", help="model TOML/name, or a folder "
                                         "with safetensors + config.json (default: tiny)"),
+    capacity: Optional[int] = typer.Option(None, "--capacity", help="KV capacity C in tokens "
+                                           "(default: the policy file's system.capacity, "
+                                           "else 1024)"),
+    num_blocks: Optional[int] = typer.Option(None, "--num-blocks", help="KV blocks in the "
+                                             "pool (default: ceil(C / block size) + slots)"),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help="tokens per KV block "
+                                             "(default 16)"),
+    max_batch: Optional[int] = typer.Option(None, "--max-batch", help="slots: resident "
+                                            "requests (default: the policy file's "
+                                            "system.max_batch, else 8)"),
+    queue_size: Optional[int] = typer.Option(None, "--queue-size", help="scheduler window "
+                                             "(default: the policy file's system.queue_size, "
+                                             "else 16)"),
+    max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help="most tokens of "
+                                              "one request (default min(256, C))"),
+    adapt_system: bool = typer.Option(False, "--adapt-system", help="serve a policy file on "
+                                      "a shape other than the system it was tuned for "
+                                      "(prints what differs)"),
     host: str = typer.Option("127.0.0.1", "--host", help="interface to bind (loopback default)"),
     port: int = typer.Option(8000, "--port", help="TCP port"),
     name: Optional[str] = typer.Option(None, "--name", help="served model name"),
     seed: int = typer.Option(0, "--seed", help="seed of random weights (no checkpoint)"),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level"),
 ):
-    """Serve the engine over an OpenAI-compatible HTTP API, scheduled by a policy."""
+    """Serve the engine over an OpenAI-compatible HTTP API, scheduled by a policy.
+
+    The engine's shape (capacity, slots, window) is the policy file's system unless flags
+    say otherwise; a flag that contradicts it is refused unless --adapt-system."""
     from jaxsched.engine.calibrate import model_label, open_engine
     from jaxsched.engine.server import serve as run_server
 
     if not 0 <= port < 65536:
         raise JaxschedError(f"--port {port}: must be in [0, 65535]")
-    pol, params, k = resolve_policy(policy)
-    engine = open_engine(model, _engine_cfg(num_classes=k), pol, params, seed)
+    pol, params, k, doc = resolve_policy(policy, with_doc=True)
+    shape, changes = serve_shape(doc.system if doc is not None else None, capacity=capacity,
+                                 num_blocks=num_blocks, block_size=block_size,
+                                 max_batch=max_batch, queue_size=queue_size,
+                                 max_seq_len=max_seq_len, adapt=adapt_system,
+                                 source=str(policy))
+    if changes:
+        typer.echo(f"--adapt-system: serving {policy} with " + "; ".join(changes)
+                   + " (its system as tuned: left of each arrow)", err=True)
+    ec = _engine_cfg(shape, num_classes=k)
+    engine = open_engine(model, ec, pol, params, seed)
     served = name or f"jaxsched-{model_label(model)}"
-    typer.echo(f"serving {served} with policy {pol.name} on http://{host}:{port}", err=True)
+    typer.echo(f"serving {served} with policy {pol.name} on http://{host}:{port} "
+               f"(C = {ec.capacity} tokens in {ec.num_blocks} blocks of {ec.block_size}, "
+               f"{ec.max_batch} slots, window {ec.queue_size}, up to {ec.max_seq_len} tokens "
+               "per request)", err=True)
     run_server(engine, host=host, port=port, model_name=served, log_level=log_level)
 
 
@@ -194,19 +301,20 @@ def calibrate(
             f"without d2: d0 = {1e3 * result.base_d0:.4f} ms, d1 = {1e6 * result.base_d1:.4f} "
             f"us/token; fit error: RMS {result.base_rel_error:.1%} of the mean, mean |rel| "
             f"{result.base_mean_abs_rel_error:.1%}")
+    if result.single_d0 == result.single_d0:
+        console.print(
+            f"one d1 for both kinds: d0 = {1e3 * result.single_d0:.4f} ms, d1 = "
+            f"{1e6 * result.single_d1:.4f} us/token, d2 = {1e3 * result.single_d2:.4f} ms; fit "
+            f"error: RMS {result.single_rel_error:.1%} of the mean, mean |rel| "
+            f"{result.single_mean_abs_rel_error:.1%}")
     console.print(
-        f"d0 = {1e3 * result.d0:.4f} ms, d1 = {1e6 * result.d1:.4f} us/token, d2 = "
+        f"d0 = {1e3 * result.d0:.4f} ms, d1_prefill = {1e6 * result.d1_prefill:.4f} us/token, "
+        f"d1_context = {1e6 * result.d1_context:.4f} us/token, d2 = "
         f"{1e3 * result.d2:.4f} ms/prefilling request over "
         f"{result.samples} iterations; fit error: RMS {1e3 * result.fit_rms:.4f} ms "
         f"({result.fit_rel_error:.1%} of the mean), mean |rel| {result.mean_abs_rel_error:.1%}; "
         f"scheduling overhead {1e3 * result.overhead_mean:.3f} ms/iteration (not fitted); "
         f"wrote {out}")
-    if result.pc_dp == result.pc_dp:
-        console.print(
-            f"separate coefficients (evidence, not used by the simulator): d0' = "
-            f"{1e3 * result.pc_d0:.4f} ms, dp = {1e6 * result.pc_dp:.3f} us/prefill token, "
-            f"dc = {1e6 * result.pc_dc:.3f} us/context token, RMS {result.pc_rel_error:.1%} "
-            "of the mean")
 
 
 @app.command("compare-sim")
@@ -318,7 +426,8 @@ def compare_sim(
     console = Console(width=140)
     console.print(f"jaxsched compare-sim: {pol.name}, {len(requests)} requests from {source}; "
                   f"C = {system['capacity']}, d0 = {1e3 * system['d0']:.4f} ms, "
-                  f"d1 = {1e6 * system['d1']:.4f} us/token, "
+                  f"d1_prefill = {1e6 * system['d1_prefill']:.4f} us/token, "
+                  f"d1_context = {1e6 * system['d1_context']:.4f} us/token, "
                   f"d2 = {1e3 * float(system.get('d2', 0.0)):.4f} ms/prefilling request")
     table = Table()
     for col in ("metric", "engine", "simulator", "rel error"):

@@ -22,11 +22,19 @@ def fmt(x) -> str:
     return f"{x:.4g}"
 
 
+def _d1_text(cfg) -> str:
+    """``d1=...`` (the papers' single coefficient) or the split pair."""
+    if cfg.d1_prefill == cfg.d1_context:
+        return f"d1={cfg.d1_prefill:g}"
+    return f"d1_prefill={cfg.d1_prefill:g}, d1_context={cfg.d1_context:g}"
+
+
 def metrics_table(result, per_workload: bool = False) -> Table:
     exp = result.experiment
     cfg = exp.config
     title = (f"{exp.policy.name} on {cfg.source}: {result.num_workloads} workloads x "
-             f"{result.horizon} iterations (C={cfg.capacity:g}, d0={cfg.d0:g}, d1={cfg.d1:g})")
+             f"{result.horizon} iterations (C={cfg.capacity:g}, d0={cfg.d0:g}, {_d1_text(cfg)}"
+             + (f", block_size={cfg.block_size}" if cfg.block_size > 1 else "") + ")")
     table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("mean", justify="right")

@@ -48,6 +48,7 @@ def theory(
         raise JaxschedError(f"{cfg.source}: workload.kind: the theory needs request classes, "
                             "not a trace")
     ctx = api.workload_context(cfg)
+    ctx["d1"] = cfg.d1  # the theory's single d1: refused in one line if the profile splits it
     kwargs = {}
     knob = _POLICY_KNOBS.get(cfg.policy.name)
     if knob is not None:

@@ -151,7 +151,7 @@ def _tune_optuna(cfg, settings, err, *, trials, batch, storage, study, sampler, 
                 else:
                     best = f"Pareto set {p.pareto_size}"
                 bar.update(task, completed=min(p.evaluated, target), best=best,
-                           rate=f"{p.trials_per_second:.2f} trials/s",
+                           rate=f"{p.trials_per_second:.2f} trials/s evaluating",
                            description=f"tuning {job.experiment.policy.name}")
 
             outcome = osr.run_optuna(job, trials=target, batch=batch, storage=store,
@@ -181,11 +181,18 @@ def _tune_optuna(cfg, settings, err, *, trials, batch, storage, study, sampler, 
         console.print(_best_table(outcome, title))
     else:
         console.print("no complete feasible trial yet")
+    if outcome.baseline_fallback:
+        err.print(f"[yellow]baseline:[/] {', '.join(outcome.baseline_fallback)} of the config's "
+                  "own parameters: 0 or not finite, so scaled by 1 instead of by it")
     console.print(
         f"{len(outcome.told)} trials here in {outcome.batches} batches of up to {outcome.batch} "
-        f"({outcome.trials_per_second:.2f} trials/s, compile {outcome.compile_seconds:.1f} s, "
+        f"({outcome.eval_trials_per_second:.2f} trials/s evaluating as in the progress bar, "
+        f"{outcome.trials_per_second:.2f} trials/s with compile {outcome.compile_seconds:.1f} s; "
         f"simulate {outcome.sim_seconds:.1f} s); study: {outcome.evaluated}/{outcome.target} "
-        f"evaluated, storage {outcome.storage}"
+        f"evaluated"
+        + (f", trial {outcome.baseline} is the config's own parameters (the baseline)"
+           if outcome.baseline is not None else "")
+        + f", storage {outcome.storage}"
     )
     for p in outcome.plots:
         console.print(f"wrote {p}")

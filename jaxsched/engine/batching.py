@@ -39,7 +39,13 @@ engine actually writes is at most that: the keys and values of the processed pro
 the generated tokens but the newest (whose KV is written when it is fed back), so
 ``kv_len = cached - 1`` once the prefill is complete and ``kv_len = cached`` before.
 
-The scheduler's capacity is ``C = (num_blocks - max_batch) * block_size`` tokens. Blocks are
+Memory is counted as ``EngineConfig.memory`` says. With ``"blocks"`` the policy sees the
+model's block memory at the cache's ``block_size`` (``need = block_size ceil(m /
+block_size)``, capacity ``C = num_blocks * block_size``): the blocks the engine allocates are
+exactly the ones the policy and the simulator (``[system] block_size``) count, and the pool
+holds them whenever ``sum need <= C``. With ``"tokens"`` (the default, the engine's behaviour
+before block memory) the policy sees token memory and
+the scheduler's capacity is ``C = (num_blocks - max_batch) * block_size`` tokens. Blocks are
 allocated so that every survivor's block table covers its ``m`` tokens
 (``ceil(m / block_size)`` blocks) before it runs, and freed when it is evicted or completes.
 Rounding up wastes less than one block per resident, so with ``sum m <= C`` (which the
@@ -317,7 +323,7 @@ def decide(policy: Policy, key, params, pstate, view: SchedView):
 
     plan = policy.plan(k_plan, params, pstate, view)
     run, chunk, token, need, _ = plan_execution(plan.run, plan.chunk, valid, slots.prompt,
-                                                slots.generated, slots.cached)
+                                                slots.generated, slots.cached, view.block_size)
 
     excess = jnp.sum(need).astype(jnp.float32) - view.capacity
     evict, pstate = policy.evict(k_evict, params, pstate, view.replace(excess=excess), need)
@@ -356,6 +362,7 @@ class PolicyScheduler:
             check_shape(policy, self.params, self.shape)
         self.pstate = policy.init(self.params, self.shape)
         self.capacity = float(engine_cfg.capacity)
+        self.block_size = int(engine_cfg.memory_block_size)
         self._key = jax.random.key(seed)
         self._decide = _compiled_decide(policy)
 
@@ -364,7 +371,8 @@ class PolicyScheduler:
         view = SchedView(
             time=jnp.float32(now), iteration=jnp.int32(iteration),
             capacity=jnp.float32(self.capacity), num_waiting=jnp.int32(num_waiting),
-            queue=queue, slots=slots, excess=jnp.zeros((), jnp.float32))
+            queue=queue, slots=slots, excess=jnp.zeros((), jnp.float32),
+            block_size=jnp.int32(self.block_size))
         key = jax.random.fold_in(self._key, iteration)
         decision, self.pstate = self._decide(key, self.params, self.pstate, view)
         return jax.tree.map(np.asarray, decision)

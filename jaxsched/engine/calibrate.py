@@ -1,4 +1,5 @@
-"""Calibrate the simulator's iteration-time model ``tau = d0 + d1 (P + D) + d2 R`` on the engine.
+"""Calibrate the simulator's iteration-time model
+``tau = d0 + d1_prefill P + d1_context D + d2 R`` on the engine.
 
 :func:`calibrate` drives an :class:`~jaxsched.engine.batching.Engine` through two kinds of runs
 and records every iteration it executes (:class:`~jaxsched.engine.batching.IterationRecord`):
@@ -13,13 +14,15 @@ and records every iteration it executes (:class:`~jaxsched.engine.batching.Itera
   the engine as ``compare-sim`` scales them.
 
 A first pass over every prefill bucket and the grid compiles every shape and is discarded.
-Each iteration gives one sample ``(P_k + D_k, R_k, compute_time_k)`` (``R_k``: the requests
+Each iteration gives one sample ``(P_k, D_k, R_k, compute_time_k)`` (``R_k``: the requests
 that process prefill tokens in it, ``IterationRecord.prefill_requests``; the engine runs each
-as its own model call); ``d0, d1, d2`` are their non-negative least-squares fit
-(:func:`fit_nonneg`: ``numpy.linalg.lstsq`` on every subset of the coefficients, the best fit
-with all of them ``>= 0``). The same samples fitted with ``d2 = 0`` (``tau = d0 + d1 (P +
-D)``, the papers' model) give the error *before* the per-request term, reported beside the
-error after it. ``compute_time`` is the engine's model calls, timed by
+as its own model call); ``d0, d1_prefill, d1_context, d2`` are their non-negative
+least-squares fit (:func:`fit_nonneg`: ``numpy.linalg.lstsq`` on every subset of the
+coefficients, the best fit with all of them ``>= 0``). Two comparisons on the same samples are
+reported beside it: the single-``d1`` fit ``tau = d0 + d1 (P + D) + d2 R`` (what calibrate
+wrote before the coefficients were split; ``[calibration] single_d1_*``) and the papers'
+model without ``d2``, ``tau = d0 + d1 (P + D)`` (``without_d2_*``). ``compute_time`` is the
+engine's model calls, timed by
 the ``timer``: ``"wall"`` (``time.perf_counter``) or ``"cpu"`` (``time.process_time``, this
 process's CPU seconds: on a machine shared with other jobs it is far less disturbed by them
 than wall time; the engine's XLA calls run on one thread, so on an idle machine both agree).
@@ -41,17 +44,16 @@ same reference (``[calibration] probe_reference_s``), so both see one steady mac
 
 The fit's error is reported three ways: the RMS residual relative to the mean time, the mean
 per-iteration ``|residual| / time``, and per run the *bias* ``sum(predicted) / sum(measured)
-- 1`` (what matters for throughput over a run). As evidence about the model itself, the same
-samples are also fitted with separate prefill and context coefficients,
-``tau = d0' + dp P + dc D`` (``prefill_context_fit``); the simulator does not use it.
+- 1`` (what matters for throughput over a run).
 
 :func:`write_profile` writes a system profile that a config includes with
 ``[system] profile = "profile.toml"`` (read by :func:`jaxsched.config.load_profile` as a
 :class:`~jaxsched.config.SystemProfile`)::
 
-    [system]          name, model, device, capacity (the engine's C in tokens), d0, d1, d2,
+    [system]          name, model, device, capacity (the engine's C in tokens), d0,
+                      d1_prefill, d1_context, d2, block_size (with engine memory = "blocks"),
                       time_unit, fit_rms, fit_rel_error, samples, note
-    [calibration]     timer, mean |rel| error, the fit without d2, the prefill/context fit
+    [calibration]     timer, mean |rel| error, the single-d1 fit, the fit without d2
                       (not read by configs)
     [engine]          the EngineConfig the profile was measured with (compare-sim rebuilds it)
 """
@@ -66,6 +68,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from jaxsched.config import split_d1
 from jaxsched.errors import JaxschedError
 
 __all__ = [
@@ -77,6 +80,7 @@ __all__ = [
     "device_description",
     "fit_nonneg",
     "fit_tau",
+    "fit_split_tau",
     "fit_linear",
     "calibrate",
     "measure_probe",
@@ -102,7 +106,7 @@ class CalibrationRow:
     mean_prefill: float  # mean P
     mean_context: float  # mean D
     measured_ms: float  # mean compute time
-    predicted_ms: float  # mean d0 + d1 (P + D) + d2 R
+    predicted_ms: float  # mean d0 + d1_prefill P + d1_context D + d2 R
     overhead_ms: float  # mean duration - compute_time
     mean_requests: float = 0.0  # mean R (prefilling requests)
 
@@ -119,7 +123,8 @@ class CalibrationRow:
 @dataclasses.dataclass(frozen=True)
 class CalibrationResult:
     d0: float
-    d1: float
+    d1_prefill: float  # time per prefill token
+    d1_context: float  # time per context token of a decoding request
     fit_rms: float  # seconds: RMS of the residuals
     fit_rel_error: float  # RMS residual / mean measured time
     mean_abs_rel_error: float  # mean |residual| / measured, per iteration
@@ -132,12 +137,14 @@ class CalibrationResult:
     overhead_mean: float  # seconds of scheduling per iteration (not in the fit)
     timer: str = "wall"
     timing_repeats: int = 1  # model calls of each iteration run this often; fastest pass kept
-    # Evidence about the model: tau = d0' + dp P + dc D fitted on the same samples.
-    pc_d0: float = math.nan
-    pc_dp: float = math.nan
-    pc_dc: float = math.nan
-    pc_rel_error: float = math.nan  # its RMS residual / mean time
     d2: float = 0.0  # time per prefilling request
+    block_size: int = 1  # the engine's memory blocks (1: token memory)
+    # The same samples with one d1 for both kinds of token: tau = d0 + d1 (P + D) + d2 R.
+    single_d0: float = math.nan
+    single_d1: float = math.nan
+    single_d2: float = math.nan
+    single_rel_error: float = math.nan  # RMS residual / mean time
+    single_mean_abs_rel_error: float = math.nan
     # The same samples fitted without the per-request term (d2 = 0): the error before it.
     base_d0: float = math.nan
     base_d1: float = math.nan
@@ -153,16 +160,19 @@ class CalibrationResult:
             "device": self.device,
             "capacity": int(self.capacity),
             "d0": float(self.d0),
-            "d1": float(self.d1),
+            "d1_prefill": float(self.d1_prefill),
+            "d1_context": float(self.d1_context),
             "d2": float(self.d2),
+            **({"block_size": int(self.block_size)} if self.block_size > 1 else {}),
             "time_unit": "s",
             "fit_rms": float(self.fit_rms),
             "fit_rel_error": float(self.fit_rel_error),
             "samples": int(self.samples),
-            "note": ("measured by jaxsched calibrate: tau = d0 + d1 (prefill + context tokens) "
-                     "+ d2 (prefilling requests) fitted to the engine's model compute time per "
-                     f"iteration ({self.timer} timer); scheduling overhead of "
-                     f"{1e3 * self.overhead_mean:.2f} ms/iteration not included"),
+            "note": ("measured by jaxsched calibrate: tau = d0 + d1_prefill (prefill tokens) + "
+                     "d1_context (context tokens) + d2 (prefilling requests) fitted to the "
+                     f"engine's model compute time per iteration ({self.timer} timer); "
+                     f"scheduling overhead of {1e3 * self.overhead_mean:.2f} ms/iteration not "
+                     "included"),
         }
 
     def calibration_dict(self) -> dict[str, Any]:
@@ -172,14 +182,15 @@ class CalibrationResult:
                "overhead_s": float(self.overhead_mean)}
         if math.isfinite(self.probe_reference):
             out["probe_reference_s"] = float(self.probe_reference)
+        if math.isfinite(self.single_d0):
+            out.update(single_d1_d0=float(self.single_d0), single_d1_d1=float(self.single_d1),
+                       single_d1_d2=float(self.single_d2),
+                       single_d1_rel_error=float(self.single_rel_error),
+                       single_d1_mean_abs_rel_error=float(self.single_mean_abs_rel_error))
         if math.isfinite(self.base_d0):
             out.update(without_d2_d0=float(self.base_d0), without_d2_d1=float(self.base_d1),
                        without_d2_rel_error=float(self.base_rel_error),
                        without_d2_mean_abs_rel_error=float(self.base_mean_abs_rel_error))
-        if math.isfinite(self.pc_dp):
-            out.update(prefill_context_d0=float(self.pc_d0), prefill_context_dp=float(self.pc_dp),
-                       prefill_context_dc=float(self.pc_dc),
-                       prefill_context_rel_error=float(self.pc_rel_error))
         return out
 
 
@@ -283,6 +294,19 @@ def fit_tau(tokens: Sequence[float], times: Sequence[float],
     return float(coef[0]), float(coef[1]), d2, rms, rel, mean_abs_rel
 
 
+def fit_split_tau(prefill: Sequence[float], context: Sequence[float], times: Sequence[float],
+                  requests: Sequence[float] | None = None
+                  ) -> tuple[float, float, float, float, float, float, float]:
+    """Least-squares ``times ~ d0 + d1_prefill prefill + d1_context context + d2 requests``
+    with every coefficient ``>= 0`` (:func:`fit_nonneg`; ``requests=None``: ``d2 = 0``).
+
+    Returns ``(d0, d1_prefill, d1_context, d2, rms, rel_rms, mean_abs_rel)``."""
+    cols = [prefill, context] + ([] if requests is None else [requests])
+    coef, rms, rel, mean_abs_rel = fit_nonneg(cols, times)
+    d2 = float(coef[3]) if requests is not None else 0.0
+    return float(coef[0]), float(coef[1]), float(coef[2]), d2, rms, rel, mean_abs_rel
+
+
 def fit_linear(columns: Sequence[Sequence[float]], times: Sequence[float]
                ) -> tuple[np.ndarray, float]:
     """Unconstrained least squares ``times ~ c0 + sum_j c_j columns_j``: ``(coefficients,
@@ -379,9 +403,9 @@ def calibrate(engine, batch_sizes: Sequence[int] = (1, 2, 4, 8),
     D = np.array([rec.context_tokens for rec in recs], np.float64)
     R = np.array([rec.prefill_requests for rec in recs], np.float64)
     times = np.array([rec.compute_time for rec in recs])
-    b0, b1, _, _, b_rel, b_mar = fit_tau(P + D, times)  # before: d2 = 0
-    d0, d1, d2, rms, rel, mar = fit_tau(P + D, times, R)
-    pc, pc_rel = fit_linear([P, D], times) if len(recs) >= 3 else (np.full(3, math.nan), math.nan)
+    b0, b1, _, _, b_rel, b_mar = fit_tau(P + D, times)  # the papers' model: d2 = 0
+    s0, s1, s2, _, s_rel, s_mar = fit_tau(P + D, times, R)  # one d1 for both kinds
+    d0, dp, dc, d2, rms, rel, mar = fit_split_tau(P, D, times, R)
     rows = []
     for label, rr in runs.items():
         if not rr:
@@ -393,15 +417,16 @@ def calibrate(engine, batch_sizes: Sequence[int] = (1, 2, 4, 8),
         ov = np.array([r.duration - r.compute_time for r in rr])
         rows.append(CalibrationRow(label, len(rr), float(p.mean()), float(c.mean()),
                                    1e3 * float(ct.mean()),
-                                   1e3 * float(np.mean(d0 + d1 * (p + c) + d2 * q)),
+                                   1e3 * float(np.mean(d0 + dp * p + dc * c + d2 * q)),
                                    1e3 * float(ov.mean()), float(q.mean())))
     overhead = float(np.mean([r.duration - r.compute_time for r in recs]))
     return CalibrationResult(
-        d0=d0, d1=d1, fit_rms=rms, fit_rel_error=rel, mean_abs_rel_error=mar,
-        samples=len(recs), capacity=int(ec.capacity), model=model,
+        d0=d0, d1_prefill=dp, d1_context=dc, fit_rms=rms, fit_rel_error=rel,
+        mean_abs_rel_error=mar, samples=len(recs), capacity=int(ec.capacity), model=model,
         device=device_description(), engine=dataclasses.asdict(ec), rows=tuple(rows),
-        overhead_mean=overhead, timer=timer, timing_repeats=int(timing_repeats), pc_d0=float(pc[0]), pc_dp=float(pc[1]),
-        pc_dc=float(pc[2]), pc_rel_error=float(pc_rel), d2=d2, base_d0=b0, base_d1=b1,
+        overhead_mean=overhead, timer=timer, timing_repeats=int(timing_repeats), d2=d2,
+        block_size=int(ec.memory_block_size), single_d0=s0, single_d1=s1, single_d2=s2,
+        single_rel_error=s_rel, single_mean_abs_rel_error=s_mar, base_d0=b0, base_d1=b1,
         base_rel_error=b_rel, base_mean_abs_rel_error=b_mar,
         probe_reference=float(engine.speed_reference) if probe else math.nan)
 
@@ -473,13 +498,13 @@ def write_profile(result: CalibrationResult, path: str | Path, name: str | None 
     lines = [
         "# System profile measured by `jaxsched calibrate` on the jaxsched engine.",
         "# Include it from a config with:  [system] profile = \"" + path.name + "\"",
-        "# tau = d0 + d1 * (prefill tokens + context tokens) + d2 * (prefilling requests),",
-        "# in seconds per iteration.",
+        "# tau = d0 + d1_prefill * (prefill tokens) + d1_context * (context tokens)",
+        "#       + d2 * (prefilling requests), in seconds per iteration.",
         "[system]",
     ]
     lines += [f"{k} = {_toml_value(v)}" for k, v in result.profile_dict(name).items()]
-    lines += ["", "# How it was measured; the fit without d2 and tau = d0' + dp P + dc D on the "
-              "same samples (evidence only).", "[calibration]"]
+    lines += ["", "# How it was measured; the single-d1 fit tau = d0 + d1 (P + D) + d2 R and "
+              "the fit without d2 on the same samples (comparisons only).", "[calibration]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in result.calibration_dict().items()]
     lines += ["", "# The engine shape the profile was measured with (jaxsched compare-sim "
               "rebuilds it).", "[engine]"]
@@ -502,8 +527,9 @@ def read_engine_section(path: str | Path) -> tuple[dict[str, Any], dict[str, Any
 
 def read_profile(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """``(system, engine, calibration)`` tables of a profile (the last two may be empty);
-    ``d2`` is 0 where the profile has none (profiles written before it existed); a
-    ``probe_reference_s`` must be positive."""
+    ``d2`` is 0 where the profile has none (profiles written before it existed);
+    ``d1_prefill`` and ``d1_context`` are ``d1`` where only it is given (likewise; giving both
+    kinds that differ is refused); a ``probe_reference_s`` must be positive."""
     import tomllib
 
     path = Path(path)
@@ -514,10 +540,18 @@ def read_profile(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], dict
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise JaxschedError(f"{path}: cannot read profile: {err}") from None
     system = data.get("system")
-    if not isinstance(system, dict) or not {"capacity", "d0", "d1"} <= set(system):
+    if not isinstance(system, dict) or not {"capacity", "d0"} <= set(system) or not (
+            "d1" in system or {"d1_prefill", "d1_context"} <= set(system)):
         raise JaxschedError(f"{path}: not a system profile (needs a [system] table with "
-                            "capacity, d0, d1; run jaxsched calibrate)")
-    system = {**system, "d2": system.get("d2", 0.0)}
+                            "capacity, d0, d1_prefill and d1_context (or d1); run jaxsched "
+                            "calibrate)")
+    try:
+        dp, dc = split_d1(system.get("d1"), system.get("d1_prefill"), system.get("d1_context"),
+                          required=True)
+    except ValueError as err:
+        raise JaxschedError(f"{path}: system: {err}") from None
+    system = {**system, "d1_prefill": dp, "d1_context": dc, "d2": system.get("d2", 0.0),
+              "block_size": system.get("block_size", 1)}
     d2 = system["d2"]
     if isinstance(d2, bool) or not isinstance(d2, (int, float)) or not d2 >= 0:
         raise JaxschedError(f"{path}: system.d2: expected a number >= 0, got {system['d2']!r}")

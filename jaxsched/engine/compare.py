@@ -29,7 +29,8 @@ host overhead of this small CPU engine is excluded.
 Simulator
 ---------
 The same list becomes a one-replica :class:`~jaxsched.model.Workload`, simulated with the
-profile's ``capacity, d0, d1, d2``, the engine's ``max_batch``/``queue_size``,
+profile's ``capacity, d0, d1_prefill, d1_context, d2`` (and ``block_size``), the
+engine's ``max_batch``/``queue_size``,
 ``restart_on_evict = false`` (the engine keeps generated tokens) and the same policy and
 parameters, for enough iterations to complete every request.
 
@@ -171,7 +172,7 @@ def requests_from_config(cfg, max_request_tokens: int, d0_profile: float, num_re
     lo = np.minimum(np.maximum(1, np.round(output * scale)).astype(int), max_output)
     lo = np.minimum(lo, max_request_tokens - 1)
     lp = np.minimum(lp, max_request_tokens - lo)
-    d0_cfg = cfg.d0 if cfg.d0 > 0 else cfg.d0 + cfg.d1
+    d0_cfg = cfg.d0 if cfg.d0 > 0 else cfg.d0 + min(cfg.d1_prefill, cfg.d1_context)
     factor = time_scale * d0_profile / d0_cfg
     a = (arrival - arrival[0]) * factor
     return [ReplayRequest(float(t), int(p), int(o), int(min(c, num_classes - 1)))
@@ -259,9 +260,13 @@ def replay_engine(engine, clock: VirtualClock, requests: Sequence[ReplayRequest]
 
 def simulate_requests(requests: Sequence[ReplayRequest], policy, params, capacity: float,
                       d0: float, d1: float, max_batch: int, queue_size: int, horizon: int,
-                      num_classes: int = 1, seed: int = 0, d2: float = 0.0) -> dict[str, Any]:
+                      num_classes: int = 1, seed: int = 0, d2: float = 0.0, *,
+                      d1_prefill: float | None = None, d1_context: float | None = None,
+                      block_size: int = 1) -> dict[str, Any]:
     """Simulate ``requests`` (one replica) for ``horizon`` iterations with
-    ``tau = d0 + d1 (P + D) + d2 R``."""
+    ``tau = d0 + d1_prefill P + d1_context D + d2 R`` (each split coefficient ``d1`` unless
+    given, as in :func:`jaxsched.model.system_params`) and memory in blocks of
+    ``block_size``."""
     import jax
     import jax.numpy as jnp
 
@@ -281,7 +286,9 @@ def simulate_requests(requests: Sequence[ReplayRequest], policy, params, capacit
                      num_classes=num_classes, warmup=0, record_trace=True)
     if policy.check_shape is not None:
         policy.check_shape(params, shape, "policy.")
-    sp = SimParams(system=system_params(capacity, d0, d1, False, d2), policy=params)
+    sp = SimParams(system=system_params(capacity, d0, d1, False, d2, d1_prefill=d1_prefill,
+                                        d1_context=d1_context, block_size=block_size),
+                   policy=params)
     keys = jax.random.split(jax.random.key(seed), 1)
     res = jax.block_until_ready(compiled_simulator(policy, shape)(keys, wl, sp))
     m = {k: float(np.asarray(v)[0]) for k, v in res.metrics.items()}
@@ -311,22 +318,27 @@ def simulate_requests(requests: Sequence[ReplayRequest], policy, params, capacit
 
 def compare(engine, clock: VirtualClock, requests: Sequence[ReplayRequest], policy, params,
             profile: dict[str, Any], seed: int = 0) -> CompareResult:
-    """Replay on the engine, then simulate with the profile's ``capacity, d0, d1, d2``
-    (``d2`` 0 when the profile has none)."""
+    """Replay on the engine, then simulate with the profile's ``capacity, d0, d1_prefill,
+    d1_context, d2, block_size`` (``d2`` 0 and ``block_size`` 1 when the profile has none; a
+    single ``d1`` gives both coefficients)."""
     if not requests:
         raise JaxschedError("no requests to replay")
     eng = replay_engine(engine, clock, requests, seed)
     ec = engine.engine_cfg
-    d0, d1 = float(profile["d0"]), float(profile["d1"])
+    d0 = float(profile["d0"])
+    dp = float(profile.get("d1_prefill", profile.get("d1")))
+    dc = float(profile.get("d1_context", profile.get("d1")))
     d2 = float(profile.get("d2", 0.0))
+    block_size = int(profile.get("block_size", 1))
     capacity = float(profile.get("capacity", ec.capacity))
     # Enough iterations for the simulator to finish: the engine's busy iterations plus its
     # idle time in units of d0, doubled; retried longer if that was not enough.
-    idle = max(0.0, eng["end_time"]) / max(d0 + d1, 1e-12)
+    idle = max(0.0, eng["end_time"]) / max(d0 + min(dp, dc), 1e-12)
     horizon = int(min(2 * eng["iterations"] + idle + 64, 400_000))
     for _ in range(3):
-        sim = simulate_requests(requests, policy, params, capacity, d0, d1, ec.max_batch,
-                                ec.queue_size, horizon, ec.num_classes, seed, d2)
+        sim = simulate_requests(requests, policy, params, capacity, d0, dp, ec.max_batch,
+                                ec.queue_size, horizon, ec.num_classes, seed, d2,
+                                d1_context=dc, block_size=block_size)
         if sim["all_done"]:
             break
         horizon *= 4

@@ -28,7 +28,11 @@ __all__ = [
     "MODEL_CONFIG_DIR",
     "load_model_config",
     "EngineConfigError",
+    "MEMORY_MODELS",
 ]
+
+MEMORY_MODELS = ("tokens", "blocks")
+"""How the engine's scheduler counts KV memory (``EngineConfig.memory``)."""
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "configs" / "models"
 """The repository's ``configs/models/`` folder (bare model names are looked up there)."""
@@ -195,7 +199,7 @@ def load_model_config(source: str | Path) -> ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EngineConfig:
-    """Static shapes of the engine (changing one recompiles).
+    """Static shapes of the engine (changing one recompiles), and its memory model.
 
     * ``block_size``, ``num_blocks``: the paged KV cache (tokens per block, blocks in the pool).
     * ``max_batch`` (B), ``queue_size`` (W): resident slots and the scheduler's look-ahead
@@ -204,9 +208,17 @@ class EngineConfig:
       block table is ``ceil(max_seq_len / block_size)`` blocks.
     * ``min_prefill_bucket``: prefill chunks are padded to a power of two at least this long.
     * ``num_classes``: request classes the policy knows (K).
-    * ``capacity_tokens``: a token capacity below the default (0: the default
-      ``(num_blocks - max_batch) * block_size``), e.g. to force evictions without changing the
-      cache's shape.
+    * ``memory``: how the scheduler counts memory (:data:`MEMORY_MODELS`). ``"tokens"`` (the
+      default, the engine's behaviour before block memory existed): the model's token memory
+      (``block_size = 1`` for the policy) with capacity ``(num_blocks - max_batch) *
+      block_size``, one block per slot held back for rounding. ``"blocks"``: the model's block
+      memory with this ``block_size`` (``jaxsched.model``), each resident holding
+      ``ceil(m / block_size)`` blocks, and capacity ``num_blocks * block_size``, every block
+      of the pool: what the engine allocates is exactly what the policy and the simulator
+      count.
+    * ``capacity_tokens``: a token capacity below the default (0: the default above), e.g. to
+      force evictions without changing the cache's shape; with ``memory = "blocks"`` its
+      whole blocks count.
     """
 
     block_size: int = 16
@@ -217,33 +229,57 @@ class EngineConfig:
     min_prefill_bucket: int = 16
     num_classes: int = 1
     capacity_tokens: int = 0
+    memory: str = "tokens"
 
     def __post_init__(self):
+        if self.memory not in MEMORY_MODELS:
+            raise EngineConfigError(f"engine.memory must be one of {', '.join(MEMORY_MODELS)}, "
+                                    f"got {self.memory!r}")
         for f in dataclasses.fields(self):
+            if f.name == "memory":
+                continue
             value = getattr(self, f.name)
             low = 0 if f.name == "capacity_tokens" else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise EngineConfigError(f"engine.{f.name} must be a positive integer, got "
                                         f"{value!r}")
-        if self.num_blocks <= self.max_batch:
+        if self.num_blocks <= self.max_batch and self.memory == "tokens":
             raise EngineConfigError(
                 f"engine.num_blocks ({self.num_blocks}) must exceed engine.max_batch "
                 f"({self.max_batch}): capacity is (num_blocks - max_batch) * block_size tokens")
-        full = (self.num_blocks - self.max_batch) * self.block_size
+        full = self._full_capacity
         if self.capacity_tokens > full:
             raise EngineConfigError(
-                f"engine.capacity_tokens ({self.capacity_tokens}) exceeds (num_blocks - "
-                f"max_batch) * block_size = {full}")
+                f"engine.capacity_tokens ({self.capacity_tokens}) exceeds the {full} tokens "
+                f"of memory = {self.memory!r}")
+        if 0 < self.capacity_tokens < self.block_size and self.memory == "blocks":
+            raise EngineConfigError(
+                f"engine.capacity_tokens ({self.capacity_tokens}) holds no whole block of "
+                f"{self.block_size} tokens")
         b = self.min_prefill_bucket
         if b & (b - 1):
             raise EngineConfigError(f"engine.min_prefill_bucket must be a power of two, got {b}")
 
     @property
+    def _full_capacity(self) -> int:
+        if self.memory == "blocks":
+            return self.num_blocks * self.block_size
+        return (self.num_blocks - self.max_batch) * self.block_size
+
+    @property
     def capacity(self) -> int:
-        """C, the scheduler's token capacity: ``(num_blocks - max_batch) * block_size``, or
-        ``capacity_tokens`` when set (never more)."""
-        full = (self.num_blocks - self.max_batch) * self.block_size
-        return self.capacity_tokens or full
+        """C, the scheduler's token capacity: ``(num_blocks - max_batch) * block_size``
+        (``memory = "tokens"``) or ``num_blocks * block_size`` (``"blocks"``), or
+        ``capacity_tokens`` when set (never more; with blocks, its whole blocks)."""
+        if self.capacity_tokens and self.memory == "blocks":
+            return self.capacity_tokens // self.block_size * self.block_size
+        return self.capacity_tokens or self._full_capacity
+
+    @property
+    def memory_block_size(self) -> int:
+        """The block size of the scheduler's memory model: ``block_size`` with
+        ``memory = "blocks"``, 1 (tokens) otherwise."""
+        return self.block_size if self.memory == "blocks" else 1
 
     @property
     def blocks_per_seq(self) -> int:
@@ -265,11 +301,6 @@ class EngineConfig:
 
     def bucket(self, n: int) -> int:
         """The prefill bucket of a chunk of ``n`` tokens."""
-        full = (self.num_blocks - self.max_batch) * self.block_size
-        if self.capacity_tokens > full:
-            raise EngineConfigError(
-                f"engine.capacity_tokens ({self.capacity_tokens}) exceeds (num_blocks - "
-                f"max_batch) * block_size = {full}")
         b = self.min_prefill_bucket
         while b < n:
             b *= 2

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import socket
+import threading
+import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -22,6 +25,7 @@ __all__ = [
     "solo_outputs",
     "engine_trace",
     "SIM_FIELDS",
+    "LoopbackServer",
 ]
 
 TEST_ENGINE = EngineConfig(block_size=4, num_blocks=40, max_batch=4, queue_size=8,
@@ -97,3 +101,35 @@ def engine_trace(engine: Engine, workload, horizon: int, prompts: Sequence[Any] 
             "num_resident": rec.num_running,
         })
     return records, reqs
+
+
+class LoopbackServer:
+    """uvicorn serving an ASGI ``app`` on a free port of 127.0.0.1 in a thread; the context
+    manager yields the base URL and shuts the server (and the app's lifespan) down on exit."""
+
+    def __init__(self, app, start_timeout: float = 30.0):
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.start_timeout = start_timeout
+        config = uvicorn.Config(app, log_level="warning", lifespan="on",
+                                timeout_graceful_shutdown=5)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + self.start_timeout
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)
+        self.sock.close()

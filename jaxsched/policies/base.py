@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxsched.model import BIG_CHUNK, SimShape
+from jaxsched.model import BIG_CHUNK, SimShape, block_tokens
 
 __all__ = [
     "QueueView",
@@ -44,6 +44,7 @@ __all__ = [
     "run_all",
     "no_state",
     "full_need",
+    "view_memory",
     "fcfs_prefix",
     "evict_newest_first",
     "seat_admissions",
@@ -84,15 +85,21 @@ class SlotView:
 
 @struct.dataclass
 class SchedView:
-    """What a policy may look at."""
+    """What a policy may look at.
+
+    Memory is in blocks of ``block_size`` tokens (``jaxsched.model``): ``capacity`` is already
+    the usable ``C_b = block_size floor(C / block_size)``, and a policy rounds each request's
+    memory with :func:`view_memory` (``block_size ceil(t / block_size)``) before comparing sums
+    with it, as the simulator counts ``M_k``."""
 
     time: jax.Array  # () float32, T_k
     iteration: jax.Array  # () int32, k
-    capacity: jax.Array  # () float32, C
+    capacity: jax.Array  # () float32, C_b: usable tokens of KV memory (whole blocks)
     num_waiting: jax.Array  # () int32, the whole queue (the window may show fewer)
     queue: QueueView
     slots: SlotView
-    excess: jax.Array  # () float32, M_k - C (only meaningful in ``evict``)
+    excess: jax.Array  # () float32, M_k - C_b (only meaningful in ``evict``)
+    block_size: Any = 1  # () int32 >= 1, tokens per KV block
 
 
 @struct.dataclass
@@ -187,10 +194,18 @@ def run_all(key, params, pstate, view: SchedView) -> Plan:
     return Plan(run=view.slots.valid, chunk=jnp.full((b,), BIG_CHUNK, jnp.int32))
 
 
-def full_need(slots: SlotView) -> jax.Array:
+def view_memory(view: SchedView, tokens: jax.Array) -> jax.Array:
+    """The memory, in block tokens, of requests needing ``tokens`` each (0 stays 0):
+    ``jaxsched.model.block_tokens`` at the view's block size."""
+    return block_tokens(tokens, view.block_size)
+
+
+def full_need(slots: SlotView, block_size=1) -> jax.Array:
     """(B,) memory each resident needs in this iteration if it runs with its whole prefill:
-    ``l + s + 1`` (prompt, tokens so far, the new token); 0 for free slots."""
-    return jnp.where(slots.valid, slots.prompt + slots.generated + 1, 0)
+    ``l + s + 1`` (prompt, tokens so far, the new token) rounded up to whole blocks of
+    ``block_size`` tokens; 0 for free slots."""
+    return block_tokens(jnp.where(slots.valid, slots.prompt + slots.generated + 1, 0),
+                        block_size)
 
 
 def fcfs_prefix(ok: jax.Array, valid: jax.Array) -> jax.Array:
@@ -232,24 +247,25 @@ def seat_admissions(admit: jax.Array, waiting: jax.Array, resident: jax.Array
 
 
 def plan_execution(run: jax.Array, chunk: jax.Array, valid: jax.Array, prompt: jax.Array,
-                   generated: jax.Array, cached: jax.Array):
+                   generated: jax.Array, cached: jax.Array, block_size=1):
     """Step 3 on the plan: who runs (residents only), the prefill chunk clipped to the
     ``pending = l + g - cached`` tokens left, whether a token is generated (the prefill is
-    complete after the chunk), and each resident's memory ``need = cached + chunk + token``.
+    complete after the chunk), and each resident's memory
+    ``need = [cached + chunk + token]_b`` in block tokens (step 4).
     Returns ``(run, chunk, token, need, pending)``, all (B,)."""
     run = run & valid
     target = prompt + generated
     pending = target - cached
     chunk = jnp.where(run, jnp.clip(chunk, 0, pending), 0)
     token = run & (cached + chunk == target)
-    need = jnp.where(valid, cached + chunk + token, 0)
+    need = block_tokens(jnp.where(valid, cached + chunk + token, 0), block_size)
     return run, chunk, token, need, pending
 
 
 def evict_to_fit(evict: jax.Array, need: jax.Array, valid: jax.Array, excess: jax.Array
                  ) -> jax.Array:
     """Step 4: the policy's evictions among the residents, then the newest remaining ones
-    until the memory fits (``excess = M - C``; nothing more when it is <= 0)."""
+    until the memory fits (``excess = M - C_b``, block tokens; nothing more when it is <= 0)."""
     evict = evict & valid
     still = excess - jnp.sum(jnp.where(evict, need, 0)).astype(jnp.float32)
     return evict | evict_newest_first(need, valid & ~evict, still)

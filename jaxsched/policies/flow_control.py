@@ -49,6 +49,7 @@ from jaxsched.policies.base import (
     Policy,
     fcfs_prefix,
     full_need,
+    view_memory,
     no_state,
     run_all,
 )
@@ -284,8 +285,8 @@ def alpha_protection() -> Policy:
         del key
         q = view.queue
         limit = (1.0 - params["alpha"]) * view.capacity
-        used = jnp.sum(full_need(view.slots))
-        need = jnp.where(q.valid, q.prompt + q.kept + 1, 0)
+        used = jnp.sum(full_need(view.slots, view.block_size))
+        need = view_memory(view, jnp.where(q.valid, q.prompt + q.kept + 1, 0))
         ok = (used + jnp.cumsum(need)) <= limit
         return fcfs_prefix(ok, q.valid), pstate
 
@@ -338,9 +339,9 @@ def _future_memory_admit(shortest_first: bool):
         # Check times: one iteration before each predicted completion (offset 0 = now).
         times = jnp.concatenate([jnp.where(s.valid, r_res - 1, 0), jnp.where(valid_c, r_c - 1, 0)])
 
-        def load(valid, r, base):  # (n, T): memory of each request at each check time
+        def load(valid, r, base):  # (n, T): memory (block tokens) of each at each check time
             on = valid[:, None] & (r[:, None] > times[None, :])
-            return jnp.where(on, base[:, None] + times[None, :], 0)
+            return view_memory(view, jnp.where(on, base[:, None] + times[None, :], 0))
 
         resident = jnp.sum(load(s.valid, r_res, base_res), axis=0)  # (T,)
         prefix = jnp.cumsum(load(valid_c, r_c, base_c), axis=0)  # (W, T)
@@ -434,8 +435,10 @@ def reserve_full(eviction: str = "newest") -> Policy:
         del key
         q, s = view.queue, view.slots
         max_new = jnp.clip(params["max_new_tokens"], 0, BIG_OUTPUT).astype(jnp.int32)
-        used = jnp.sum(jnp.where(s.valid, _reserved(s.prompt, s.generated, s.output, max_new), 0))
-        need = jnp.where(q.valid, _reserved(q.prompt, q.kept, q.output, max_new), 0)
+        used = jnp.sum(view_memory(view, jnp.where(
+            s.valid, _reserved(s.prompt, s.generated, s.output, max_new), 0)))
+        need = view_memory(view, jnp.where(
+            q.valid, _reserved(q.prompt, q.kept, q.output, max_new), 0))
         ok = (used + jnp.cumsum(need)).astype(jnp.float32) <= view.capacity
         return fcfs_prefix(ok, q.valid), pstate
 

@@ -21,6 +21,7 @@ from jaxsched.policies.base import (
     ordered_eviction,
     fcfs_prefix,
     full_need,
+    view_memory,
     no_state,
     run_all,
 )
@@ -38,8 +39,8 @@ def greedy(eviction: str = "newest") -> Policy:
     def admit(key, params, pstate, view):
         del key
         q, s = view.queue, view.slots
-        free = view.capacity - jnp.sum(full_need(s))
-        need = jnp.where(q.valid, q.prompt + q.kept + 1, 0)
+        free = view.capacity - jnp.sum(full_need(s, view.block_size))
+        need = view_memory(view, jnp.where(q.valid, q.prompt + q.kept + 1, 0))
         seats = params["max_num_seqs"] - jnp.sum(s.valid)
         ok = (jnp.cumsum(need) <= free) & (jnp.cumsum(q.valid) <= seats)
         return fcfs_prefix(ok, q.valid), pstate

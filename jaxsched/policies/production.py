@@ -44,7 +44,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxsched.model import BIG_CHUNK
+from jaxsched.model import BIG_CHUNK, block_tokens
 from jaxsched.policies.base import (
     Decision,
     fcfs_margin,
@@ -59,6 +59,7 @@ from jaxsched.policies.base import (
     full_need,
     no_state,
     run_all,
+    view_memory,
 )
 from jaxsched.policies.registry import register
 
@@ -81,13 +82,13 @@ def _check_eviction(eviction: str) -> None:
         raise ValueError(f"eviction must be one of {EVICTION_ORDERS}, got {eviction!r}")
 
 
-def budget_plan(slots: SlotView, budget: jax.Array):
+def budget_plan(slots: SlotView, budget: jax.Array, block_size=1):
     """Steps 1-2 of the module docstring on ``slots`` under ``budget`` (int32) tokens.
 
     Returns ``(run (B,) bool, chunk (B,) int32, need (B,) int32, left () int32)``: who runs,
     their prefill chunks, each resident's memory in this iteration if the plan is executed
-    (``cached + chunk + token``; ``cached`` for one that does not run) and ``R'``, the budget
-    left for new prefills.
+    (``cached + chunk + token``; ``cached`` for one that does not run; in block tokens of
+    ``block_size``) and ``R'``, the budget left for new prefills.
     """
     valid = slots.valid
     target = slots.prompt + slots.generated
@@ -99,7 +100,7 @@ def budget_plan(slots: SlotView, budget: jax.Array):
     chunk = jnp.clip(rem - before, 0, pending)
     run = decode_run | (chunk > 0)
     token = run & (slots.cached + chunk == target)
-    need = jnp.where(valid, slots.cached + chunk + token, 0)
+    need = block_tokens(jnp.where(valid, slots.cached + chunk + token, 0), block_size)
     left = jnp.maximum(rem - jnp.sum(pending), 0)
     return run, chunk, need, left
 
@@ -108,7 +109,7 @@ def _budget_admission_common(params, view, budget_key: str):
     """Shared pieces of the budgeted admissions, per window position: prefill tokens
     ``p = l + g``, first chunk, budget and seat tests; and the residents' planned memory."""
     q, s = view.queue, view.slots
-    _, _, need_old, left = budget_plan(s, _as_int(params[budget_key]))
+    _, _, need_old, left = budget_plan(s, _as_int(params[budget_key]), view.block_size)
     p = jnp.where(q.valid, q.prompt + q.kept, 0)
     before = jnp.cumsum(p) - p
     budget_ok = before < left
@@ -170,7 +171,8 @@ def vllm(eviction: str = "newest", scheduler: str = "v1") -> Policy:
         before = jnp.cumsum(p) - p
         budget_ok = (before + p <= _as_int(params["max_num_batched_tokens"])) | (before == 0)
         seats = _as_int(params["max_num_seqs"]) - jnp.sum(s.valid, dtype=jnp.int32)
-        used = jnp.sum(full_need(s)) + jnp.cumsum(jnp.where(q.valid, p + 1, 0))
+        used = jnp.sum(full_need(s, view.block_size)) + jnp.cumsum(
+            view_memory(view, jnp.where(q.valid, p + 1, 0)))
         mem_ok = view.capacity - used.astype(jnp.float32) >= params["watermark"] * view.capacity
         ok = budget_ok & (jnp.cumsum(q.valid) <= seats) & mem_ok
         return fcfs_prefix(ok, q.valid), pstate
@@ -186,11 +188,12 @@ def vllm(eviction: str = "newest", scheduler: str = "v1") -> Policy:
         del key
         q, s = view.queue, view.slots
         p, _, ok, _ = _budget_admission_common(params, view, "max_num_batched_tokens")
-        used = jnp.sum(full_need(s)) + jnp.cumsum(jnp.where(q.valid, p + 1, 0))
+        size = view_memory(view, jnp.where(q.valid, p + 1, 0))
+        used = jnp.sum(full_need(s, view.block_size)) + jnp.cumsum(size)
         slack = view.capacity - used.astype(jnp.float32) - params["watermark"] * view.capacity
         mem_ok = slack >= 0
         # margin: the free memory beyond the watermark, in units of this request's size
-        margin = jnp.where(ok, (slack + 0.5 * (p + 1)) / jnp.maximum(p + 1, 1), -1.0)
+        margin = jnp.where(ok, (slack + 0.5 * size) / jnp.maximum(size, 1), -1.0)
         return Decision(fcfs_prefix(ok & mem_ok, q.valid), fcfs_margin(margin, q.valid)), pstate
 
     return Policy(
@@ -247,7 +250,7 @@ def sarathi(eviction: str = "newest") -> Policy:
         del key
         q = view.queue
         p, first, ok, need_old = _budget_admission_common(params, view, "chunk_size")
-        mem_new = jnp.where(q.valid & (first > 0), first + (first == p), 0)
+        mem_new = view_memory(view, jnp.where(q.valid & (first > 0), first + (first == p), 0))
         used = jnp.sum(need_old) + jnp.cumsum(mem_new)
         mem_ok = used.astype(jnp.float32) <= view.capacity
         return fcfs_prefix(ok & mem_ok, q.valid), pstate
@@ -330,9 +333,9 @@ def sglang(eviction: str = "fewest_generated") -> Policy:
         cap = _as_int(params["max_new_tokens"])
         grow_old = jnp.sum(jnp.where(s.valid, jnp.maximum(cap - s.generated, 0), 0))
         grow_new = jnp.where(q.valid, jnp.maximum(cap - q.kept, 0), 0)
-        size_new = jnp.where(q.valid, q.prompt + q.kept + 1, 0)
+        size_new = view_memory(view, jnp.where(q.valid, q.prompt + q.kept + 1, 0))
         reserve = ratio * (grow_old + jnp.cumsum(grow_new)).astype(jnp.float32)
-        used = jnp.sum(full_need(s)) + jnp.cumsum(size_new)
+        used = jnp.sum(full_need(s, view.block_size)) + jnp.cumsum(size_new)
         slack = view.capacity - used.astype(jnp.float32) - reserve
         ok = slack >= 0
         margin = (slack + 0.5 * size_new) / jnp.maximum(size_new, 1)

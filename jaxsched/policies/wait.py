@@ -113,6 +113,7 @@ from jaxsched.policies.base import (
     Policy,
     SlotView,
     full_need,
+    view_memory,
     no_state,
 )
 from jaxsched.policies.registry import PolicyError, register
@@ -202,7 +203,7 @@ def _fit_wait(info: dict) -> dict:
             b = float(np.max(np.asarray(_user(info, "batch_limit", DEFAULT_BATCH_LIMIT))))
             return {"threshold": list(theory.wait_practical_thresholds(output, shares, b).integer)}
         fit = theory.wait_thresholds(info["prompt_len"], output, rates, capacity=info["capacity"],
-                                     d0=info["d0"], d1=info["d1"])
+                                     d0=info["d0"], d1=_theory_d1(info, "wait"))
     except JaxschedError as err:
         raise PolicyError(f"wait: cannot fit thresholds: {err}") from None
     if not fit.feasible:
@@ -269,7 +270,8 @@ def _fit_nested(info: dict) -> dict:
     tail = np.cumsum(np.asarray(merged)[::-1])[::-1]
     p = [1.0] + [float(tail[i] / tail[i - 1]) for i in range(1, len(tail))]
     ell = max(prompt)
-    d0, d1, cap = float(info["d0"]), float(info["d1"]), float(info["capacity"])
+    d0, d1, cap = (float(info["d0"]), _theory_d1(info, "nested_wait"),
+                   float(info["capacity"]))
     horizon = float(info.get("horizon") or 1e4) * d0
 
     def by_boundary(thresholds):  # per distinct length -> per segment (boundary)
@@ -333,6 +335,17 @@ def _fit_nested(info: dict) -> dict:
             "safety_buffer": float(sum(fit.buffer))}
 
 
+def _theory_d1(info: dict, name: str) -> float:
+    """The single ``d1`` of the theory's iteration time; refused (one line) when the system's
+    ``d1_prefill`` and ``d1_context`` differ (``info["d1"]`` None, ``api.workload_context``)."""
+    if info.get("d1") is None:
+        raise PolicyError(
+            f"{name}: the fitted thresholds use the theory's single d1, but d1_prefill = "
+            f"{info.get('d1_prefill')} and d1_context = {info.get('d1_context')} differ; set "
+            "system.d1 or the policy's thresholds")
+    return float(info["d1"])
+
+
 # ---------------------------------------------------------------------------------- WAIT
 
 
@@ -351,12 +364,12 @@ def wait(eviction: str = "newest", mode: str = "advance") -> Policy:
         onehot = q.valid[:, None] & (q.cls[:, None] == jnp.arange(k))
         rank = jnp.cumsum(onehot, axis=0)
         member = onehot & (rank <= n)
-        size = jnp.where(q.valid, q.prompt + q.kept + 1, 0)
+        size = view_memory(view, jnp.where(q.valid, q.prompt + q.kept + 1, 0))
         mem = jnp.sum(jnp.where(member, size[:, None], 0), axis=0)
         eligible = rank[-1] >= n
         limit = jnp.minimum(_as_int(params["batch_limit"]), s.valid.shape[0])
         seats = limit - jnp.sum(s.valid, dtype=jnp.int32)
-        used = jnp.sum(full_need(s))
+        used = jnp.sum(full_need(s, view.block_size))
         # classes in the order of their oldest waiting request (FCFS across cohorts)
         w = q.valid.shape[0]
         first = jnp.min(jnp.where(onehot, jnp.arange(w)[:, None], w), axis=0)
@@ -441,8 +454,8 @@ def nested_wait(eviction: str = "newest") -> Policy:
         q, s = view.queue, view.slots
         n1 = _as_int(params["threshold"])[0]
         member = q.valid & (jnp.cumsum(q.valid) <= n1)
-        size = jnp.sum(jnp.where(member, q.prompt + q.kept + 1, 0))
-        used = (jnp.sum(full_need(s)) + size).astype(jnp.float32)
+        size = jnp.sum(view_memory(view, jnp.where(member, q.prompt + q.kept + 1, 0)))
+        used = (jnp.sum(full_need(s, view.block_size)) + size).astype(jnp.float32)
         ok = (
             (jnp.sum(q.valid, dtype=jnp.int32) >= n1)
             & (jnp.sum(s.valid, dtype=jnp.int32) + n1 <= s.valid.shape[0])

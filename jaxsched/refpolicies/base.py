@@ -9,6 +9,7 @@ docstring, never by calling JAX code, so that the JAX policy is tested against i
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 __all__ = [
@@ -20,7 +21,23 @@ __all__ = [
     "register_reference",
     "reference_policy",
     "evict_in_order",
+    "block_tokens",
+    "usable_capacity",
 ]
+
+
+def block_tokens(tokens: int, block_size: int) -> int:
+    """``block_size * ceil(tokens / block_size)``: the memory of a request needing ``tokens``
+    when memory is allocated in blocks (``jaxsched.model``, written here in plain Python)."""
+    return -(-int(tokens) // int(block_size)) * int(block_size)
+
+
+def usable_capacity(capacity: float, block_size: int) -> float:
+    """``block_size * floor(C / block_size)``, the whole blocks in ``C``; ``C`` itself when
+    ``block_size = 1``."""
+    if int(block_size) == 1:
+        return capacity
+    return float(math.floor(capacity / block_size) * block_size)
 
 
 @dataclasses.dataclass
@@ -49,12 +66,17 @@ class RefResident:
 class RefView:
     time: float
     iteration: int
-    capacity: float
+    capacity: float  # C_b: usable tokens, whole blocks (C when block_size = 1)
     num_waiting: int  # the whole queue
     queue: list[RefWaiting]  # the first queue_size waiting requests, in queue order
     residents: list[RefResident]  # admission order, oldest first
     excess: float = 0.0  # M_k - C, meaningful in evict
     max_batch: int | None = None  # resident slots of the server (SimShape.max_batch)
+    block_size: int = 1  # tokens per KV block; a policy rounds memory with mem()
+
+    def mem(self, tokens: int) -> int:
+        """The memory of a request needing ``tokens``, in block tokens."""
+        return block_tokens(tokens, self.block_size)
 
 
 class RefPolicy:

@@ -108,12 +108,12 @@ class RefAlphaProtection(RefPolicy):
 
     def admit(self, view: RefView) -> list[bool]:
         limit = f32(f32(1.0) - self.alpha) * f32(view.capacity)
-        total = sum(r.prompt + r.generated + 1 for r in view.residents)
+        total = sum(view.mem(r.prompt + r.generated + 1) for r in view.residents)
         out = []
         blocked = False
         for w in view.queue:
-            if not blocked and f32(total + w.prompt + w.kept + 1) <= limit:
-                total += w.prompt + w.kept + 1
+            if not blocked and f32(total + view.mem(w.prompt + w.kept + 1)) <= limit:
+                total += view.mem(w.prompt + w.kept + 1)
                 out.append(True)
             else:
                 blocked = True
@@ -161,7 +161,8 @@ class _RefFutureMemory(RefPolicy):
             trial = running + [(w.prompt + w.kept + 1, _predicted(w.output, w.kept, self.scale)[1])]
             horizon = max(rem for _, rem in trial)
             fits = all(
-                f32(sum(base + t for base, rem in trial if rem > t)) <= f32(view.capacity)
+                f32(sum(view.mem(base + t) for base, rem in trial if rem > t))
+                <= f32(view.capacity)
                 for t in range(horizon)
             )
             if not fits or seats <= 0:
@@ -206,11 +207,12 @@ class RefReserveFull(RefPolicy):
         return prompt + max(min(output, self.max_new), progress + 1)
 
     def admit(self, view: RefView) -> list[bool]:
-        total = sum(self._reserve(r.prompt, r.generated, r.output) for r in view.residents)
+        total = sum(view.mem(self._reserve(r.prompt, r.generated, r.output))
+                    for r in view.residents)
         out = []
         blocked = False
         for w in view.queue:
-            need = self._reserve(w.prompt, w.kept, w.output)
+            need = view.mem(self._reserve(w.prompt, w.kept, w.output))
             if not blocked and f32(total + need) <= f32(view.capacity):
                 total += need
                 out.append(True)

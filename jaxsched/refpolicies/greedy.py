@@ -15,13 +15,13 @@ class RefGreedy(RefPolicy):
         self.eviction = eviction
 
     def admit(self, view: RefView) -> list[bool]:
-        used = sum(r.prompt + r.generated + 1 for r in view.residents)
+        used = sum(view.mem(r.prompt + r.generated + 1) for r in view.residents)
         free = view.capacity - used
         seats = self.max_num_seqs - len(view.residents)
         out = []
         blocked = False
         for w in view.queue:
-            need = w.prompt + w.kept + 1
+            need = view.mem(w.prompt + w.kept + 1)
             if not blocked and need <= free and seats >= 1:
                 out.append(True)
                 free -= need

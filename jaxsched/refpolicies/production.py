@@ -26,8 +26,8 @@ def _count(x) -> int:
 
 def ref_budget_plan(view: RefView, budget: int):
     """Steps 1-2 of the token-budget plan. Returns (plan, need, left): per resident
-    ``(runs, chunk)``, its memory in this iteration under the plan, and the budget left for
-    new prefills."""
+    ``(runs, chunk)``, its memory in this iteration under the plan (block tokens), and the
+    budget left for new prefills."""
     plan, need = [], []
     decodes = 0
     for r in view.residents:
@@ -43,13 +43,13 @@ def ref_budget_plan(view: RefView, budget: int):
             seen_decodes += 1
             runs = seen_decodes <= budget
             plan.append((runs, 0))
-            need.append(r.cached + (1 if runs else 0))
+            need.append(view.mem(r.cached + (1 if runs else 0)))
         else:
             chunk = max(0, min(rem - prefill_before, pending))
             prefill_before += pending
             runs = chunk > 0
             plan.append((runs, chunk))
-            need.append(r.cached + chunk + (1 if chunk == pending else 0))
+            need.append(view.mem(r.cached + chunk + (1 if chunk == pending else 0)))
     left = max(rem - prefill_before, 0)
     return plan, need, left
 
@@ -79,7 +79,7 @@ class _Budgeted(RefPolicy):
             first = max(0, min(p, left - before))
             ok = not blocked and before < left and seats >= 1
             if ok:
-                used_after = used + self._mem(p, first)
+                used_after = used + view.mem(self._mem(p, first))
                 ok = self._mem_ok(view, used_after)
             if ok:
                 out.append(True)
@@ -110,10 +110,10 @@ class RefVllm(_Budgeted):
         for w in view.queue:
             p = w.prompt + w.kept
             ok = (not blocked and (before + p <= self.budget or before == 0) and seats >= 1
-                  and self._mem_ok(view, used + p + 1))
+                  and self._mem_ok(view, used + view.mem(p + 1)))
             if ok:
                 out.append(True)
-                used += p + 1
+                used += view.mem(p + 1)
                 seats -= 1
                 before += p
             else:
@@ -129,7 +129,7 @@ class RefVllm(_Budgeted):
         return [(r.is_new or not prefill_only, None) for r in view.residents]
 
     def _used_start(self, view, need_old):
-        return sum(r.prompt + r.generated + 1 for r in view.residents)
+        return sum(view.mem(r.prompt + r.generated + 1) for r in view.residents)
 
     def _mem(self, p, first):
         return p + 1
@@ -175,12 +175,12 @@ class RefSglang(RefPolicy):
         self.ratio = self.current_ratio()
         self.reset = False
         grow = sum(max(self.cap - r.generated, 0) for r in view.residents)
-        used = sum(r.prompt + r.generated + 1 for r in view.residents)
+        used = sum(view.mem(r.prompt + r.generated + 1) for r in view.residents)
         cap = f32(view.capacity)
         out, blocked = [], False
         for w in view.queue:
             g2 = grow + max(self.cap - w.kept, 0)
-            u2 = used + w.prompt + w.kept + 1
+            u2 = used + view.mem(w.prompt + w.kept + 1)
             ok = not blocked and bool(f32(self.ratio * f32(g2)) <= f32(cap - f32(u2)))
             if ok:
                 out.append(True)

@@ -39,7 +39,7 @@ def _max_batch(policy: RefPolicy, view: RefView) -> int:
 
 
 def _size(view: RefView) -> int:
-    return sum(r.prompt + r.generated + 1 for r in view.residents)
+    return sum(view.mem(r.prompt + r.generated + 1) for r in view.residents)
 
 
 def _stage_cap(view: RefView, group: list[int], cap: list[int]) -> list[bool]:
@@ -78,7 +78,7 @@ class RefWait(RefPolicy):
             members = [p for p, w in enumerate(view.queue) if w.cls == j][:nj]
             if len(members) < nj:
                 continue
-            mem = sum(view.queue[p].prompt + view.queue[p].kept + 1 for p in members)
+            mem = sum(view.mem(view.queue[p].prompt + view.queue[p].kept + 1) for p in members)
             if np.float32(used + mem) <= np.float32(view.capacity) and nj <= seats:
                 for p in members:
                     out[p] = True
@@ -110,7 +110,7 @@ class RefNestedWait(RefPolicy):
     def admit(self, view: RefView) -> list[bool]:
         n1 = self.n[0]
         members = list(range(min(n1, len(view.queue))))
-        size = sum(view.queue[p].prompt + view.queue[p].kept + 1 for p in members)
+        size = sum(view.mem(view.queue[p].prompt + view.queue[p].kept + 1) for p in members)
         used = np.float32(_size(view) + size)
         ok = (
             len(view.queue) >= n1
