@@ -508,7 +508,7 @@ def simulate_metrics(cfg: Config) -> dict[str, float]:
     import numpy as np
 
     from jaxsched import api
-    from jaxsched.sim import compiled_simulator
+    from jaxsched.rollout import compiled_simulator
     from tuning.objectives import add_derived, aggregate, measured_time
 
     exp = api.build_experiment(cfg)

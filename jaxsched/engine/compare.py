@@ -276,7 +276,8 @@ def simulate_requests(requests: Sequence[ReplayRequest], policy, params, capacit
     import jax.numpy as jnp
 
     from jaxsched.model import SimShape, Workload, system_params
-    from jaxsched.sim import SimParams, compiled_simulator
+    from jaxsched.rollout import compiled_simulator
+    from jaxsched.sim import SimParams
 
     reqs = sorted(requests, key=lambda r: r.arrival)
     wl = Workload(
