@@ -26,7 +26,7 @@ def warnings_of(proc) -> list[str]:
 
 def test_a_replay_where_nothing_completes_warns_and_plots_no_empty_cdf(tmp_path):
     png = tmp_path / "empty.png"
-    proc = jaxsched("simulate", "azure-conv", "--set", "workload.horizon=300", "--set",
+    proc = jaxsched("simulate", "azure-conv", "--set", "workload.horizon=50", "--set",
                     "workload.warmup=0", "--set", "workload.num_workloads=1", "--json",
                     "--plot", str(png))
     assert proc.returncode == 0, proc.stderr
