@@ -101,6 +101,24 @@ def test_vllm_default_scheduler_on_the_same_engine(llm):
     assert all(r.policy_admitted == -1 and r.iteration == -1 for r in run["records"])
 
 
+def test_replay_times_each_step_by_every_clock_on_one_torch_thread(llm):
+    """The engine runs torch on one thread (``LLMSettings.torch_threads``: unbound OpenMP
+    threads stall each other on a shared machine), and a replay keeps every clock's time of
+    each step: the clock it advances by (``timer="thread"`` here) is the one in
+    ``durations`` (vLLM's own scheduler has no plugin overhead to leave out)."""
+    import torch
+
+    assert SETTINGS.torch_threads == 1 and torch.get_num_threads() == 1
+    scheduler_of(llm).use_policy(None)
+    reqs = [ReplayRequest(0.01 * i, 20 + i, 4) for i in range(4)]
+    run = replay(llm, reqs, timer="thread")
+    assert_each_finished_once(run, reqs)
+    raw = run["raw_durations"]
+    assert sorted(raw) == ["cpu", "thread", "wall"]
+    assert all(len(v) == len(run["records"]) and (v >= 0).all() for v in raw.values())
+    np.testing.assert_array_equal(run["durations"], raw["thread"])
+
+
 RUNS_WITH = {"vllm": {"max_num_batched_tokens": 512.0}, "sarathi": {"chunk_size": 512.0}}
 """The budgeted policies run when their token budget is vLLM's (512 here); the others with
 their defaults."""

@@ -132,3 +132,25 @@ def test_cli_refuses_a_mismatched_file_before_vllm_starts(folder):
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "system.capacity = 640 tokens is 20 blocks of 32" in lines[0]
+
+
+def test_cli_refuses_a_bad_timer_in_one_line(folder):
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxsched", "compare-sim", "--engine", "vllm", "--model",
+         str(folder / "model"), "--policy", "vllm", "--timer", "gpu"], capture_output=True,
+        text=True, env=dict(os.environ), timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--timer 'gpu': expected one of cpu, thread, wall" in lines[0]
+
+
+def test_profile_engine_table_round_trips_the_torch_threads():
+    from jaxsched.errors import JaxschedError
+    from jaxsched.integrations.vllm.compare import settings_from_profile
+
+    table = {"engine": "vllm", **{k: v for k, v in vars(SETTINGS).items()}}
+    assert settings_from_profile(table, "p.toml") == SETTINGS
+    old = {k: v for k, v in table.items() if k != "torch_threads"}  # a profile before the field
+    assert settings_from_profile(old, "p.toml").torch_threads == 1
+    with pytest.raises(JaxschedError, match=r"p.toml: \[engine\] torch_threads = 0"):
+        settings_from_profile(dict(table, torch_threads=0), "p.toml")

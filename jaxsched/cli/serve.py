@@ -373,7 +373,8 @@ def compare_sim(
     time_scale: float = typer.Option(1.0, "--time-scale", help="stretch (>1) the arrivals"),
     rate: float = typer.Option(300.0, "--rate", help="synthetic arrivals per second"),
     timer: Optional[str] = typer.Option(None, "--timer", help="wall or cpu (default: the "
-                                        "profile's timer, else wall)"),
+                                        "profile's timer, else wall; --engine vllm also "
+                                        "takes thread, and defaults to cpu)"),
     repeat_calls: Optional[int] = typer.Option(None, "--repeat-calls", help="timing repeats "
                                                "of each iteration's calls (default: the "
                                                "profile's, else 5)"),

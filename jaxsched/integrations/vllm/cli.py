@@ -78,6 +78,13 @@ def calibrate_command(out: Path, model: Optional[str], settings, serving_make, t
     warm = replay(llm, poisson_requests(8, 1e6, (8, 64), (4, 16), seed), timer=timer, seed=seed)
     d0_guess = float(sorted(warm["durations"])[len(warm["durations"]) // 2])
     serving = list(serving_make(max(d0_guess, 1e-6)))
+    # and an overloaded run: the light runs alone hardly ever batch several prefills, so
+    # the per-request and per-token terms would be extrapolated to the bursts of a replay
+    n = len(serving[0][1])
+    limit = min(settings.max_model_len, settings.num_blocks * settings.block_size) - 1
+    serving.append(("serve poisson 4/d0 (overloaded)",
+                    poisson_requests(n, 4.0 / max(d0_guess, 1e-6), (8, min(96, limit - 33)),
+                                     (4, 32), seed + 101)))
     scheduler_of(llm).use_policy(None)
     result = VC.calibrate(llm, settings, serving, Path(model).name, timer, seed, progress)
     write_profile(result, out, name=f"vllm-{Path(model).name}")

@@ -109,7 +109,11 @@ def settings_from_profile(engine_table: dict[str, Any], where: str) -> LLMSettin
     unknown = sorted(set(table) - known)
     if unknown:
         raise JaxschedError(f"{where}: [engine] {unknown[0]}: unknown vLLM setting")
-    return LLMSettings(**{k: int(v) for k, v in table.items()})
+    settings = LLMSettings(**{k: int(v) for k, v in table.items()})
+    if settings.torch_threads < 1:
+        raise JaxschedError(f"{where}: [engine] torch_threads = {settings.torch_threads}: "
+                            "must be >= 1")
+    return settings
 
 
 def vllm_policy(settings: LLMSettings, watermark: float = 0.0):

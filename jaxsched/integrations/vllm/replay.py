@@ -11,8 +11,9 @@ a jaxsched policy file and vLLM's own scheduling (``None``) between replays, so 
 the jaxsched engine's replay does (:mod:`jaxsched.engine.compare`): a virtual clock ``V``;
 before each step every request with ``a <= V`` is added (arrival ``a``); the step runs
 (``LLMEngine.step``: schedule, model, outputs); ``V`` advances by the step's measured time
-(this process's CPU time by default, robust when other jobs share the machine; wall time
-with ``timer="wall"``), less the plugin's own work in the step (building the view and the
+(this process's CPU time by default, robust when other jobs share the machine; the main
+thread's with ``timer="thread"``; wall time with ``timer="wall"``; every clock's time is
+kept in ``raw_durations``), less the plugin's own work in the step (building the view and the
 policy's decision, a jitted JAX call on the host: :attr:`StepRecord.overhead`), as the
 jaxsched engine's replay leaves out its host scheduling; a step that runs nothing while
 requests wait advances it by ``idle_step``; idle, ``V`` jumps to the next arrival. Latency is ``V`` after the
@@ -36,7 +37,7 @@ from jaxsched.errors import JaxschedError
 
 __all__ = ["LLMSettings", "open_llm", "scheduler_of", "replay", "replay_metrics"]
 
-TIMERS = {"cpu": time.process_time, "wall": time.perf_counter}
+TIMERS = {"cpu": time.process_time, "thread": time.thread_time, "wall": time.perf_counter}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,7 @@ class LLMSettings:
     max_num_batched_tokens: int = 2048
     max_model_len: int = 512
     seed: int = 0
+    torch_threads: int = 1  # torch's CPU threads in vLLM's model runner (1: see open_llm)
 
 
 def open_llm(model: str, policy_file: str | None, settings: LLMSettings = LLMSettings()):
@@ -57,6 +59,15 @@ def open_llm(model: str, policy_file: str | None, settings: LLMSettings = LLMSet
     greedy one is written next to nothing: see :func:`_bootstrap_policy`)."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    # vLLM's CPU worker binds one OpenMP thread per core and spins them at every op; on a
+    # shared machine a descheduled thread stalls the others, so steps measured on the tiny
+    # model took 37-79 ms of wall time instead of 3-5 ms, and repeated identically they
+    # differed by a median 54-99% (19% with one thread). One unbound thread keeps a step its own.
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+    os.environ["OMP_NUM_THREADS"] = str(settings.torch_threads)
+    import torch
+
+    torch.set_num_threads(settings.torch_threads)
     from vllm import LLM
 
     path = policy_file or _bootstrap_policy(settings)
@@ -127,6 +138,7 @@ def replay(llm, requests: Sequence, *, timer: str = "cpu", seed: int = 0,
     ttft: dict[int, float] = {}
     outputs: dict[int, int] = {}
     durations: list[float] = []
+    raw: dict[str, list[float]] = {k: [] for k in TIMERS}  # every clock, for A/B checks
     pending = list(order)
     steps = 0
     while pending or engine.has_unfinished_requests():
@@ -140,9 +152,10 @@ def replay(llm, requests: Sequence, *, timer: str = "cpu", seed: int = 0,
             engine.add_request(str(i), TokensPrompt(prompt_token_ids=ids), sp,
                                arrival_time=r.arrival, priority=int(r.cls))
         n_records = len(sched.records)
-        t0 = tick()
+        starts = {k: f() for k, f in TIMERS.items()}
         outs = engine.step()
-        dt = tick() - t0
+        ends = {k: f() for k, f in TIMERS.items()}
+        dt = ends[timer] - starts[timer]
         steps += 1
         if steps > max_steps:
             raise JaxschedError(f"vLLM replay did not finish in {max_steps} steps")
@@ -152,6 +165,8 @@ def replay(llm, requests: Sequence, *, timer: str = "cpu", seed: int = 0,
             else:  # the plugin's own work is left out, as the jaxsched engine's replay does
                 dt = max(dt - sched.records[-1].overhead, 0.0)
             durations.append(dt)
+            for k in TIMERS:
+                raw[k].append(ends[k] - starts[k])
             clock["v"] += dt
         else:  # nothing ran while requests wait (a policy holding them back)
             clock["v"] += dt if idle_step is None else float(idle_step)
@@ -167,7 +182,9 @@ def replay(llm, requests: Sequence, *, timer: str = "cpu", seed: int = 0,
     if len(records) != len(durations):
         raise JaxschedError(f"replay: {len(records)} step records for {len(durations)} steps")
     return {"latency": latency, "ttft": ttft, "outputs": outputs, "records": records,
-            "durations": np.asarray(durations), "end_time": clock["v"],
+            "durations": np.asarray(durations),
+            "raw_durations": {k: np.asarray(v) for k, v in raw.items()},
+            "end_time": clock["v"],
             "block_size": sched.settings.block_size, "capacity": sched.settings.capacity}
 
 
