@@ -30,8 +30,8 @@ _LAZY = {  # name: the module it comes from
     "list_policies": "jaxsched.policies",
     "make_params": "jaxsched.policies",
     "SimParams": "jaxsched.sim",
-    "compiled_simulator": "jaxsched.sim",
-    "simulate": "jaxsched.sim",
+    "compiled_simulator": "jaxsched.rollout",
+    "simulate": "jaxsched.rollout",
 }
 
 

@@ -1,11 +1,15 @@
 """Benchmarks: every ratio they print is measured in the same run.
 
-``bench_sim``: the batched JAX simulator at several batch sizes against the plain-Python
-reference simulator on the same workloads.
+``bench_sim``: the batched JAX simulator at several batch sizes against two plain-Python
+references on the same workloads: the reference simulator (:mod:`jaxsched.reference`, every
+phase of the model written out, simple rather than fast) and, for greedy admission on a
+saturated backlog, :func:`tight_greedy`, a tight loop of that one model (the setting of
+``configs/tight-greedy.toml``).
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import time
 from typing import Callable
@@ -16,7 +20,7 @@ import numpy as np
 from jaxsched import api
 from jaxsched.config import Config
 
-__all__ = ["SimBenchRow", "SimBench", "bench_sim", "plain_params"]
+__all__ = ["SimBenchRow", "SimBench", "bench_sim", "plain_params", "tight_greedy"]
 
 
 @dataclasses.dataclass
@@ -28,6 +32,7 @@ class SimBenchRow:
     requests_per_second: float  # requests completed (all iterations) / wall
     seconds_per_workload: float
     speedup_vs_reference: float  # reference seconds per workload / seconds_per_workload
+    speedup_vs_tight: float  # tight-loop seconds per workload / seconds_per_workload (or NaN)
 
 
 @dataclasses.dataclass
@@ -42,6 +47,9 @@ class SimBench:
     reference_requests_per_second: float
     reference_agrees: bool  # completed counts identical on the compared workloads
     rows: list[SimBenchRow]
+    tight_seconds_per_workload: float = float("nan")  # NaN: the tight loop does not apply
+    tight_requests_per_second: float = float("nan")
+    tight_agrees: bool | None = None  # completed counts identical to the JAX batch's
 
 
 def plain_params(params: dict) -> dict:
@@ -51,6 +59,58 @@ def plain_params(params: dict) -> dict:
         a = np.asarray(v)
         out[k] = a.tolist() if a.ndim else float(a)
     return out
+
+
+def tight_greedy(prompt, output, capacity: float, max_batch: int, queue_size: int,
+                 horizon: int, d0: float, d1_prefill: float, d1_context: float,
+                 d2: float = 0.0, restart: bool = False) -> tuple[int, float]:
+    """``(completed, T_H)`` of greedy admission on a saturated backlog, as a tight loop.
+
+    Every request waits from time 0, in order. Each iteration admits FCFS (at most
+    ``queue_size``, up to ``max_batch`` residents) while ``l + g + 1`` fits in what the
+    residents leave after their next token, evicts newest first while the residents' next
+    tokens overflow ``C`` (an evicted request rejoins the queue at its place, keeping its
+    ``g`` tokens unless ``restart``), prefills whole, gives every resident one token
+    (``tau = d0 + d1_prefill P + d1_context D + d2 R``) and completes those that reach their
+    output. The model of :mod:`jaxsched.model` (memory in whole tokens, ``block_size = 1``)
+    for this one policy, with no window, trace or metrics.
+    """
+    res, gen = [], []  # residents in admission order: request index, tokens generated
+    kept, back = {}, []  # tokens kept by evicted requests; their indices, sorted
+    n, nxt, t, completed = len(prompt), 0, 0.0, 0
+    for _ in range(horizon):
+        old = len(res)  # a resident holds l + g tokens and needs one more, as does a new one
+        used = sum(prompt[i] + g + 1 for i, g in zip(res, gen))
+        while len(res) < max_batch and len(res) - old < queue_size and (back or nxt < n):
+            i = back[0] if back else nxt
+            if used + prompt[i] + kept.get(i, 0) + 1 > capacity:
+                break
+            used += prompt[i] + kept.get(i, 0) + 1
+            res.append(i)
+            gen.append(kept.pop(i, 0))
+            nxt += not back
+            back = back[1:] if back else back
+        while used > capacity:  # evict newest first; rejoin the queue at its place
+            i, g = res.pop(), gen.pop()
+            used -= prompt[i] + g + 1
+            kept[i] = 0 if restart else g
+            bisect.insort(back, i)
+        old = min(old, len(res))
+        tokens = [prompt[i] + g for i, g in zip(res, gen)]  # P (new) and D (old)
+        t += (d0 + d1_prefill * sum(tokens[old:]) + d1_context * sum(tokens[:old])
+              + d2 * (len(res) - old))
+        live = [k for k, i in enumerate(res) if gen[k] + 1 < output[i]]
+        completed += len(res) - len(live)
+        res, gen = [res[k] for k in live], [gen[k] + 1 for k in live]
+    return completed, t
+
+
+def _tight_applies(cfg: Config, exp) -> bool:
+    mns = float(np.asarray(exp.params.policy.get("max_num_seqs", np.inf)))
+    return (exp.policy.name == "greedy" and cfg.workload.kind == "saturated"
+            and mns >= exp.shape.max_batch
+            and int(np.asarray(exp.params.system.block_size)) == 1
+            and cfg.policy.settings().get("eviction", "newest") == "newest")
 
 
 def bench_sim(cfg: Config, batch_sizes=(1, 64, 1024), reference_workloads: int = 2,
@@ -88,6 +148,7 @@ def bench_sim(cfg: Config, batch_sizes=(1, 64, 1024), reference_workloads: int =
             requests_per_second=completed / t,
             seconds_per_workload=t / w,
             speedup_vs_reference=float("nan"),
+            speedup_vs_tight=float("nan"),
         ))
 
     ref_n = min(reference_workloads, biggest)
@@ -113,6 +174,31 @@ def bench_sim(cfg: Config, batch_sizes=(1, 64, 1024), reference_workloads: int =
             row.speedup_vs_reference = per / row.seconds_per_workload
     else:
         per = float("nan")
+    tight = {}
+    if _tight_applies(cfg, exp) and ref_n > 0:
+        sysp = {k: float(np.asarray(getattr(exp.params.system, k)))
+                for k in ("capacity", "d0", "d1_prefill", "d1_context", "d2")}
+        restart = bool(np.asarray(exp.params.system.restart_on_evict))
+        jax_done = api.run_experiment(exp, keys[:ref_n],
+                                      jax.tree.map(lambda x: x[:ref_n], workloads)).final_completed
+        t_time, t_completed, t_agrees = 0.0, 0, True
+        for i in range(ref_n):
+            say(f"tight loop: workload {i + 1}/{ref_n}")
+            valid = np.asarray(workloads.valid[i])
+            prompt = np.asarray(workloads.prompt[i])[valid].tolist()
+            output = np.asarray(workloads.output[i])[valid].tolist()
+            t0 = time.perf_counter()
+            done, _ = tight_greedy(prompt, output, sysp["capacity"], exp.shape.max_batch,
+                                   exp.shape.queue_size, exp.shape.horizon, sysp["d0"],
+                                   sysp["d1_prefill"], sysp["d1_context"], sysp["d2"],
+                                   restart)
+            t_time += time.perf_counter() - t0
+            t_completed += done
+            t_agrees &= done == int(jax_done[i])
+        tight = dict(tight_seconds_per_workload=t_time / ref_n,
+                     tight_requests_per_second=t_completed / t_time, tight_agrees=t_agrees)
+        for row in rows:
+            row.speedup_vs_tight = t_time / ref_n / row.seconds_per_workload
     return SimBench(
         config_source=cfg.source,
         policy=exp.policy.name,
@@ -124,4 +210,5 @@ def bench_sim(cfg: Config, batch_sizes=(1, 64, 1024), reference_workloads: int =
         reference_requests_per_second=ref_completed / ref_time if ref_time else float("nan"),
         reference_agrees=agrees,
         rows=rows,
+        **tight,
     )

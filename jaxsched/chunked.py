@@ -7,8 +7,11 @@ One run of ``W`` workloads (x ``P`` parameter sets) x ``H`` iterations is driven
   ``chunk`` iterations, called ``ceil(H / chunk)`` times; per-iteration traces, when
   recorded, come back to the host after every chunk;
 * ``collect``: the accumulators and final counters, gathered to the host; the metrics are
-  then computed once for the whole batch (so they do not depend on the device count).
+  then computed once for the whole batch (``finalize``, so they do not depend on the device
+  count).
 
+These are the four phases of :mod:`jaxsched.rollout` (``init``, ``advance``, ``collect``,
+``finalize``), batched; :func:`jaxsched.rollout.simulate` composes the same four in one call.
 :func:`jaxsched.sim.step` draws iteration ``k``'s keys from ``fold_in(key, k)``, so a chunked
 run is exactly the uninterrupted scan of :func:`jaxsched.sim.simulate` (tested bit for bit).
 All three functions are ``jit(shard_map(vmap(...)))`` over a :mod:`jaxsched.sharding` mesh with
@@ -42,16 +45,15 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
 from jax.sharding import NamedSharding, PartitionSpec as PS
 
-from jaxsched import metrics as M
+from jaxsched import rollout as R
 from jaxsched import sharding as S
 from jaxsched import stream as ST
 from jaxsched.errors import JaxschedError
 from jaxsched.model import SimShape, Workload
 from jaxsched.policies.base import Policy
-from jaxsched.sim import RolloutResult, SimParams, StepOutput, initial_state, step
+from jaxsched.sim import RolloutResult, SimParams, StepOutput
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -152,12 +154,6 @@ def _nbytes(tree) -> int:
                    for x in jax.tree.leaves(tree)))
 
 
-def _init_one(policy: Policy, shape: SimShape, workload: Workload, params: SimParams):
-    """The rollout's initial carry, as :func:`jaxsched.sim.make_rollout` builds it."""
-    acc = M.init_accumulators(shape.relax != "hard")
-    return initial_state(shape, workload), policy.init(params.policy, shape), acc
-
-
 def rollout_bytes(policy: Policy, shape: SimShape, num_requests: int, params: SimParams,
                   chunk: int, batched_params: bool = False,
                   stream: ST.StreamSpec | None = None) -> int:
@@ -177,7 +173,7 @@ def rollout_bytes(policy: Policy, shape: SimShape, num_requests: int, params: Si
         num_requests = stream.window
     wl = Workload(*(jax.ShapeDtypeStruct((num_requests,), dt) for dt in
                     (jnp.float32, jnp.int32, jnp.int32, jnp.int32, jnp.bool_)))
-    carry = jax.eval_shape(functools.partial(_init_one, policy, shape), wl, one)
+    carry = jax.eval_shape(functools.partial(R.init, policy, shape), wl, one)
     trace = 0
     if shape.record_trace:
         trace = chunk * 4 * len(dataclasses.fields(StepOutput))  # () int32/float32 fields
@@ -256,8 +252,8 @@ def chunk_functions(policy: Policy, shape: SimShape, mesh, batched_params: bool,
     * ``init(keys (W, ...), workloads (W, N), params) -> carry`` (leading (W,) or (P, W));
     * ``advance(keys, workloads, params, carry) -> (carry, trace (.., W, length) or None)``,
       the carry donated;
-    * ``collect(carry) -> _Collected``: accumulators and final counters (metrics are computed
-      from them on the host side, see :func:`_finalizer`).
+    * ``collect(carry) -> rollout.Final``: accumulators and final counters (metrics are
+      computed from them on the host side, see :func:`_finalizer`).
 
     With a ``stream`` (:mod:`jaxsched.stream`) the workloads are replaced by the streams'
     keys ``skeys (W, ...)`` and the shared :class:`~jaxsched.stream.StreamParams` ``sp``
@@ -288,34 +284,16 @@ def chunk_functions(policy: Policy, shape: SimShape, mesh, batched_params: bool,
     def init_local(keys, workloads, params, *extra):
         del keys
         if stream is None:
-            return batch(functools.partial(_init_one, policy, shape), (0, None), (None, 0))(
+            return batch(functools.partial(R.init, policy, shape), (0, None), (None, 0))(
                 workloads, params)
-        return batch(functools.partial(_init_stream, policy, shape, stream),
+        return batch(functools.partial(R.init_stream, policy, shape, stream),
                      (0, None, None), (None, None, 0))(wrap(workloads), extra[0], params)
 
     def advance_one(length, key, workload, params, carry):
-        def body(c, _):
-            return step(policy, shape, key, workload, params, c)
-
-        return jax.lax.scan(body, carry, None, length=length)
+        return R.advance(policy, shape, key, workload, params, carry, length)
 
     def advance_stream(length, key, skey, sp, params, carry):
-        sim_carry, win = carry
-
-        def body(c, _):
-            c, lost = c
-            lost = lost + ST.window_short(stream, sp, shape, win, c[0]).astype(jnp.int32)
-            c, out = step(policy, shape, key, win.workload, params, c)
-            if out is not None:  # absolute arrival counts in the trace
-                out = out.replace(arrived=out.arrived + win.base
-                                  + ST.outside(stream, sp, win.base))
-            return (c, lost), out
-
-        (sim_carry, lost), trace = jax.lax.scan(body, (sim_carry, win.lost), None,
-                                                length=length)
-        state, pstate, acc = sim_carry
-        win, state = ST.slide(skey, stream, sp, win.replace(lost=lost), state)
-        return ((state, pstate, acc), win), trace
+        return R.advance_stream(policy, shape, stream, key, skey, sp, params, carry, length)
 
     def make_advance(length):
         if stream is None:
@@ -338,13 +316,8 @@ def chunk_functions(policy: Policy, shape: SimShape, mesh, batched_params: bool,
     def collect_local(carry, *extra):
         def one(carry, *extra):
             if stream is None:
-                (state, _, acc), base, lost = carry, 0, None
-            else:
-                (state, _, acc), win = carry
-                base, lost = win.base + ST.outside(stream, extra[0], win.base), win.lost
-            return _Collected(acc=acc, time=state.time, arrived=state.arrived + base,
-                              completed=state.num_completed, waiting=state.num_waiting,
-                              resident=jnp.sum(state.slots.valid, dtype=jnp.int32), lost=lost)
+                return R.collect(carry)
+            return R.collect_stream(stream, extra[0], carry)
 
         return batch(one, (0,) + (None,) * len(extra), (0,) + (None,) * len(extra))(
             carry, *extra)
@@ -362,52 +335,17 @@ def chunk_functions(policy: Policy, shape: SimShape, mesh, batched_params: bool,
     return init, {n: make_advance(n) for n in lengths}, collect
 
 
-def _init_stream(policy: Policy, shape: SimShape, spec: ST.StreamSpec, skey,
-                 sp: ST.StreamParams, params: SimParams):
-    """A streamed rollout's initial carry: ``((SimState, policy state, Accumulators),
-    Window)``; ``num_waiting`` starts at the requests beyond the window that have already
-    arrived (:func:`jaxsched.stream.outside`)."""
-    win = ST.init_window(skey, spec, sp)
-    state, pstate, acc = _init_one(policy, shape, win.workload, params)
-    state = state.replace(num_waiting=ST.outside(spec, sp, win.base))
-    return (state, pstate, acc), win
-
-
-@struct.dataclass
-class _Collected:
-    """What a rollout hands back to the host at its end (leading (.., W) axes)."""
-
-    acc: M.Accumulators
-    time: jax.Array
-    arrived: jax.Array
-    completed: jax.Array
-    waiting: jax.Array
-    resident: jax.Array
-    lost: Any = None  # streamed: iterations run on a window too small to be exact
-
-
 @functools.lru_cache(maxsize=16)
 def _finalizer(record_trace: bool, batched_params: bool):
-    """``jit(vmap(finalize))`` over the whole gathered (.., W) batch at once.
+    """``jit(vmap(rollout.finalize))`` over the whole gathered (.., W) batch at once.
 
     Metrics are computed here, on the default device, from the accumulators of every
     workload together, never per shard or per streamed batch: XLA's vectorized and scalar
     code may round a division differently, so computing them per shard would make the last
     bit depend on the device count.
     """
-    def one(params, c: _Collected) -> RolloutResult:
-        lo = M.histogram_floor(params.system.d0, jnp.minimum(
-            params.system.d1_prefill, params.system.d1_context))
-        return RolloutResult(
-            metrics=M.finalize(c.acc, c.waiting, params.system.capacity, lo),
-            trace=None,
-            latency_hist=c.acc.latency_hist if record_trace else None,
-            final_time=c.time,
-            final_arrived=c.arrived,
-            final_completed=c.completed,
-            final_waiting=c.waiting,
-            final_resident=c.resident,
-        )
+    def one(params, final: R.Final) -> RolloutResult:
+        return R.finalize(params, final, record_trace)
 
     f = jax.vmap(one, in_axes=(None, 0))
     return jax.jit(jax.vmap(f, in_axes=(0, 0)) if batched_params else f)

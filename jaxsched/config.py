@@ -557,7 +557,8 @@ def config_from_dict(data: dict, source: str = "<config>", base_dir: Path | None
                 f"{c.prompt_len + c.output_len} exceeds system.capacity = {cap:g} tokens"
                 f"{blocks} (the request could never complete)"
             )
-    check_numeric_ranges({"system": {k: resolved[k] for k in ("capacity", "d0", "d1", "d2")}},
+    coefficients = ("capacity", "d0", "d1_prefill", "d1_context", "d2")
+    check_numeric_ranges({"system": {k: resolved[k] for k in coefficients if k in resolved}},
                          f"{source} (resolved from system.profile)" if sysc.profile else source)
     out = cfg.model_copy(update={"resolved": resolved})
     check_memory_fits_int32(out)

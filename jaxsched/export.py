@@ -66,6 +66,8 @@ __all__ = [
     "ValidationReport",
     "validate_policy",
     "ServerConfig",
+    "PLUGIN_SCHEDULER",
+    "plugin_command",
     "server_config",
 ]
 
@@ -506,7 +508,7 @@ def simulate_metrics(cfg: Config) -> dict[str, float]:
     import numpy as np
 
     from jaxsched import api
-    from jaxsched.sim import compiled_simulator
+    from jaxsched.rollout import compiled_simulator
     from tuning.objectives import add_derived, aggregate, measured_time
 
     exp = api.build_experiment(cfg)
@@ -594,6 +596,10 @@ class ServerConfig:
     flags: dict[str, Any]
     env: dict[str, str]
     notes: list[str]
+    # vLLM only: the command line that runs the policy itself through jaxsched's scheduler
+    # (jaxsched.integrations.vllm), or None with the reason in plugin_refusal.
+    plugin_command: str | None = None
+    plugin_refusal: str | None = None
 
     @property
     def command(self) -> str:
@@ -608,8 +614,52 @@ class ServerConfig:
         return (env + " " + cmd).strip()
 
     def to_json(self) -> dict:
-        return {"server": self.server, "policy": self.policy, "flags": self.flags,
-                "env": self.env, "notes": self.notes, "command": self.command}
+        out = {"server": self.server, "policy": self.policy, "flags": self.flags,
+               "env": self.env, "notes": self.notes, "command": self.command}
+        if self.server == "vllm":
+            out.update(plugin_command=self.plugin_command, plugin_refusal=self.plugin_refusal)
+        return out
+
+
+PLUGIN_SCHEDULER = "jaxsched.integrations.vllm.JaxschedScheduler"
+"""vLLM's ``--scheduler-cls`` for jaxsched policies (:mod:`jaxsched.integrations.vllm`)."""
+
+
+def plugin_command(doc: PolicyFile, policy_path: str = "policy.json",
+                   block_size: int | None = None) -> tuple[str | None, str | None]:
+    """``(command, None)``: the ``vllm serve`` line that runs the policy file through the
+    jaxsched scheduler (its system as vLLM flags, ``--scheduler-cls`` and
+    ``--additional-config``), or ``(None, reason)`` when the plugin would refuse it (the
+    checks of :func:`jaxsched.integrations.vllm.plugin.load_setup`)."""
+    from jaxsched.integrations.vllm.plugin import EngineSettings, param_values
+    from jaxsched.policies import get_policy, make_params
+
+    s, pol = doc.system, doc.policy
+    bs = int(block_size or s.block_size)
+    if bs == 1:
+        return None, ("system.block_size = 1 (token memory): vLLM allocates blocks; tune with "
+                      "[system] block_size = 16 (GPU) or 32 (CPU) to run the policy itself")
+    blocks = int(float(s.capacity) // bs)
+    p = dict(pol.params)
+    budget = p.get("max_num_batched_tokens", p.get("chunk_size")) if pol.name in ("vllm", "sarathi") else None
+    tokens = int(budget) if budget is not None else 2048
+    try:
+        policy = get_policy(pol.name, **pol.options)
+        params = make_params(policy, p, s.num_classes)
+    except JaxschedError as err:
+        return None, str(err)
+    engine = EngineSettings(num_blocks=blocks, block_size=bs, max_num_seqs=int(s.max_batch),
+                            max_num_batched_tokens=tokens)
+    if policy.serve_check is not None:
+        why = policy.serve_check("vllm", param_values(policy, params), engine.as_dict())
+        if why:
+            return None, why
+    config = json.dumps({"jaxsched": {"policy": str(policy_path)}})
+    cmd = (f"vllm serve MODEL --block-size {bs} --num-gpu-blocks-override {blocks} "
+           f"--max-num-seqs {int(s.max_batch)} --max-num-batched-tokens {tokens} "
+           f"--no-enable-prefix-caching --scheduler-cls {PLUGIN_SCHEDULER} "
+           f"--additional-config '{config}'")
+    return cmd, None
 
 
 def _mean_output(doc: PolicyFile) -> float | None:
@@ -626,12 +676,15 @@ def _fmt(v: float) -> str:
     return f"{v:g}"
 
 
-def server_config(doc: PolicyFile, server: str) -> ServerConfig:
+def server_config(doc: PolicyFile, server: str, policy_path: str = "policy.json") -> ServerConfig:
     """The nearest ``server`` (vllm | sglang) flags and environment for a policy file, with a
-    note for every tuned parameter (or model setting) the server cannot express."""
+    note for every tuned parameter (or model setting) the server cannot express. For vLLM
+    also the command line that runs the policy itself (:func:`plugin_command`, with
+    ``policy_path``); a parameter its flags cannot express is then noted as run by it."""
     if server not in SERVERS:
         raise JaxschedError(f"--to {server!r}: expected one of {', '.join(SERVERS)}")
     vllm = server == "vllm"
+    plugin, refusal = plugin_command(doc, policy_path) if vllm else (None, None)
     s, pol = doc.system, doc.policy
     p = dict(pol.params)
     flags: dict[str, Any] = {}
@@ -667,7 +720,11 @@ def server_config(doc: PolicyFile, server: str) -> ServerConfig:
     def no_counterpart(name: str, what: str):
         val = p.get(name)
         shown = ", ".join(_fmt(x) for x in val) if isinstance(val, list) else _fmt(val) if val is not None else "?"
-        notes.append(f"{name} = {shown}: {what}; {server} cannot express it")
+        if plugin is not None:
+            notes.append(f"{name} = {shown}: {what}; vllm's flags cannot express it, the "
+                         f"--scheduler-cls line runs it")
+        else:
+            notes.append(f"{name} = {shown}: {what}; {server} cannot express it")
 
     name = pol.name
     handled: set[str] = set()
@@ -686,8 +743,11 @@ def server_config(doc: PolicyFile, server: str) -> ServerConfig:
                              "tokens per iteration; decode tokens are not counted)")
             handled.add("max_num_batched_tokens")
         if "watermark" in p:
-            no_counterpart("watermark", "fraction of C kept free at admission (vLLM v0's block "
-                           "manager watermark, not a command-line flag)")
+            if vllm:  # vLLM v1 (0.32) keeps this fraction of the blocks free at admission
+                flags["--watermark"] = _fmt(float(p["watermark"]))
+            else:
+                no_counterpart("watermark", "fraction of C kept free at admission (vLLM's "
+                               "watermark)")
             handled.add("watermark")
     if name == "sarathi" and "chunk_size" in p:
         if vllm:
@@ -760,7 +820,8 @@ def server_config(doc: PolicyFile, server: str) -> ServerConfig:
             except JaxschedError:
                 pass
             no_counterpart(k, spec.doc.split(";")[0] if spec is not None and spec.doc else f"{name} parameter")
-    return ServerConfig(server=server, policy=name, flags=flags, env=env, notes=notes)
+    return ServerConfig(server=server, policy=name, flags=flags, env=env, notes=notes,
+                        plugin_command=plugin, plugin_refusal=refusal)
 
 
 def write_json_schema(path: str | Path = SCHEMA_PATH) -> Path:

@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from jaxsched import api, chunked
+from jaxsched import rollout as R
 from jaxsched import sharding as S
 from jaxsched.config import DEFAULT_CONFIG, load_config
 
@@ -132,6 +133,19 @@ def _alternate(fns: dict, args, repeats: int) -> dict[str, float]:
     return best
 
 
+def _variant_rollout(mod, exp):
+    """The rollout's final counters (:func:`jaxsched.rollout.collect`) with ``mod.step``."""
+    def rollout(key, workload, params):
+        def body(c, _):
+            return mod.step(exp.policy, exp.shape, key, workload, params, c)
+
+        carry = R.init(exp.policy, exp.shape, workload, params)
+        carry, _ = jax.lax.scan(body, carry, None, length=exp.shape.horizon)
+        return R.collect(carry)
+
+    return rollout
+
+
 def ab_search_block(exp, keys, wl, repeats: int = 5) -> dict:
     """Best-of-``repeats`` seconds of the whole rollout, window search block ``W + 2B``
     (before) vs ``2W`` (after), alternating; asserts identical results."""
@@ -140,7 +154,7 @@ def ab_search_block(exp, keys, wl, repeats: int = 5) -> dict:
     before = sim_variant((_BEFORE_SEARCH_BLOCK,))
     fns = {}
     for label, mod in (("before", before), ("after", sim)):
-        f = jax.jit(jax.vmap(mod.make_rollout(exp.policy, exp.shape), in_axes=(0, 0, None)))
+        f = jax.jit(jax.vmap(_variant_rollout(mod, exp), in_axes=(0, 0, None)))
         fns[label] = f.lower(keys, wl, exp.params).compile()
     a, b = (jax.block_until_ready(fns[k](keys, wl, exp.params)) for k in ("before", "after"))
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):

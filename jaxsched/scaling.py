@@ -157,12 +157,12 @@ def step_bytes(max_batch: int, queue_size: int) -> int:
 
 def xla_step_bytes(exp, keys, workloads, backend_devices) -> float:
     """XLA's ``bytes accessed`` of one compiled step over the batch, per workload."""
-    from jaxsched.chunked import _init_one
+    from jaxsched.rollout import init
     from jaxsched.sim import step
 
     dev = backend_devices[0]
     keys, workloads, params = jax.device_put((keys, workloads, exp.params), dev)
-    init = jax.vmap(functools.partial(_init_one, exp.policy, exp.shape), in_axes=(0, None))
+    init = jax.vmap(functools.partial(init, exp.policy, exp.shape), in_axes=(0, None))
     carry = jax.eval_shape(init, workloads, params)
 
     def one(key, wl, p, c):

@@ -7,8 +7,10 @@
 (:func:`_next_state`) and the metrics' sums (:func:`_accounting`, every accumulator updated in
 :func:`_accumulate`). How counts are weighed is chosen once per compiled shape: plain counts
 (:class:`_HardCounts`) or admission-mass-weighted ones (:class:`_RelaxedCounts`), so the hard
-path carries no relaxed work. Residents are kept compacted in admission order, so the newest are a
-suffix (LIFO eviction is a prefix sum, no sort); the waiting queue is the workload itself
+path carries no relaxed work.
+
+Residents are kept compacted in admission order, so the newest are a suffix (LIFO eviction
+is a prefix sum, no sort); the waiting queue is the workload itself
 (sorted by arrival) minus the requests taken, seen through a window of ``queue_size``
 positions from the oldest waiting request, compacted into the first ``queue_size`` waiting
 requests. The positions are searched in blocks of ``2 queue_size`` (a ``while_loop``) until
@@ -18,15 +20,14 @@ waited, e.g. after that one was evicted) lie among the first waiting ones.
 Per-step outputs exist only when ``shape.record_trace`` is set; otherwise metrics come from
 running accumulators.
 
-Layout of a batch: ``simulate(keys (W,), workloads (W, N), params)`` vmaps over workloads;
-with ``batched_params=True`` the params pytree has a leading axis P and the result has shape
-(P, W): ``jit(vmap over param sets (vmap over workloads))``.
+A rollout (init, ``lax.scan`` of :func:`step`, collect, finalize) and the batch simulator
+``simulate(keys (W,), workloads (W, N), params)`` are in :mod:`jaxsched.rollout`, the one
+rollout path of full, chunked and streamed runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -62,9 +63,6 @@ __all__ = [
     "initial_state",
     "step_keys",
     "step",
-    "make_rollout",
-    "compiled_simulator",
-    "simulate",
 ]
 
 
@@ -618,48 +616,12 @@ def _accumulate(acc: M.Accumulators, increments: M.Accumulators, on, hist_weight
     return jax.tree_util.tree_map_with_path(merge, acc, increments)
 
 
-def make_rollout(policy: Policy, shape: SimShape):
-    """``rollout(key, workload, params) -> RolloutResult`` for one workload (pure, unjitted)."""
+def __getattr__(name: str):
+    """The rollout's entry points, defined in :mod:`jaxsched.rollout` (which imports this
+    module), are still reachable as ``sim.simulate``, ``sim.compiled_simulator`` and
+    ``sim.make_rollout``."""
+    if name in ("make_rollout", "compiled_simulator", "simulate"):
+        from jaxsched import rollout
 
-    def rollout(key, workload: Workload, params: SimParams) -> RolloutResult:
-        state = initial_state(shape, workload)
-        pstate = policy.init(params.policy, shape)
-        acc = M.init_accumulators(shape.relax != "hard")
-        def body(carry, _):
-            return step(policy, shape, key, workload, params, carry)
-
-        (state, pstate, acc), trace = jax.lax.scan(
-            body, (state, pstate, acc), None, length=shape.horizon)
-        lo = M.histogram_floor(params.system.d0, jnp.minimum(
-            params.system.d1_prefill, params.system.d1_context))
-        return RolloutResult(
-            metrics=M.finalize(acc, state.num_waiting, params.system.capacity, lo),
-            trace=trace,
-            latency_hist=acc.latency_hist if shape.record_trace else None,
-            final_time=state.time,
-            final_arrived=state.arrived,
-            final_completed=state.num_completed,
-            final_waiting=state.num_waiting,
-            final_resident=jnp.sum(state.slots.valid, dtype=jnp.int32),
-        )
-
-    return rollout
-
-
-@functools.lru_cache(maxsize=64)
-def compiled_simulator(policy: Policy, shape: SimShape, batched_params: bool = False):
-    """The jitted batch simulator for a policy and static shape (cached).
-
-    ``fn(keys (W,), workloads (W, N), params) -> RolloutResult`` with leading axis (W,), or
-    (P, W) when ``batched_params`` (params with a leading axis P).
-    """
-    per_workload = jax.vmap(make_rollout(policy, shape), in_axes=(0, 0, None))
-    if batched_params:
-        per_workload = jax.vmap(per_workload, in_axes=(None, None, 0))
-    return jax.jit(per_workload)
-
-
-def simulate(policy: Policy, shape: SimShape, keys, workloads: Workload, params: SimParams,
-             batched_params: bool = False) -> RolloutResult:
-    """Run the batch (see :func:`compiled_simulator`)."""
-    return compiled_simulator(policy, shape, batched_params)(keys, workloads, params)
+        return getattr(rollout, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -36,8 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsched import sim
-from jaxsched import metrics
+from jaxsched import chunked, rollout, sim
 from jaxsched.metrics import METRIC_KEYS
 from jaxsched.model import SimShape, SystemParams, Workload, system_params
 from jaxsched.policies import get_policy, list_policies, make_params, policy_options
@@ -270,15 +269,20 @@ def trace_records(result: sim.RolloutResult, index: int = 0) -> list[dict]:
 def run_jax(policy: str | Policy, shape: SimShape, workload: Workload, system: Any,
             params: Mapping[str, Any] | None = None, options: Mapping[str, Any] | None = None,
             key: jax.Array | None = None) -> JaxRun:
-    """Run :func:`jaxsched.sim.simulate` on one workload with a trace. ``params``: user values
-    for :func:`make_params` or an already built parameter dict (defaults for the rest)."""
+    """Run one workload with a trace on the path ``jaxsched simulate`` runs
+    (:func:`jaxsched.chunked.run_chunked`: the phases of :mod:`jaxsched.rollout`, the horizon
+    in chunks of at most :data:`~jaxsched.chunked.DEFAULT_CHUNK` iterations, one device).
+    ``params``: user values for :func:`make_params` or an already built parameter dict
+    (defaults for the rest)."""
     pol = _policy(policy, options)
     shape = dataclasses.replace(shape, record_trace=True)
     pp = make_params(pol, _as_values(params), num_classes=shape.num_classes)
     sp = sim.SimParams(system=as_system(system), policy=pp)
     key = jax.random.PRNGKey(0) if key is None else key
-    keys = key[None]
-    result = sim.simulate(pol, shape, keys, stack([workload]), sp)
+    keys, workloads = key[None], stack([workload])
+    n = int(workloads.arrival.shape[-1])
+    result, _ = chunked.run_chunked(pol, shape, sp, 1, lambda lo, hi: (keys, workloads), n,
+                                    devices=1)
     metrics = {k: float(np.asarray(v)[0]) for k, v in result.metrics.items()}
     return JaxRun(trajectory=trace_records(result, 0), metrics=metrics, result=result)
 
@@ -309,9 +313,8 @@ def run_both(policy: str, shape: SimShape, workload: Workload, system: Any,
 
 @functools.lru_cache(maxsize=32)
 def _state_scanner(policy: Policy, shape: SimShape):
-    def rollout(key, workload, params):
-        state = sim.initial_state(shape, workload)
-        carry = (state, policy.init(params.policy, shape), metrics.init_accumulators(shape.relax != "hard"))
+    def scan_states(key, workload, params):
+        carry = rollout.init(policy, shape, workload, params)
 
         def body(carry, _):
             carry, out = sim.step(policy, shape, key, workload, params, carry)
@@ -320,7 +323,7 @@ def _state_scanner(policy: Policy, shape: SimShape):
         _, (states, trace) = jax.lax.scan(body, carry, None, length=shape.horizon)
         return states, trace
 
-    return jax.jit(rollout)
+    return jax.jit(scan_states)
 
 
 def jax_states(policy: str | Policy, shape: SimShape, workload: Workload, system: Any,

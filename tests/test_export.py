@@ -270,7 +270,23 @@ def test_server_flags_and_notes():
     assert v.flags["--max-num-seqs"] == 96 and v.flags["--max-num-batched-tokens"] == 4096
     assert v.flags["--enable-chunked-prefill"] is True
     assert v.flags["--num-gpu-blocks-override"] == 1031 and v.flags["--block-size"] == 16
-    assert any(n.startswith("watermark = 0.05:") and "vllm cannot express it" in n for n in v.notes)
+    assert v.flags["--watermark"] == "0.05"  # vLLM v1's --watermark (0.32)
+    # token memory: jaxsched's vLLM scheduler cannot run the policy itself
+    assert v.plugin_command is None and v.plugin_refusal.startswith("system.block_size = 1")
+    # tuned in 16-token blocks: the plugin line runs it, with the same budget and blocks
+    vb = ex.server_config(_doc("vllm", {"max_num_seqs": 96, "max_num_batched_tokens": 4096},
+                               block_size=16), "vllm", "tuned.json")
+    assert vb.plugin_refusal is None
+    assert "--scheduler-cls jaxsched.integrations.vllm.JaxschedScheduler" in vb.plugin_command
+    assert "--max-num-batched-tokens 4096" in vb.plugin_command
+    assert "--block-size 16 --num-gpu-blocks-override 1030 --max-num-seqs 1024" in vb.plugin_command
+    assert """--additional-config '{"jaxsched": {"policy": "tuned.json"}}'""" in vb.plugin_command
+    v0 = ex.server_config(_doc("vllm", {}, {"scheduler": "v0"}, block_size=16), "vllm")
+    assert v0.plugin_command is None and v0.plugin_refusal.startswith("scheduler='v0'")
+    fb = ex.server_config(_doc("flow_control", {"budget": 2.5}, block_size=16), "vllm")
+    assert fb.plugin_command is not None
+    assert any(n.startswith("budget = 2.5:") and "the --scheduler-cls line runs it" in n
+               for n in fb.notes)
     assert any(n.startswith("restart_on_evict") for n in v.notes)
     assert "--max-num-seqs 96" in v.command and "--enable-chunked-prefill " in v.command + " "
 
@@ -288,7 +304,8 @@ def test_server_flags_and_notes():
 
     f = ex.server_config(_doc("flow_control_known", {"budget": [4.0, 2.0]}), "vllm")
     assert f.flags["--max-num-seqs"] == 4 * 20 + 2 * 60  # budget x output length
-    assert any(n.startswith("budget = 4, 2: admissions per iteration") for n in f.notes)
+    assert any(n.startswith("budget = 4, 2: admissions per iteration") and
+               "vllm cannot express it" in n for n in f.notes)
     # a policy the mapping does not know: every tuned parameter gets a note
     a = ex.server_config(_doc("alpha_protection", {"alpha": 0.3}), "sglang")
     assert any(n.startswith("alpha = 0.3:") and "sglang cannot express it" in n for n in a.notes)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsched import sim
+from jaxsched import rollout, sim
 from jaxsched import testing as jt
 from jaxsched.model import SimShape, system_params
 from jaxsched.policies import get_policy, make_params
@@ -128,7 +128,7 @@ def test_relaxed_mode_needs_a_known_mode():
 
 
 def _objective_fn(policy: str, values: dict, param: str, workload, *, horizon, base_capacity,
-                  base_d1, relax="relaxed", temperature=0.5, block_size=1):
+                  base_d1, relax="relaxed", temperature=0.5, block_size=1, remat=None):
     """f(x): a mix of mass-weighted metrics, as a function of one parameter ``param``
     (a policy parameter name, or ``capacity`` / ``d1_prefill`` / ``d1_context``)."""
     pol = get_policy(policy)
@@ -143,7 +143,7 @@ def _objective_fn(policy: str, values: dict, param: str, workload, *, horizon, b
         else:
             pp[param] = x
         sp = sim.SimParams(system, pp, jnp.float32(temperature))
-        res = sim.make_rollout(pol, shape)(jax.random.PRNGKey(1), workload, sp)
+        res = rollout.make_rollout(pol, shape, remat)(jax.random.PRNGKey(1), workload, sp)
         m = res.metrics
         return (m["completed_per_time"] + 0.1 * m["evictions"] + 0.01 * m["mean_memory"]
                 + 0.5 * m["overflow_steps"])
@@ -190,3 +190,36 @@ def test_gradients_are_finite_and_nonzero(policy, values, param, x0, relax, bloc
                       relax=relax, block_size=block_size)
     g = np.asarray(jax.jit(jax.grad(f))(jnp.asarray(x0, jnp.float32)))
     assert np.all(np.isfinite(g)) and np.any(g != 0.0), g
+
+
+@pytest.mark.parametrize("policy,values,param,x0,relax", [
+    ("flow_control", {"budget": 2.003}, "budget", 2.003, "relaxed"),
+    ("flow_control", {"budget": 2.0}, "capacity", 40.3, "relaxed"),
+    ("vllm", {"watermark": 0.1}, "watermark", 0.1013, "straight_through"),
+])
+def test_rematerialized_segments_give_the_same_values_and_gradients(policy, values, param, x0,
+                                                                     relax):
+    # jax.checkpoint over segments of 8 (4 segments) and of 5 (6 segments and a tail of 2)
+    wl = _workload(2, n=40, span=30.0, offset=0.5)
+    kw = dict(horizon=32, base_capacity=40.3, base_d1=0.0, relax=relax)
+    x = jnp.float32(x0)
+    plain = jax.jit(jax.value_and_grad(_objective_fn(policy, values, param, wl, **kw)))(x)
+    assert abs(float(plain[1])) > 1e-4, "the gradient must not vanish for the test to mean much"
+    for remat in (8, 5):
+        got = jax.jit(jax.value_and_grad(
+            _objective_fn(policy, values, param, wl, remat=remat, **kw)))(x)
+        for a, b in zip(got, plain):
+            assert float(a) == pytest.approx(float(b), rel=1e-5, abs=1e-7), (remat, got, plain)
+
+
+def test_rematerialized_segments_leave_the_trajectory_unchanged():
+    pol = get_policy("flow_control")
+    shape = SimShape(max_batch=12, queue_size=8, horizon=32, num_classes=2, record_trace=True)
+    sp = sim.SimParams(system_params(40.3, 1.0, 0.0, True),
+                       make_params(pol, {"budget": 2.0}, num_classes=2))
+    wl = _workload(2, n=40, span=30.0, offset=0.5)
+    plain = rollout.make_rollout(pol, shape)(jax.random.PRNGKey(1), wl, sp)
+    for remat in (8, 5):  # 4 segments; 6 segments and a tail of 2
+        got = rollout.make_rollout(pol, shape, remat)(jax.random.PRNGKey(1), wl, sp)
+        assert got.trace.time.shape == (32,)
+        jt.assert_same_rollout(got, plain)

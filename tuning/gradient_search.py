@@ -62,6 +62,7 @@ __all__ = [
     "save_history_plot",
     "tune_command",
     "GradientBench",
+    "remat_segment",
     "bench_gradient_vs_optuna",
 ]
 
@@ -83,6 +84,9 @@ class GradientSettings(BaseModel):
     checkpoint_every: int = Field(10, ge=1, description="steps between orbax checkpoints")
     candidates: int = Field(8, ge=1, description="last iterates of each restart evaluated in "
                                                  "the hard simulator")
+    remat: int | None = Field(None, ge=0, description="iterations per segment of the relaxed "
+                              "scan recomputed in the backward pass (jax.checkpoint; 0: keep "
+                              "every iteration's residuals; default: remat_segment)")
 
 
 def gradient_settings(raw: Mapping[str, Any] | None, source: str = "<config>") -> GradientSettings:
@@ -96,6 +100,21 @@ def gradient_settings(raw: Mapping[str, Any] | None, source: str = "<config>") -
 # ------------------------------------------------------------------------------------------
 # The relaxed objective.
 
+_RESIDUAL_BYTES_PER_SLOT = 27
+"""Bytes reverse mode keeps per slot and iteration of the relaxed step (XLA's buffer
+assignment of the descent step, 1024 slots, 1000 iterations, plain scan: 1.75 GB / 64 rollouts;
+README, Benchmarks)."""
+
+
+def remat_segment(horizon: int, num_requests: int, max_batch: int) -> int:
+    """Iterations per rematerialized segment: ``S = sqrt(H c / r)`` minimizes the backward
+    pass's ``(H / S) c + S r``, with ``c`` a carry's bytes (6 per request: taken, kept,
+    first_done; 36 per slot) and ``r`` one iteration's residuals (27 per slot)."""
+    c = 6 * num_requests + 36 * max_batch
+    r = _RESIDUAL_BYTES_PER_SLOT * max_batch
+    return int(min(horizon, max(1, round(math.sqrt(horizon * c / r)))))
+
+
 
 class RelaxedObjective:
     """``loss(u (R, D), temperature) -> (R,)``: the objective's loss of R unit-cube points in
@@ -103,11 +122,11 @@ class RelaxedObjective:
     ``u`` and in the system parameters."""
 
     def __init__(self, job: TuneJob, objective: Objective, mode: str, penalty: float,
-                 keys, workloads, restarts: int):
+                 keys, workloads, restarts: int, remat: int | None = None):
         import jax
         import jax.numpy as jnp
 
-        from jaxsched.sim import compiled_simulator
+        from jaxsched.rollout import compiled_simulator
 
         exp = job.experiment
         self.job, self.objective, self.penalty = job, objective, penalty
@@ -116,7 +135,10 @@ class RelaxedObjective:
         self.restarts = restarts
         self._system = jax.tree.map(lambda x: jnp.broadcast_to(x, (restarts,) + x.shape),
                                     exp.params.system)
-        self._fn = compiled_simulator(exp.policy, self.shape, batched_params=True)
+        seg = remat if remat is not None else remat_segment(
+            exp.shape.horizon, int(workloads.arrival.shape[-1]), exp.shape.max_batch)
+        self._fn = compiled_simulator(exp.policy, self.shape, batched_params=True,
+                                      remat=seg or None)
         cfg = job.config
         self._time = (cfg.workload.horizon, cfg.workload.warmup, float(cfg.d0),
                       max(cfg.d1_prefill, cfg.d1_context))
@@ -381,7 +403,7 @@ def _compile_update(job, objective, gs, keys, workloads, opt, state):
     import optax
 
     relaxed = RelaxedObjective(job, objective, gs.mode, gs.penalty, keys, workloads,
-                               state["u"].shape[0])
+                               state["u"].shape[0], gs.remat)
 
     def total_loss(u, temperature):
         losses = relaxed.loss(u, temperature)

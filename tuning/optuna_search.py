@@ -199,7 +199,8 @@ class BatchEvaluator:
         import jax.numpy as jnp
 
         from jaxsched import api, sharding
-        from jaxsched.sim import SimParams, compiled_simulator
+        from jaxsched.rollout import compiled_simulator
+        from jaxsched.sim import SimParams
 
         self.job = job
         self.batch = int(batch)

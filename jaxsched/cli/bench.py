@@ -35,7 +35,8 @@ def sim(
     reference_workloads: int = typer.Option(2, help="workloads run through the reference"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ):
-    """Simulator throughput at several batch sizes, and the speedup over the reference."""
+    """Simulator throughput at several batch sizes, and the speedup over the reference
+    simulator and (greedy, saturated: e.g. the config tight-greedy) over a tight loop."""
     from rich.console import Console
     from rich.table import Table
 
@@ -52,18 +53,29 @@ def sim(
         return
     table = Table(title=(f"jaxsched bench sim: {result.policy}, horizon {result.horizon}, "
                          f"max_batch {result.max_batch}, {result.device}"), title_justify="left")
+    tight = result.tight_agrees is not None
     for col in ("workloads", "wall s", "slot-iterations/s", "requests/s", "ms/workload",
-                "speedup vs reference"):
+                "speedup vs reference") + (("speedup vs tight loop",) if tight else ()):
         table.add_column(col, justify="right")
     for r in result.rows:
         table.add_row(str(r.num_workloads), f"{r.wall_seconds:.3f}",
                       f"{r.slot_iterations_per_second:.3e}", f"{r.requests_per_second:,.0f}",
-                      f"{1e3 * r.seconds_per_workload:.2f}", f"{r.speedup_vs_reference:.1f}x")
-    table.caption = (
+                      f"{1e3 * r.seconds_per_workload:.2f}", f"{r.speedup_vs_reference:.1f}x",
+                      *((f"{r.speedup_vs_tight:.1f}x",) if tight else ()))
+    caption = (
         f"reference: {1e3 * result.reference_seconds_per_workload:.1f} ms/workload, "
         f"{result.reference_requests_per_second:,.0f} requests/s over {result.reference_workloads} "
         f"workloads; completed counts {'agree' if result.reference_agrees else 'DISAGREE'}"
     )
+    if tight:
+        caption += (
+            f"\ntight loop (jaxsched.bench.tight_greedy): "
+            f"{1e3 * result.tight_seconds_per_workload:.1f} ms/workload, "
+            f"{result.tight_requests_per_second:,.0f} requests/s; completed counts "
+            f"{'agree' if result.tight_agrees else 'DISAGREE'}")
+    else:
+        caption += "\ntight loop: n/a (greedy on a saturated workload only; e.g. tight-greedy)"
+    table.caption = caption
     Console().print(table)
 
 

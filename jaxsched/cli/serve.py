@@ -14,7 +14,10 @@ from jaxsched.cli.checks import IMAGE_SUFFIXES, check_output_file
 from jaxsched.errors import JaxschedError
 
 __all__ = ["serve", "calibrate", "compare_sim", "bench_engine", "resolve_policy",
-           "serve_shape"]
+           "serve_shape", "ENGINES"]
+
+ENGINES = ("jaxsched", "vllm")
+"""What ``calibrate`` and ``compare-sim`` drive (``--engine``)."""
 
 
 def resolve_policy(policy: Optional[str], with_doc: bool = False):
@@ -252,6 +255,18 @@ def calibrate(
     probe: bool = typer.Option(False, "--probe/--no-probe", help="scale every iteration's "
                                "time by a speed probe timed beside it (steadier on a shared "
                                "machine; compare-sim then does the same)"),
+    engine: str = typer.Option("jaxsched", "--engine", help="jaxsched (its own engine) or vllm "
+                               "(vLLM in-process on --model DIR)"),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help="vllm: KV block size "
+                                             "(default 32)"),
+    num_blocks: Optional[int] = typer.Option(None, "--num-blocks", help="vllm: KV blocks "
+                                             "(num_gpu_blocks_override; default 64)"),
+    max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", help="vllm: max_num_seqs "
+                                               "(default 32)"),
+    max_num_batched_tokens: Optional[int] = typer.Option(None, "--max-num-batched-tokens",
+                                                         help="vllm: token budget (default 2048)"),
+    max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help="vllm: "
+                                                "max_model_len (default 512)"),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ):
@@ -269,6 +284,22 @@ def calibrate(
         raise JaxschedError(f"--repeats {repeats}: must be >= 1")
     if num_requests < 1 or not time_scale > 0:
         raise JaxschedError("--num-requests must be >= 1 and --time-scale > 0")
+    if engine not in ENGINES:
+        raise JaxschedError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    if engine == "vllm":
+        from jaxsched.integrations.vllm import cli as V
+
+        if probe:
+            raise JaxschedError("--probe: the speed probe is not implemented for --engine vllm")
+        settings = V.settings_from_options(block_size, num_blocks, max_num_seqs,
+                                           max_num_batched_tokens, max_model_len, seed)
+        limit = min(settings.max_model_len, settings.num_blocks * settings.block_size) - 1
+        serving = _serving(serve_runs, workload, limit, num_requests, max_output, time_scale,
+                           1, seed)
+        with err.status("calibrating vLLM…") as status:
+            out_d = V.calibrate_command(out, model, settings, serving, timer, seed, as_json,
+                                        progress=lambda m: status.update(m))
+        return _print_calibration(out_d["result"], out, as_json)
     ec = _engine_cfg(max_batch=max_batch)
     serving = _serving(serve_runs, workload, ec.max_request_tokens, num_requests, max_output,
                        time_scale, ec.num_classes, seed)
@@ -276,6 +307,13 @@ def calibrate(
         result = _calibrate(model, ec, bs, ls, output_len, repeats, seed, timer, serving,
                             repeat_calls, progress=lambda m: status.update(m), probe=probe)
     write_profile(result, out)
+    _print_calibration(result, out, as_json)
+
+
+def _print_calibration(result, out: Path, as_json: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     if as_json:
         d = dataclasses.asdict(result)
         d["rows"] = [dict(dataclasses.asdict(r), rel_error=r.rel_error) for r in result.rows]
@@ -342,6 +380,18 @@ def compare_sim(
     probe: Optional[bool] = typer.Option(None, "--probe/--no-probe", help="speed probe "
                                          "normalization (default: as the profile was "
                                          "calibrated, else off)"),
+    engine: str = typer.Option("jaxsched", "--engine", help="jaxsched (its own engine) or vllm "
+                               "(vLLM in-process on --model DIR)"),
+    block_size: Optional[int] = typer.Option(None, "--block-size", help="vllm: KV block size "
+                                             "(default 32)"),
+    num_blocks: Optional[int] = typer.Option(None, "--num-blocks", help="vllm: KV blocks "
+                                             "(num_gpu_blocks_override; default 64)"),
+    max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", help="vllm: max_num_seqs "
+                                               "(default 32)"),
+    max_num_batched_tokens: Optional[int] = typer.Option(None, "--max-num-batched-tokens",
+                                                         help="vllm: token budget (default 2048)"),
+    max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help="vllm: "
+                                                "max_model_len (default 512)"),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ):
@@ -360,6 +410,15 @@ def compare_sim(
         raise JaxschedError(f"--num-requests {num_requests}: must be >= 1")
     if not time_scale > 0 or not rate > 0:
         raise JaxschedError("--time-scale and --rate must be > 0")
+    if engine not in ENGINES:
+        raise JaxschedError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    if engine == "vllm":
+        if probe:
+            raise JaxschedError("--probe: the speed probe is not implemented for --engine vllm")
+        return _compare_vllm(policy, profile, workload, model, plot, num_requests, max_output,
+                             time_scale, rate, timer, seed, as_json, err,
+                             (block_size, num_blocks, max_num_seqs, max_num_batched_tokens,
+                              max_model_len))
     pol, raw_params, k = resolve_policy(policy)
     if timer is not None and timer not in TIMERS:
         raise JaxschedError(f"--timer {timer!r}: expected one of {', '.join(TIMERS)}")
@@ -454,6 +513,54 @@ def compare_sim(
                      if reference is not None else "")
                   + f"); simulator: {result.sim_iterations} busy iterations; latency and time "
                   "in seconds")
+
+
+def _compare_vllm(policy, profile, workload, model, plot, num_requests, max_output, time_scale,
+                  rate, timer, seed, as_json, err, vllm_options):
+    """compare-sim --engine vllm (jaxsched.integrations.vllm.cli)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from jaxsched.engine import compare as C
+    from jaxsched.integrations.vllm import cli as V
+
+    settings = V.settings_from_options(*vllm_options, seed)
+    limit = min(settings.max_model_len, settings.num_blocks * settings.block_size) - 1
+    serving = _serving(2, workload, limit, num_requests, max_output, time_scale, 1, seed)
+    with err.status("starting vLLM…") as status:
+        out = V.compare_command(policy, profile, workload, model, settings, num_requests,
+                                max_output, time_scale, rate, timer, seed, serving,
+                                progress=lambda m: status.update(m))
+    result, system = out["result"], out["system"]
+    if plot is not None:
+        C.plot_memory(result, plot, float(out["settings"].num_blocks * out["settings"].block_size),
+                      engine_label="vLLM")
+        err.print(f"wrote {plot}")
+    if as_json:
+        typer.echo(V.compare_json(out))
+        return
+    rel = result.rel_errors()
+    st = out["settings"]
+    console = Console(width=140)
+    console.print(f"jaxsched compare-sim --engine vllm: {result.policy}, {result.num_requests} "
+                  f"requests from {out['source']}; {st.num_blocks} blocks x {st.block_size} = "
+                  f"{st.num_blocks * st.block_size} tokens, max_num_seqs {st.max_num_seqs}, "
+                  f"max_num_batched_tokens {st.max_num_batched_tokens}; d0 = "
+                  f"{1e3 * system['d0']:.4f} ms, d1_prefill = {1e6 * system['d1_prefill']:.4f} "
+                  f"us, d1_context = {1e6 * system['d1_context']:.4f} us, d2 = "
+                  f"{1e3 * float(system.get('d2', 0.0)):.4f} ms")
+    table = Table()
+    for col in ("metric", "vLLM", "simulator", "rel error"):
+        table.add_column(col, justify="right")
+    for key in result.keys:
+        e, s = result.engine[key], result.sim[key]
+        fmt = (lambda x: f"{x:.0f}") if key in ("completed", "evictions", "peak_kv_tokens") \
+            else (lambda x: f"{x:.4g}")
+        table.add_row(key, fmt(e), fmt(s), "n/a" if rel[key] != rel[key] else f"{rel[key]:.1%}")
+    console.print(table)
+    console.print(f"vLLM: {result.engine_iterations} steps on a virtual clock advanced by each "
+                  f"step's measured time ({out['timer']} timer); simulator: "
+                  f"{result.sim_iterations} busy iterations; KV in tokens (M_k), time in seconds")
 
 
 @bench_app.command("engine")

@@ -239,7 +239,7 @@ def export(
         console.print(f"wrote {path}: {doc.policy.name} {json.dumps(doc.policy.params)}"
                       + (f" (study {t.study!r}, trial {t.trial})" if t else ""))
         return
-    sc = ex.server_config(doc, to)
+    sc = ex.server_config(doc, to, str(policy) if policy is not None else "policy.json")
     if out is not None:
         out.write_text(json.dumps(sc.to_json(), indent=2) + "\n")
     if as_json:
@@ -249,6 +249,12 @@ def export(
     console.print(sc.command, soft_wrap=True, markup=False)
     for n in sc.notes:
         console.print(f"  note: {n}", markup=False)
+    if sc.plugin_command is not None:
+        console.print("the policy itself, through jaxsched's vLLM scheduler:")
+        console.print(sc.plugin_command, soft_wrap=True, markup=False)
+    elif sc.plugin_refusal is not None:
+        console.print(f"  note: jaxsched's vLLM scheduler cannot run it: {sc.plugin_refusal}",
+                      markup=False)
     if out is not None:
         console.print(f"wrote {out}")
 

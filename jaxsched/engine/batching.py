@@ -27,8 +27,9 @@ applied with the same rules as :func:`jaxsched.sim.step`:
 6. **Completion.** A request finishes at ``max_tokens`` tokens, at EOS (unless
    ``ignore_eos``) or at a stop sequence, and frees its blocks.
 
-Steps 2-4 are one jitted function (:func:`decide`) per (policy, shape); the host applies its
-decisions to the block pool and the request objects.
+Steps 2-4 are one jitted function (:func:`jaxsched.policies.decide.decide`, shared with the
+vLLM plugin) per (policy, shape); the host applies its decisions to the block pool and the
+request objects.
 
 Memory accounting (the simulator's model, in tokens)
 ----------------------------------------------------
@@ -111,15 +112,8 @@ from jaxsched.engine.tokenizer import ByteTokenizer
 from jaxsched.errors import JaxschedError
 from jaxsched.model import SimShape
 from jaxsched.policies import get_policy, make_params
-from jaxsched.policies.base import (
-    Policy,
-    QueueView,
-    SchedView,
-    SlotView,
-    evict_to_fit,
-    plan_execution,
-    seat_admissions,
-)
+from jaxsched.policies.base import Policy, QueueView, SlotView
+from jaxsched.policies.decide import Decision, PolicyScheduler, decide
 
 __all__ = [
     "RequestError",
@@ -277,107 +271,6 @@ class EngineMetrics:
     iteration_seconds: float  # the last iteration's duration
 
 
-# --------------------------------------------------------------------------- scheduling
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class Decision:
-    """Output of :func:`decide` (steps 2-4 of the model)."""
-
-    admit: jax.Array  # (W,) bool, window positions admitted (after clipping to free slots)
-    slots: SlotView  # (B,) residents after admission (admitted ones appended, is_new set)
-    run: jax.Array  # (B,) bool
-    chunk: jax.Array  # (B,) int32 prefill tokens (0 for evicted or non-running)
-    token: jax.Array  # (B,) bool generates a token
-    evict: jax.Array  # (B,) bool
-    need: jax.Array  # (B,) int32 memory in this iteration
-    excess: jax.Array  # () float32 M_k - C before eviction
-
-
-def decide(policy: Policy, key, params, pstate, view: SchedView):
-    """Steps 2-4 of :mod:`jaxsched.model` on ``view`` (whose slots have ``is_new`` false and
-    ``excess`` 0), with the rules of :func:`jaxsched.sim.step`. Returns
-    ``(Decision, pstate)``."""
-    q, slots = view.queue, view.slots
-    b = slots.valid.shape[0]
-    w = q.valid.shape[0]
-    k_admit, k_plan, k_evict = jax.random.split(key, 3)
-
-    admit, pstate = policy.admit(k_admit, params, pstate, view)
-    admit = getattr(admit, "admit", admit)  # a policy may return its mask with margins
-    admit, pos = seat_admissions(admit, q.valid, slots.valid)
-    put = lambda dst, src: dst.at[pos].set(src, mode="drop")  # noqa: E731
-    slots = SlotView(
-        valid=put(slots.valid, jnp.ones((w,), bool)),
-        prompt=put(slots.prompt, q.prompt),
-        output=put(slots.output, q.output),
-        generated=put(slots.generated, q.kept),
-        cached=put(slots.cached, jnp.zeros_like(q.kept)),
-        cls=put(slots.cls, q.cls),
-        arrival=put(slots.arrival, q.arrival),
-        is_new=put(jnp.zeros((b,), bool), jnp.ones((w,), bool)),
-    )
-    valid = slots.valid
-    view = view.replace(slots=slots)
-
-    plan = policy.plan(k_plan, params, pstate, view)
-    run, chunk, token, need, _ = plan_execution(plan.run, plan.chunk, valid, slots.prompt,
-                                                slots.generated, slots.cached, view.block_size)
-
-    excess = jnp.sum(need).astype(jnp.float32) - view.capacity
-    evict, pstate = policy.evict(k_evict, params, pstate, view.replace(excess=excess), need)
-    evict = evict_to_fit(evict, need, valid, excess)
-    survive = valid & ~evict
-    return Decision(admit=admit, slots=slots, run=run & survive,
-                    chunk=jnp.where(survive, chunk, 0), token=token & survive, evict=evict,
-                    need=jnp.where(survive, need, 0), excess=excess), pstate
-
-
-@functools.lru_cache(maxsize=32)
-def _compiled_decide(policy: Policy):
-    return jax.jit(functools.partial(decide, policy))
-
-
-class PolicyScheduler:
-    """A :class:`Policy` with its parameters and state, deciding engine iterations.
-
-    ``params``: user values or a parameter dict (validated by
-    :func:`~jaxsched.policies.make_params`; defaults for the rest). ``policy.fit_defaults``
-    is not called (it needs workload statistics): pass fitted values explicitly. WAIT-family
-    thresholds are checked against the shape (``jaxsched.policies.wait.check_shape``).
-    """
-
-    def __init__(self, policy: Policy, params: Mapping[str, Any] | None, engine_cfg: EngineConfig,
-                 seed: int = 0):
-        self.policy = policy
-        self.shape = SimShape(max_batch=engine_cfg.max_batch, queue_size=engine_cfg.queue_size,
-                              horizon=1, num_classes=engine_cfg.num_classes)
-        self.params = make_params(policy, params, engine_cfg.num_classes)
-        try:
-            from jaxsched.policies.wait import check_shape
-        except ImportError:  # pragma: no cover - the family is optional
-            check_shape = None
-        if check_shape is not None:
-            check_shape(policy, self.params, self.shape)
-        self.pstate = policy.init(self.params, self.shape)
-        self.capacity = float(engine_cfg.capacity)
-        self.block_size = int(engine_cfg.memory_block_size)
-        self._key = jax.random.key(seed)
-        self._decide = _compiled_decide(policy)
-
-    def decide(self, iteration: int, now: float, num_waiting: int, queue: QueueView,
-               slots: SlotView) -> Decision:
-        view = SchedView(
-            time=jnp.float32(now), iteration=jnp.int32(iteration),
-            capacity=jnp.float32(self.capacity), num_waiting=jnp.int32(num_waiting),
-            queue=queue, slots=slots, excess=jnp.zeros((), jnp.float32),
-            block_size=jnp.int32(self.block_size))
-        key = jax.random.fold_in(self._key, iteration)
-        decision, self.pstate = self._decide(key, self.params, self.pstate, view)
-        return jax.tree.map(np.asarray, decision)
-
-
 # --------------------------------------------------------------------------- the engine
 
 
@@ -408,7 +301,11 @@ class Engine:
         if isinstance(policy, str):
             policy = get_policy(policy, **dict(policy_options or {}))
         self.policy = policy
-        self.scheduler = PolicyScheduler(policy, policy_params, self.engine_cfg, seed)
+        ec = self.engine_cfg
+        self.scheduler = PolicyScheduler(
+            policy, policy_params, SimShape(max_batch=ec.max_batch, queue_size=ec.queue_size,
+                                            horizon=1, num_classes=ec.num_classes),
+            float(ec.capacity), seed, block_size=int(ec.memory_block_size))
         if params is None:
             params = init_params(model_cfg, seed)
         self.runner = ModelRunner(model_cfg, self.engine_cfg, params)

@@ -55,6 +55,7 @@ __all__ = [
     "ReplayRequest",
     "CompareResult",
     "COMPARE_KEYS",
+    "EXTRA_KEYS",
     "VirtualClock",
     "requests_from_config",
     "poisson_requests",
@@ -67,6 +68,9 @@ __all__ = [
 
 COMPARE_KEYS = ("completed", "completed_per_time", "evictions", "peak_kv_tokens",
                 "latency_mean", "latency_p50", "latency_p95")
+EXTRA_KEYS = ("mean_kv_tokens", "ttft_mean")
+"""Also reported by :func:`simulate_requests` (and by the vLLM replay): the time-weighted mean
+of ``M_k`` over busy time and the mean time to first token."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,12 +91,13 @@ class CompareResult:
     policy: str
     engine_iterations: int
     sim_iterations: int
+    keys: tuple[str, ...] = COMPARE_KEYS  # the metrics compared
 
     def rel_errors(self) -> dict[str, float]:
         """``|sim - engine| / |engine|`` per key (nan when the engine's value is 0 and the
         simulator's is not; 0 when both are 0)."""
         out = {}
-        for k in COMPARE_KEYS:
+        for k in self.keys:
             e, s = self.engine[k], self.sim[k]
             if e == 0:
                 out[k] = 0.0 if s == 0 else math.nan
@@ -271,7 +276,8 @@ def simulate_requests(requests: Sequence[ReplayRequest], policy, params, capacit
     import jax.numpy as jnp
 
     from jaxsched.model import SimShape, Workload, system_params
-    from jaxsched.sim import SimParams, compiled_simulator
+    from jaxsched.rollout import compiled_simulator
+    from jaxsched.sim import SimParams
 
     reqs = sorted(requests, key=lambda r: r.arrival)
     wl = Workload(
@@ -299,6 +305,7 @@ def simulate_requests(requests: Sequence[ReplayRequest], policy, params, capacit
     n_done = int(np.sum(completed))
     busy = memory > 0
     last = float((t + dur)[np.flatnonzero(completed)[-1]]) if n_done else math.nan
+    busy_time = float(np.sum(dur[busy]))
     return {
         "metrics": {
             "completed": float(n_done),
@@ -308,6 +315,9 @@ def simulate_requests(requests: Sequence[ReplayRequest], policy, params, capacit
             "latency_mean": m["latency_mean"],
             "latency_p50": m["latency_p50"],
             "latency_p95": m["latency_p95"],
+            "mean_kv_tokens": (float(np.sum(memory[busy] * dur[busy]) / busy_time)
+                               if busy_time > 0 else 0.0),
+            "ttft_mean": m.get("ttft_mean", math.nan),
         },
         "memory": (t[busy], memory[busy]),
         "iterations": int(np.sum(busy)),
@@ -341,13 +351,14 @@ def compare(engine, clock: VirtualClock, requests: Sequence[ReplayRequest], poli
         if sim["all_done"]:
             break
         horizon *= 4
-    return CompareResult(engine=eng["metrics"], sim=sim["metrics"],
+    return CompareResult(engine=eng["metrics"], sim={k: sim["metrics"][k] for k in COMPARE_KEYS},
                          engine_memory=eng["memory"], sim_memory=sim["memory"],
                          num_requests=len(requests), policy=policy.name,
                          engine_iterations=eng["iterations"], sim_iterations=sim["iterations"])
 
 
-def plot_memory(result: CompareResult, path: str | Path, capacity: float | None = None) -> Path:
+def plot_memory(result: CompareResult, path: str | Path, capacity: float | None = None,
+                engine_label: str = "engine") -> Path:
     """A PNG of both memory trajectories ``M_k`` over (virtual) time."""
     import matplotlib
 
@@ -358,13 +369,13 @@ def plot_memory(result: CompareResult, path: str | Path, capacity: float | None 
     fig, ax = plt.subplots(figsize=(8, 4))
     et, em = result.engine_memory
     st, sm = result.sim_memory
-    ax.step(et, em, where="post", label="engine (measured)", lw=1.2)
+    ax.step(et, em, where="post", label=f"{engine_label} (measured)", lw=1.2)
     ax.step(st, sm, where="post", label="simulator (calibrated)", lw=1.2, alpha=0.8)
     if capacity:
         ax.axhline(capacity, color="k", ls="--", lw=0.8, label=f"capacity C = {capacity:g}")
-    ax.set_xlabel("time (s, engine virtual clock)")
+    ax.set_xlabel(f"time (s, {engine_label} virtual clock)")
     ax.set_ylabel("KV memory M_k (tokens)")
-    ax.set_title(f"{result.policy}: {result.num_requests} requests, engine vs simulator")
+    ax.set_title(f"{result.policy}: {result.num_requests} requests, {engine_label} vs simulator")
     ax.legend(loc="best")
     fig.tight_layout()
     try:

@@ -179,6 +179,14 @@ class Policy:
     # longer than the look-ahead window). Called as check_shape(values, shape, where) with the
     # parameter dict; raises PolicyError naming the key.
     check_shape: Callable[[Mapping[str, Any], SimShape, str], None] | None = None
+    # Optional: what the policy needs from a server that runs it through a plugin (today:
+    # "vllm", jaxsched.integrations.vllm). Called as serve_check(server, values, engine) with
+    # the parameter values as plain numbers and the server's settings (engine: a dict with
+    # max_num_seqs, max_num_batched_tokens, block_size, num_blocks, watermark,
+    # chunked_prefill); returns one line saying why the server cannot honour them, or None.
+    # A policy without it needs nothing beyond the plugin's generic application: admissions,
+    # evictions and which residents run, with prefills chunked only by the server's budget.
+    serve_check: Callable[[str, Mapping[str, Any], Mapping[str, Any]], str | None] | None = None
 
 
 def no_state(params, shape: SimShape):

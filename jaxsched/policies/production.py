@@ -119,6 +119,28 @@ def _budget_admission_common(params, view, budget_key: str):
     return p, first_chunk, budget_ok & seat_ok, need_old
 
 
+def _serve_budget(key_name: str, scheduler: str = "v1"):
+    """``serve_check`` of the budgeted policies: a server's own chunked prefill gives exactly
+    :func:`budget_plan`'s chunks iff its token budget is the policy's (vLLM v1 schedules
+    decodes first, then running prefills oldest first, then waiting requests FCFS, each
+    chunk what is left of ``max_num_batched_tokens``)."""
+
+    def check(server, values, engine):
+        if scheduler != "v1":
+            return (f"scheduler={scheduler!r}: prefill-only iterations of whole prompts; vLLM's "
+                    f"v1 scheduler mixes prefills and decodes (use scheduler='v1')")
+        if not engine.get("chunked_prefill", True):
+            return f"{key_name}: needs chunked prefill; start {server} with it enabled"
+        budget = int(min(values[key_name], _MAX_INT))
+        if budget != int(engine["max_num_batched_tokens"]):
+            return (f"{key_name} = {budget}: the plan chunks prefills under this token budget; "
+                    f"start {server} with --max-num-batched-tokens {budget} (it has "
+                    f"{engine['max_num_batched_tokens']})")
+        return None
+
+    return check
+
+
 def _budget_plan_fn(key_name: str):
     def plan(key, params, pstate, view):
         del key, pstate
@@ -218,6 +240,7 @@ def vllm(eviction: str = "newest", scheduler: str = "v1") -> Policy:
         admit=admit if scheduler == "v1" else admit_v0,
         plan=_budget_plan_fn("max_num_batched_tokens") if scheduler == "v1" else plan_v0,
         evict=ordered_eviction(eviction),
+        serve_check=_serve_budget("max_num_batched_tokens", scheduler),
     )
 
 
@@ -272,6 +295,7 @@ def sarathi(eviction: str = "newest") -> Policy:
         admit=admit,
         plan=_budget_plan_fn("chunk_size"),
         evict=ordered_eviction(eviction),
+        serve_check=_serve_budget("chunk_size"),
     )
 
 
