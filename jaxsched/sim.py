@@ -227,7 +227,7 @@ class _Completed(NamedTuple):
     first_token: jax.Array  # (B,) bool, delivered its first token in this iteration
     latency: jax.Array  # (B,) float32, T_{k+1} - a_i
     count: jax.Array  # () int32, requests completed
-    kept: jax.Array  # (B,) bool, still resident after the iteration
+    stays: jax.Array  # (B,) bool, still resident after the iteration
 
 
 class _HardCounts:
@@ -364,7 +364,7 @@ def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
             overflow=evicted.overflow,
             arrived=arrived,
             num_waiting=num_waiting,
-            num_resident=jnp.sum(completed.kept, dtype=jnp.int32),
+            num_resident=jnp.sum(completed.stays, dtype=jnp.int32),
             num_completed=new_state.num_completed,
             prefill_tokens=executed.prefill_tokens,
             decode_tokens=executed.decode_tokens,
@@ -560,7 +560,7 @@ def _next_state(shape: SimShape, system: SystemParams, workload: Workload, state
         head=head,
         num_waiting=num_waiting,
         num_completed=state.num_completed + completed.count,
-        slots=_compact(ran, completed.kept),
+        slots=_compact(ran, completed.stays),
         requests=requests,
     )
 
