@@ -32,10 +32,11 @@ from jaxsched import rollout as R
 from jaxsched import sharding as S
 from jaxsched.config import DEFAULT_CONFIG, load_config
 
-__all__ = ["load_case", "profile_chunk", "hlo_census", "sim_variant", "ab_search_block",
-           "ab_donation", "main"]
+__all__ = ["load_case", "profile_chunk", "hlo_census", "sim_variant", "sim_from_file", "ab_step",
+           "ab_search_block", "ab_donation", "main"]
 
-_BEFORE_SEARCH_BLOCK = ("    rs = 2 * w  #", "    rs = r  #")
+_BEFORE_SEARCH_BLOCK = ("    block = 2 * w  #",
+                        "    block = shape.queue_size + 2 * shape.max_batch  #")
 
 
 def load_case(workloads: int = 256, horizon: int = 200, overrides: tuple[str, ...] = ()):
@@ -162,6 +163,53 @@ def ab_search_block(exp, keys, wl, repeats: int = 5) -> dict:
     return dict(best, ratio=best["before"] / best["after"])
 
 
+def sim_from_file(path, name: str = "jaxsched._sim_before"):
+    """A module built from another version of ``jaxsched/sim.py`` (e.g. ``git show
+    main:jaxsched/sim.py > before.py``), for an A/B run of its :func:`step` against this one."""
+    spec = importlib.util.spec_from_loader(name, loader=None)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    exec(compile(Path(path).read_text(), str(path), "exec"), module.__dict__)  # noqa: S102
+    return module
+
+
+def _scan_steps(mod, exp):
+    """``rollout(key, workload, params) -> final carry``: ``lax.scan`` of ``mod.step``."""
+    from jaxsched import metrics
+    from jaxsched import sim
+
+    def rollout(key, workload, params):
+        carry = (sim.initial_state(exp.shape, workload), exp.policy.init(params.policy, exp.shape),
+                 metrics.init_accumulators(exp.shape.relax != "hard"))
+
+        def body(c, _):
+            return mod.step(exp.policy, exp.shape, key, workload, params, c)
+
+        return jax.lax.scan(body, carry, None, length=exp.shape.horizon)[0]
+
+    return rollout
+
+
+def ab_step(exp, keys, wl, before, repeats: int = 5) -> dict:
+    """Best-of-``repeats`` seconds of the whole rollout with ``before.step`` vs this
+    :func:`jaxsched.sim.step`, compiled and timed alternately in this process; asserts that
+    the final states, policy states and accumulators are identical."""
+    import jaxsched.sim as sim
+
+    fns = {}
+    for label, mod in (("before", before), ("after", sim)):
+        f = jax.jit(jax.vmap(_scan_steps(mod, exp), in_axes=(0, 0, None)))
+        fns[label] = f.lower(keys, wl, exp.params).compile()
+    a, b = (jax.block_until_ready(fns[k](keys, wl, exp.params)) for k in ("before", "after"))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    best = _alternate(fns, (keys, wl, exp.params), repeats)
+    slot_iterations = exp.shape.max_batch * exp.shape.horizon * keys.shape[0]
+    return dict(best, ratio=best["before"] / best["after"],
+                rate_before=slot_iterations / best["before"],
+                rate_after=slot_iterations / best["after"])
+
+
 def ab_donation(exp, keys, wl, repeats: int = 5) -> dict:
     """The chunk call with and without donating its carry: best seconds (alternating) and
     XLA's buffer assignment per device (``memory_analysis``)."""
@@ -195,11 +243,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--horizon", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--set", action="append", default=[], help="config override")
+    parser.add_argument("--before", metavar="FILE", help="another version of jaxsched/sim.py "
+                        "to time against this one (e.g. git show main:jaxsched/sim.py)")
+    parser.add_argument("--ab-only", action="store_true", help="skip the profile and census")
     args = parser.parse_args(argv)
     exp, keys, wl = load_case(args.workloads, args.horizon, tuple(args.set))
     print(f"{args.workloads} workloads x {args.horizon} iterations, max_batch "
           f"{exp.shape.max_batch}, queue_size {exp.shape.queue_size}, N {exp.num_requests}, "
           f"policy {exp.policy.name}, {jax.devices()[0].device_kind}")
+    if args.before:
+        r = ab_step(exp, keys, wl, sim_from_file(args.before), args.repeats)
+        print(f"A/B step {args.before} -> this: {r['before']:.3f} s -> {r['after']:.3f} s, "
+              f"{r['ratio']:.2f}x; {r['rate_before']:.3g} -> {r['rate_after']:.3g} "
+              "slot-iterations/s (identical final states and accumulators)")
+        if args.ab_only:
+            return 0
     cats, top = profile_chunk(exp, keys, wl)
     total = sum(ms for c, ms in cats.items() if not c.startswith("while"))
     print("\nprofile of one chunk call (ms; while loops include their nested ops):")

@@ -1,8 +1,16 @@
 """The JAX simulator: one step function, ``lax.scan`` over iterations, ``jit(vmap(...))``.
 
-The step implements the six phases of an iteration exactly as written in
-:mod:`jaxsched.model`. Residents are kept compacted in admission order, so the newest are a
-suffix (LIFO eviction is a prefix sum, no sort); the waiting queue is the workload itself
+:func:`step` implements the six phases of an iteration exactly as written in
+:mod:`jaxsched.model`, one function each, in the order :mod:`jaxsched.reference` runs them:
+:func:`_arrivals`, :func:`_window` and :func:`_admission` (phase 2), :func:`_plan`,
+:func:`_memory` (eviction), :func:`_execution`, :func:`_completion`, then the carried state
+(:func:`_next_state`) and the metrics' sums (:func:`_accounting`, every accumulator updated in
+:func:`_accumulate`). How counts are weighed is chosen once per compiled shape: plain counts
+(:class:`_HardCounts`) or admission-mass-weighted ones (:class:`_RelaxedCounts`), so the hard
+path carries no relaxed work.
+
+Residents are kept compacted in admission order, so the newest are a suffix (LIFO eviction
+is a prefix sum, no sort); the waiting queue is the workload itself
 (sorted by arrival) minus the requests taken, seen through a window of ``queue_size``
 positions from the oldest waiting request, compacted into the first ``queue_size`` waiting
 requests. The positions are searched in blocks of ``2 queue_size`` (a ``while_loop``) until
@@ -19,7 +27,8 @@ rollout path of full, chunked and streamed runs.
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -172,262 +181,439 @@ def step_keys(key: jax.Array, iteration: jax.Array) -> jax.Array:
     return jax.random.split(jax.random.fold_in(key, iteration), 3)
 
 
+class _Window(NamedTuple):
+    """The policy's look-ahead window (phase 2)."""
+
+    index: jax.Array  # (W,) int32, workload positions of the first W waiting requests
+    valid: jax.Array  # (W,) bool, False past the last waiting request
+
+
+class _Admitted(NamedTuple):
+    slots: SlotState  # residents after admission
+    taken: jax.Array  # (N,) bool, requests resident or completed after admission
+    is_new: jax.Array  # (B,) bool, admitted in this iteration
+    count: jax.Array  # () int32, requests admitted
+
+
+class _Planned(NamedTuple):
+    view: SchedView  # what the policy saw when planning (the admitted marked new)
+    run: jax.Array  # (B,) bool
+    chunk: jax.Array  # (B,) int32, c_i
+    token: jax.Array  # (B,) bool, t_i
+    need: jax.Array  # (B,) int32, m_i = [cached_i + c_i + t_i]_b
+    pending: jax.Array  # (B,) int32, prefill tokens still to process after the chunk
+
+
+class _Evicted(NamedTuple):
+    excess: jax.Array  # () float32, M_k - C_b before eviction
+    overflow: jax.Array  # () bool, M_k > C_b
+    evict: jax.Array  # (B,) bool
+    survive: jax.Array  # (B,) bool, resident and not evicted
+    count: jax.Array  # () int32, requests evicted
+
+
+class _Executed(NamedTuple):
+    tau: jax.Array  # () float32, tau_k (mass-weighted in the relaxed modes)
+    chunk: jax.Array  # (B,) int32, prefill tokens processed (0 unless surviving)
+    token: jax.Array  # (B,) bool, generated a token
+    prefill_tokens: jax.Array  # () int32, P_k
+    context_tokens: jax.Array  # () int32, D_k
+    decode_tokens: jax.Array  # () int32, tokens generated
+    memory: jax.Array  # () int32, M_k after eviction
+
+
+class _Completed(NamedTuple):
+    done: jax.Array  # (B,) bool, completed at T_{k+1}
+    first_token: jax.Array  # (B,) bool, delivered its first token in this iteration
+    latency: jax.Array  # (B,) float32, T_{k+1} - a_i
+    count: jax.Array  # () int32, requests completed
+    stays: jax.Array  # (B,) bool, still resident after the iteration
+
+
+class _HardCounts:
+    """Hard mode: a count is the number of slots in a mask, a total the sum of a per-slot
+    figure over it (the model's numbers)."""
+
+    hist_weight = 1
+
+    def admitted_mass(self, margin, source):
+        return None
+
+    def with_mass(self, mass):
+        return self
+
+    def count(self, mask):
+        return jnp.sum(mask, dtype=jnp.int32)
+
+    def total(self, mask, x=1):
+        return jnp.sum(jnp.where(mask, x, 0)).astype(jnp.float32)
+
+    def eviction_totals(self, slots, need, evicted, capacity):
+        """``(overflow, evictions, recomputed tokens)`` of the iteration."""
+        return (evicted.overflow.astype(jnp.int32), self.count(evicted.evict),
+                self.total(evicted.evict, slots.cached))
+
+
+@dataclasses.dataclass(frozen=True)
+class _RelaxedCounts:
+    """The relaxed modes (``jaxsched.model.RELAX_MODES``): every resident carries the mass
+    ``sigmoid(margin / T)`` of its admission, and counts and totals are mass-weighted; in
+    ``straight_through`` the forward values are the hard ones, the gradients the soft ones."""
+
+    temperature: Any  # () float32 > 0
+    straight_through: bool
+    mass: Any = None  # (B,) float32, the residents' masses (after admission)
+
+    @property
+    def hist_weight(self):
+        return self.mass
+
+    def admitted_mass(self, margin, source):
+        """The masses of the slots filled from window positions ``source``."""
+        gate = (jnp.ones(source.shape, jnp.float32) if margin is None
+                else jax.nn.sigmoid(margin / self.temperature)[source])
+        return _straight_through(jnp.ones_like(gate), gate) if self.straight_through else gate
+
+    def with_mass(self, mass):
+        return dataclasses.replace(self, mass=mass)
+
+    def count(self, mask):
+        return self.total(mask)
+
+    def total(self, mask, x=1.0):
+        return jnp.sum(jnp.where(mask, self.mass * x, 0.0))
+
+    def eviction_totals(self, slots, need, evicted, capacity):
+        """Soft ``(overflow, evictions, recomputed tokens)``.
+
+        Memory is whole tokens: the hard events (M > C, newer memory < M - C) switch at
+        integers, so the soft ones are centred half a token past them (exact in the limit
+        unless C is a half-integer). Overflow: ``sigmoid((M - C - 1/2) / (T s))``, ``s`` the
+        mean need. Evictions newest first: slot i goes iff the memory newer than it is short
+        of the excess; soft, each resident's gate ``sigmoid((M - C - newer_i - 1/2) /
+        (T m_i))``. Exact in the limit when the policy evicted newest first (else the hard
+        evictions, mass-weighted).
+        """
+        valid, evict, temp = slots.valid, evicted.evict, self.temperature
+        total = self.total(valid, need)
+        scale = jnp.maximum(total / jnp.maximum(self.count(valid), 1e-6), 1.0)
+        excess = total - capacity
+        overflow = jax.nn.sigmoid((excess - 0.5) / (temp * scale))
+        mass_need = jnp.where(valid, self.mass * need, 0.0)
+        newer = jnp.cumsum(mass_need[::-1])[::-1] - mass_need
+        gate = jnp.where(valid, jax.nn.sigmoid(
+            (excess - newer - 0.5) / (temp * jnp.maximum(need, 1))), 0.0)
+        lifo = jnp.all(evict == evict_newest_first(need, valid, evicted.excess))
+        evictions = jnp.where(lifo, jnp.sum(self.mass * gate), self.total(evict))
+        recomputed = jnp.where(lifo, jnp.sum(self.mass * gate * slots.cached),
+                               self.total(evict, slots.cached))
+        if self.straight_through:
+            overflow = _straight_through(evicted.overflow.astype(jnp.float32), overflow)
+            evictions = _straight_through(self.total(evict), evictions)
+            recomputed = _straight_through(self.total(evict, slots.cached), recomputed)
+        return overflow, evictions, recomputed
+
+
+def _straight_through(forward, soft):
+    """``forward`` in the forward pass, the gradient of ``soft`` in the backward pass."""
+    return forward + (soft - jax.lax.stop_gradient(soft))
+
+
+def _weighting(shape: SimShape, temperature):
+    """How counts are weighed, chosen once per compiled shape."""
+    if shape.relax == "hard":
+        return _HardCounts()
+    return _RelaxedCounts(temperature, shape.relax == "straight_through")
+
+
 def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
          params: SimParams, carry):
-    """One iteration (phases 1-6 of :mod:`jaxsched.model`); ``key`` is the rollout's key."""
+    """One iteration, phases 1-6 of :mod:`jaxsched.model` in order (as
+    :mod:`jaxsched.reference` runs them); ``key`` is the rollout's key."""
     state, pstate, acc = carry
-    sysp, pp = params.system, params.policy
-    b, w, n = shape.max_batch, shape.queue_size, workload.num_requests
-    k_admit, k_plan, k_evict = step_keys(key, state.iteration)
-    slots, reqs = state.slots, state.requests
-    t0 = state.time
+    system, policy_params = params.system, params.policy
+    admit_key, plan_key, evict_key = step_keys(key, state.iteration)
+    weights = _weighting(shape, params.temperature)
 
-    # 1. Arrivals: every request with a <= T_k.
-    arrived = jnp.searchsorted(workload.arrival, t0, side="right").astype(jnp.int32)
-    num_waiting = state.num_waiting + (arrived - state.arrived)
+    arrived, num_waiting = _arrivals(workload, state)
+    window = _window(shape, workload, state, arrived)
+    view = _admission_view(workload, state, system, num_waiting, window)
+    admitted, pstate = _admission(policy, admit_key, policy_params, pstate, view, workload,
+                                  state, window, weights)
+    weights = weights.with_mass(admitted.slots.mass)
+    planned = _plan(policy, plan_key, policy_params, pstate, view, admitted, system.block_size)
+    evicted, pstate = _memory(policy, evict_key, policy_params, pstate, planned,
+                              admitted.slots.valid)
+    executed = _execution(system, weights, admitted.slots, planned, evicted)
+    t1 = state.time + executed.tau
+    completed = _completion(admitted.slots, executed, evicted, t1)
+    num_waiting = num_waiting - admitted.count + evicted.count
+    new_state = _next_state(shape, system, workload, state, arrived, num_waiting, admitted,
+                            evicted, executed, completed, t1)
+    acc = _accounting(shape, system, weights, acc, state.iteration, admitted.slots, planned,
+                      evicted, executed, completed, view.capacity)
+    out = None
+    if shape.record_trace:
+        out = StepOutput(
+            time=state.time,
+            duration=executed.tau,
+            memory=executed.memory,
+            admitted=admitted.count,
+            evicted=evicted.count,
+            completed=completed.count,
+            overflow=evicted.overflow,
+            arrived=arrived,
+            num_waiting=num_waiting,
+            num_resident=jnp.sum(completed.stays, dtype=jnp.int32),
+            num_completed=new_state.num_completed,
+            prefill_tokens=executed.prefill_tokens,
+            decode_tokens=executed.decode_tokens,
+            context_tokens=executed.context_tokens,
+            discarded_tokens=_discarded_tokens(system, admitted.slots, evicted),
+        )
+    return (new_state, pstate, acc), out
 
-    # 2. Admission through the look-ahead window: the first W waiting requests, searched in
-    #    blocks of 2W positions from the head until W are found or the arrived requests are
-    #    exhausted (see module docstring). The head moves by up to W + 2B positions.
-    r = w + 2 * b
-    rs = 2 * w  # search block: 1.1-1.2x faster steps than W + 2B on CPU (README, Scaling)
-    ridx = state.head + jnp.arange(r, dtype=jnp.int32)
-    in_range = ridx < n
-    rj = jnp.minimum(ridx, n - 1)
 
-    def search_more(carry):
+def _arrivals(workload: Workload, state: SimState):
+    """Phase 1: every request with ``a_i <= T_k`` has arrived (a prefix of the workload,
+    sorted by arrival). Returns ``(arrived, num_waiting)``."""
+    arrived = jnp.searchsorted(workload.arrival, state.time, side="right").astype(jnp.int32)
+    return arrived, state.num_waiting + (arrived - state.arrived)
+
+
+def _window(shape: SimShape, workload: Workload, state: SimState, arrived) -> _Window:
+    """Phase 2's look-ahead window: the first ``W = queue_size`` waiting requests (arrived,
+    neither resident nor completed) in queue order.
+
+    Positions from the head are searched in blocks of ``2W`` (a ``while_loop``) until W are
+    found or the arrived requests are exhausted, so the window is always exact.
+    """
+    w, n = shape.queue_size, workload.num_requests
+    taken = state.requests.taken
+    block = 2 * w  # search block: 1.1-1.2x faster steps than W + 2B on CPU (README, Scaling)
+
+    def more(carry):
         start, found, _, _ = carry
         return (found < w) & (start < arrived)
 
-    def search_block(carry):
-        start, found, j, waiting = carry
-        idx = start + jnp.arange(rs, dtype=jnp.int32)
-        jj = jnp.minimum(idx, n - 1)
-        waiting_r = (idx < arrived) & ~reqs.taken[jj]
-        wpos = jnp.where(waiting_r, found + jnp.cumsum(waiting_r) - 1, w)
-        j = j.at[wpos].set(jj, mode="drop")
-        waiting = waiting.at[wpos].set(True, mode="drop")
-        return start + rs, found + jnp.sum(waiting_r, dtype=jnp.int32), j, waiting
+    def search(carry):
+        start, found, index, valid = carry
+        position = start + jnp.arange(block, dtype=jnp.int32)
+        clipped = jnp.minimum(position, n - 1)
+        waiting = (position < arrived) & ~taken[clipped]
+        rank = jnp.where(waiting, found + jnp.cumsum(waiting) - 1, w)
+        index = index.at[rank].set(clipped, mode="drop")
+        valid = valid.at[rank].set(True, mode="drop")
+        return start + block, found + jnp.sum(waiting, dtype=jnp.int32), index, valid
 
-    _, _, j, waiting = jax.lax.while_loop(
-        search_more, search_block,
-        (state.head, jnp.zeros((), jnp.int32), jnp.zeros((w,), jnp.int32),
-         jnp.zeros((w,), bool)),
-    )
+    _, _, index, valid = jax.lax.while_loop(
+        more, search, (state.head, jnp.zeros((), jnp.int32), jnp.zeros((w,), jnp.int32),
+                       jnp.zeros((w,), bool)))
+    return _Window(index, valid)
+
+
+def _admission_view(workload: Workload, state: SimState, system: SystemParams, num_waiting,
+                    window: _Window) -> SchedView:
+    """What the policy sees at admission: the window, the residents (none new yet) and the
+    usable capacity ``C_b = b floor(C / b)``."""
+    index = window.index
     queue = QueueView(
-        valid=waiting,
-        prompt=workload.prompt[j],
-        output=workload.output[j],
-        kept=reqs.kept[j],
-        cls=workload.cls[j],
-        arrival=workload.arrival[j],
+        valid=window.valid,
+        prompt=workload.prompt[index],
+        output=workload.output[index],
+        kept=state.requests.kept[index],
+        cls=workload.cls[index],
+        arrival=workload.arrival[index],
     )
-    no_new = jnp.zeros((b,), bool)
-    capacity = usable_capacity(sysp.capacity, sysp.block_size)  # C_b, whole blocks
-    view = SchedView(
-        time=t0,
+    return SchedView(
+        time=state.time,
         iteration=state.iteration,
-        capacity=capacity,
+        capacity=usable_capacity(system.capacity, system.block_size),
         num_waiting=num_waiting,
         queue=queue,
-        slots=_slot_view(slots, no_new),
+        slots=_slot_view(state.slots, jnp.zeros(state.slots.req.shape, bool)),
         excess=jnp.zeros((), jnp.float32),
-        block_size=sysp.block_size,
+        block_size=system.block_size,
     )
-    admit_out, pstate = policy.admit(k_admit, pp, pstate, view)
-    admit, margin = decision_parts(admit_out)
-    admit, pos = seat_admissions(admit, waiting, slots.valid)
-    num_admitted = jnp.sum(admit, dtype=jnp.int32)
-    # Admitted requests fill slots [n, n + a) in queue order: one scatter of window indices,
-    # then a gather per field.
-    src = jnp.zeros((b,), jnp.int32).at[pos].set(jnp.arange(w, dtype=jnp.int32), mode="drop")
-    is_new = jnp.zeros((b,), bool).at[pos].set(True, mode="drop")
-    relaxed = shape.relax != "hard"
-    incoming_mass = None
-    if relaxed:
-        gate = (jnp.ones((w,), jnp.float32) if margin is None
-                else jax.nn.sigmoid(margin / params.temperature))
-        if shape.relax == "straight_through":  # forward exactly 1, backward the sigmoid's
-            gate = 1.0 + (gate - jax.lax.stop_gradient(gate))
-        incoming_mass = gate[src]
+
+
+def _admission(policy: Policy, key, policy_params, pstate, view: SchedView,
+               workload: Workload, state: SimState, window: _Window, weights):
+    """Phase 2: the policy chooses from the window; admissions beyond the free slots are
+    dropped in queue order. The admitted fill slots ``[n, n + a)`` in queue order (one
+    scatter of window ranks, then a gather per field); one that kept ``g`` generated tokens
+    must prefill ``l + g``."""
+    b, w, n = state.slots.req.shape[0], window.index.shape[0], workload.num_requests
+    decision, pstate = policy.admit(key, policy_params, pstate, view)
+    admit, margin = decision_parts(decision)
+    admit, seat = seat_admissions(admit, window.valid, state.slots.valid)
+    source = jnp.zeros((b,), jnp.int32).at[seat].set(jnp.arange(w, dtype=jnp.int32), mode="drop")
+    is_new = jnp.zeros((b,), bool).at[seat].set(True, mode="drop")
+    queue, requests = view.queue, state.requests
     incoming = SlotState(
-        req=j[src],
-        prompt=queue.prompt[src],
-        output=queue.output[src],
-        generated=queue.kept[src],
+        req=window.index[source],
+        prompt=queue.prompt[source],
+        output=queue.output[source],
+        generated=queue.kept[source],
         cached=jnp.zeros((b,), jnp.int32),
-        cls=queue.cls[src],
-        arrival=queue.arrival[src],
-        first_done=reqs.first_done[j][src],
-        mass=incoming_mass,
+        cls=queue.cls[source],
+        arrival=queue.arrival[source],
+        first_done=requests.first_done[window.index][source],
+        mass=weights.admitted_mass(margin, source),
     )
-    slots = jax.tree.map(lambda new, old: jnp.where(is_new, new, old), incoming, slots)
-    taken = reqs.taken.at[jnp.where(admit, j, n)].set(True, mode="drop")
-    num_waiting = num_waiting - num_admitted
-    valid = slots.valid
+    slots = jax.tree.map(lambda new, old: jnp.where(is_new, new, old), incoming, state.slots)
+    taken = requests.taken.at[jnp.where(admit, window.index, n)].set(True, mode="drop")
+    return _Admitted(slots, taken, is_new, jnp.sum(admit, dtype=jnp.int32)), pstate
 
-    # 3. Plan: who runs, how much prefill.
-    view = view.replace(slots=_slot_view(slots, is_new))
-    plan = policy.plan(k_plan, pp, pstate, view)
+
+def _plan(policy: Policy, key, policy_params, pstate, view: SchedView, admitted: _Admitted,
+          block_size) -> _Planned:
+    """Phase 3: the policy says who runs and how many prefill tokens each may process; a
+    running resident with ``cached < l + s`` processes ``c = min(chunk, l + s - cached)``
+    and generates a token if that completes its prefill, a prefilled one decodes one token.
+    Its memory need is ``m_i = [cached_i + c_i + t_i]_b``."""
+    slots = admitted.slots
+    view = view.replace(slots=_slot_view(slots, admitted.is_new))
+    plan = policy.plan(key, policy_params, pstate, view)
     run, chunk, token, need, pending = plan_execution(
-        plan.run, plan.chunk, valid, slots.prompt, slots.generated, slots.cached,
-        sysp.block_size)
+        plan.run, plan.chunk, slots.valid, slots.prompt, slots.generated, slots.cached,
+        block_size)
+    return _Planned(view, run, chunk, token, need, pending)
 
-    # 4. Memory (block tokens): overflow -> the policy evicts, then newest-first until it fits.
-    excess = jnp.sum(need).astype(jnp.float32) - capacity
-    overflow = excess > 0
-    evict, pstate = policy.evict(k_evict, pp, pstate, view.replace(excess=excess), need)
-    evict = evict_to_fit(evict, need, valid, excess)
-    survive = valid & ~evict
-    num_evicted = jnp.sum(evict, dtype=jnp.int32)
 
-    # 5. Execution.
-    chunk = jnp.where(survive, chunk, 0)
-    token = token & survive
-    decoding = survive & run & (pending == 0)
-    prefill_tokens = jnp.sum(chunk, dtype=jnp.int32)
-    context_tokens = jnp.sum(jnp.where(decoding, slots.cached, 0), dtype=jnp.int32)
-    decode_tokens = jnp.sum(token, dtype=jnp.int32)
-    memory = jnp.sum(jnp.where(survive, need, 0), dtype=jnp.int32)
-    if relaxed:
-        mass = slots.mass
+def _memory(policy: Policy, key, policy_params, pstate, planned: _Planned, valid):
+    """Phase 4: ``M_k = sum_i m_i``; if ``M_k > C_b`` (overflow) the policy evicts, then the
+    newest admitted go first until ``M_k <= C_b``."""
+    capacity = planned.view.capacity
+    excess = jnp.sum(planned.need).astype(jnp.float32) - capacity
+    evict, pstate = policy.evict(key, policy_params, pstate,
+                                 planned.view.replace(excess=excess), planned.need)
+    evict = evict_to_fit(evict, planned.need, valid, excess)
+    count = jnp.sum(evict, dtype=jnp.int32)
+    return _Evicted(excess, excess > 0, evict, valid & ~evict, count), pstate
 
-        def weigh(mask, x=1.0):
-            return jnp.sum(jnp.where(mask, mass * x, 0.0))
 
-        tau = (sysp.d0 + sysp.d1_prefill * weigh(survive, chunk)
-               + sysp.d1_context * weigh(decoding, slots.cached)
-               + sysp.d2 * weigh(survive & (chunk > 0)))
-        memory_w = weigh(survive, need)
-        total = weigh(valid, need)
-        temp = params.temperature
-        scale = jnp.maximum(total / jnp.maximum(weigh(valid), 1e-6), 1.0)
-        # Memory is whole tokens: the hard events (M > C, newer memory < M - C) switch at
-        # integers, so the soft ones are centred half a token past them (exact in the limit
-        # unless C is a half-integer).
-        excess_w = total - capacity
-        soft = jax.nn.sigmoid((excess_w - 0.5) / (temp * scale))
-        # Evictions: newest first, slot i goes iff the memory newer than it is short of the
-        # excess; soft, each resident's gate sigmoid((excess - newer_i - 1/2) / (T need_i)).
-        # Exact in the limit when the policy evicted newest first (else the hard evictions).
-        mneed = jnp.where(valid, mass * need, 0.0)
-        newer = jnp.cumsum(mneed[::-1])[::-1] - mneed
-        gate_e = jnp.where(valid, jax.nn.sigmoid(
-            (excess_w - newer - 0.5) / (temp * jnp.maximum(need, 1))), 0.0)
-        lifo = jnp.all(evict == evict_newest_first(need, valid, excess))
-        evictions_w = jnp.where(lifo, jnp.sum(mass * gate_e), weigh(evict))
-        recomputed_w = jnp.where(lifo, jnp.sum(mass * gate_e * slots.cached),
-                                 weigh(evict, slots.cached))
-        if shape.relax == "straight_through":
-            soft = overflow.astype(jnp.float32) + (soft - jax.lax.stop_gradient(soft))
-            evictions_w = weigh(evict) + (evictions_w - jax.lax.stop_gradient(evictions_w))
-            recomputed_w = (weigh(evict, slots.cached)
-                            + (recomputed_w - jax.lax.stop_gradient(recomputed_w)))
-        overflow_w = soft
-    else:
-        tau = (sysp.d0 + sysp.d1_prefill * prefill_tokens.astype(jnp.float32)
-               + sysp.d1_context * context_tokens.astype(jnp.float32)
-               + sysp.d2 * jnp.sum(chunk > 0).astype(jnp.float32))
-    t1 = t0 + tau
-    generated = slots.generated + token
-    cached = slots.cached + chunk + token
-
-    # 6. Completion and first tokens.
-    done = survive & (generated >= slots.output)
-    first_now = token & ~slots.first_done
-    latency = t1 - slots.arrival
-
-    # Evicted requests rejoin the queue at their arrival position.
-    restart = sysp.restart_on_evict
-    ev_idx = jnp.where(evict, slots.req, n)
-    kept_val = jnp.where(restart, 0, slots.generated)
-    discarded = jnp.sum(jnp.where(evict & restart, slots.generated, 0), dtype=jnp.int32)
-    recomputed = jnp.sum(jnp.where(evict, slots.cached, 0)).astype(jnp.float32)
-    taken = taken.at[ev_idx].set(False, mode="drop")
-    kept = reqs.kept.at[ev_idx].set(kept_val, mode="drop")
-    first_flag = reqs.first_done.at[ev_idx].set(slots.first_done | first_now, mode="drop")
-    num_completed_now = jnp.sum(done, dtype=jnp.int32)
-    num_waiting = num_waiting + num_evicted
-
-    # Head: skip taken positions at the front of the window; an eviction may move it back.
-    stop = ~in_range | ~taken[rj]
-    head = jnp.where(jnp.any(stop), state.head + jnp.argmax(stop), state.head + r)
-    head = jnp.minimum(head, jnp.min(ev_idx)).astype(jnp.int32)
-
-    keep = survive & ~done
-    new_slots = _compact(
-        slots.replace(generated=generated, cached=cached, first_done=slots.first_done | first_now),
-        keep,
+def _execution(system: SystemParams, weights, slots: SlotState, planned: _Planned,
+               evicted: _Evicted) -> _Executed:
+    """Phase 5: the survivors run as planned, for
+    ``tau_k = d0 + d1_prefill P_k + d1_context D_k + d2 R_k`` (``P_k`` prefill tokens,
+    ``D_k`` the ``cached`` of the decoding ones, ``R_k`` the prefilling ones; mass-weighted
+    in the relaxed modes)."""
+    survive = evicted.survive
+    chunk = jnp.where(survive, planned.chunk, 0)
+    token = planned.token & survive
+    decoding = survive & planned.run & (planned.pending == 0)
+    tau = (system.d0 + system.d1_prefill * weights.total(survive, chunk)
+           + system.d1_context * weights.total(decoding, slots.cached)
+           + system.d2 * weights.total(survive & (chunk > 0)))
+    return _Executed(
+        tau=tau,
+        chunk=chunk,
+        token=token,
+        prefill_tokens=jnp.sum(chunk, dtype=jnp.int32),
+        context_tokens=jnp.sum(jnp.where(decoding, slots.cached, 0), dtype=jnp.int32),
+        decode_tokens=jnp.sum(token, dtype=jnp.int32),
+        memory=jnp.sum(jnp.where(survive, planned.need, 0), dtype=jnp.int32),
     )
-    new_state = SimState(
+
+
+def _completion(slots: SlotState, executed: _Executed, evicted: _Evicted, t1) -> _Completed:
+    """Phase 6: a survivor that has generated ``o_i`` tokens completes at ``T_{k+1}``
+    (latency ``T_{k+1} - a_i``); one that generated its first token gives TTFT
+    ``T_{k+1} - a_i``."""
+    done = evicted.survive & (slots.generated + executed.token >= slots.output)
+    first_token = executed.token & ~slots.first_done
+    return _Completed(done, first_token, t1 - slots.arrival, jnp.sum(done, dtype=jnp.int32),
+                      evicted.survive & ~done)
+
+
+def _next_state(shape: SimShape, system: SystemParams, workload: Workload, state: SimState,
+                arrived, num_waiting, admitted: _Admitted, evicted: _Evicted,
+                executed: _Executed, completed: _Completed, t1) -> SimState:
+    """``state_{k+1}``: evicted requests rejoin the queue at their arrival position (keeping
+    ``s_i`` generated tokens, or none with ``restart_on_evict``); the head moves past the
+    taken positions at the front (an eviction may move it back); the kept residents move to
+    the front in admission order."""
+    b, n = shape.max_batch, workload.num_requests
+    slots, requests = admitted.slots, state.requests
+    evicted_index = jnp.where(evicted.evict, slots.req, n)
+    kept_tokens = jnp.where(system.restart_on_evict, 0, slots.generated)
+    first_done = slots.first_done | completed.first_token
+    taken = admitted.taken.at[evicted_index].set(False, mode="drop")
+    requests = RequestState(
+        taken=taken,
+        kept=requests.kept.at[evicted_index].set(kept_tokens, mode="drop"),
+        first_done=requests.first_done.at[evicted_index].set(first_done, mode="drop"),
+    )
+    reach = shape.queue_size + 2 * b  # the head moves by up to W + 2B positions
+    position = state.head + jnp.arange(reach, dtype=jnp.int32)
+    stop = (position >= n) | ~taken[jnp.minimum(position, n - 1)]
+    head = jnp.where(jnp.any(stop), state.head + jnp.argmax(stop), state.head + reach)
+    head = jnp.minimum(head, jnp.min(evicted_index)).astype(jnp.int32)
+    ran = slots.replace(generated=slots.generated + executed.token,
+                        cached=slots.cached + executed.chunk + executed.token,
+                        first_done=first_done)
+    return SimState(
         time=t1,
         iteration=state.iteration + 1,
         arrived=arrived,
         head=head,
         num_waiting=num_waiting,
-        num_completed=state.num_completed + num_completed_now,
-        slots=new_slots,
-        requests=RequestState(taken=taken, kept=kept, first_done=first_flag),
+        num_completed=state.num_completed + completed.count,
+        slots=_compact(ran, completed.stays),
+        requests=requests,
     )
 
-    # Accumulators (iterations k >= warmup).
-    on = state.iteration >= shape.warmup
-    lo = M.histogram_floor(sysp.d0, jnp.minimum(sysp.d1_prefill, sysp.d1_context))
-    bins = jnp.where(done & on, M.bin_index(latency, lo), M.NUM_BINS)
-    tbins = jnp.where(first_now & on, M.bin_index(latency, lo), M.NUM_BINS)
-    if relaxed:  # mass-weighted counts (RELAX_MODES)
-        inc = dict(
-            completed=weigh(done), completed_tokens=weigh(done, slots.output),
-            latency_sum=weigh(done, latency), latency_w=mass, ttft_count=weigh(first_now),
-            ttft_sum=weigh(first_now, latency), evictions=evictions_w,
-            recomputed_tokens=recomputed_w, overflow=overflow_w, memory=memory_w,
-        )
-    else:
-        inc = dict(
-            completed=num_completed_now,
-            completed_tokens=jnp.sum(jnp.where(done, slots.output, 0)).astype(jnp.float32),
-            latency_sum=jnp.sum(jnp.where(done, latency, 0.0)), latency_w=1,
-            ttft_count=jnp.sum(first_now, dtype=jnp.int32),
-            ttft_sum=jnp.sum(jnp.where(first_now, latency, 0.0)), evictions=num_evicted,
-            recomputed_tokens=recomputed, overflow=jnp.where(overflow, 1, 0),
-            memory=memory.astype(jnp.float32),
-        )
-    acc = M.Accumulators(
-        completed=acc.completed + jnp.where(on, inc["completed"], 0),
-        completed_tokens=acc.completed_tokens + jnp.where(on, inc["completed_tokens"], 0.0),
-        latency_sum=acc.latency_sum + jnp.where(on, inc["latency_sum"], 0.0),
-        latency_hist=acc.latency_hist.at[bins].add(inc["latency_w"], mode="drop"),
-        ttft_count=acc.ttft_count + jnp.where(on, inc["ttft_count"], 0),
-        ttft_sum=acc.ttft_sum + jnp.where(on, inc["ttft_sum"], 0.0),
-        ttft_hist=acc.ttft_hist.at[tbins].add(inc["latency_w"], mode="drop"),
-        evictions=acc.evictions + jnp.where(on, inc["evictions"], 0),
-        recomputed_tokens=acc.recomputed_tokens + jnp.where(on, inc["recomputed_tokens"], 0.0),
-        overflow_steps=acc.overflow_steps + jnp.where(on, inc["overflow"], 0),
-        memory_time=acc.memory_time + jnp.where(on, inc["memory"] * tau, 0.0),
-        elapsed=acc.elapsed + jnp.where(on, tau, 0.0),
-        peak_memory=jnp.maximum(acc.peak_memory, jnp.where(on, inc["memory"], 0.0)),
-    )
 
-    out = None
-    if shape.record_trace:
-        out = StepOutput(
-            time=t0,
-            duration=tau,
-            memory=memory,
-            admitted=num_admitted,
-            evicted=num_evicted,
-            completed=num_completed_now,
-            overflow=overflow,
-            arrived=arrived,
-            num_waiting=num_waiting,
-            num_resident=jnp.sum(keep, dtype=jnp.int32),
-            num_completed=new_state.num_completed,
-            prefill_tokens=prefill_tokens,
-            decode_tokens=decode_tokens,
-            context_tokens=context_tokens,
-            discarded_tokens=discarded,
-        )
-    return (new_state, pstate, acc), out
+def _discarded_tokens(system: SystemParams, slots: SlotState, evicted: _Evicted):
+    """Generated tokens lost to restarts in this iteration."""
+    lost = evicted.evict & system.restart_on_evict
+    return jnp.sum(jnp.where(lost, slots.generated, 0), dtype=jnp.int32)
+
+
+def _accounting(shape: SimShape, system: SystemParams, weights, acc: M.Accumulators,
+                iteration, slots: SlotState, planned: _Planned, evicted: _Evicted,
+                executed: _Executed, completed: _Completed, capacity) -> M.Accumulators:
+    """The metrics' running sums over iterations ``k >= warmup``: completions, their tokens
+    and latencies, first tokens, evictions, recomputed tokens, overflows, ``sum M_k tau_k``,
+    ``sum tau_k`` and ``max M_k`` (mass-weighted in the relaxed modes)."""
+    on = iteration >= shape.warmup
+    floor = M.histogram_floor(system.d0, jnp.minimum(system.d1_prefill, system.d1_context))
+    overflow, evictions, recomputed = weights.eviction_totals(slots, planned.need, evicted,
+                                                              capacity)
+    memory = weights.total(evicted.survive, planned.need)
+    latency, done, first = completed.latency, completed.done, completed.first_token
+    increments = M.Accumulators(
+        completed=weights.count(done),
+        completed_tokens=weights.total(done, slots.output),
+        latency_sum=weights.total(done, latency),
+        latency_hist=jnp.where(done & on, M.bin_index(latency, floor), M.NUM_BINS),
+        ttft_count=weights.count(first),
+        ttft_sum=weights.total(first, latency),
+        ttft_hist=jnp.where(first & on, M.bin_index(latency, floor), M.NUM_BINS),
+        evictions=evictions,
+        recomputed_tokens=recomputed,
+        overflow_steps=overflow,
+        memory_time=memory * executed.tau,
+        elapsed=executed.tau,
+        peak_memory=memory,
+    )
+    return _accumulate(acc, increments, on, weights.hist_weight)
+
+
+def _accumulate(acc: M.Accumulators, increments: M.Accumulators, on, hist_weight):
+    """``acc`` plus one iteration's ``increments`` (counted only when ``on``): sums add,
+    histograms add ``hist_weight`` at the increments' bins (``NUM_BINS``, dropped, when off),
+    the peak is a maximum."""
+    def merge(path, total, x):
+        name = path[0].name
+        if name.endswith("_hist"):
+            return total.at[x].add(hist_weight, mode="drop")
+        if name == "peak_memory":
+            return jnp.maximum(total, jnp.where(on, x, 0.0))
+        return total + jnp.where(on, x, 0)
+
+    return jax.tree_util.tree_map_with_path(merge, acc, increments)
 
 
 def __getattr__(name: str):

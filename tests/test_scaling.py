@@ -1,5 +1,6 @@
 """``bench scale``: a tiny sweep end to end, the roofline arithmetic, one-line flag errors;
-the profiling A/B's "before" variant still applies to the current step."""
+the profiling A/B's "before" variant still applies to the current step, and its
+step-against-a-file A/B checks trajectories."""
 
 from __future__ import annotations
 
@@ -66,3 +67,26 @@ def test_profiling_before_variant_applies():
 
     before = profiling.sim_variant((profiling._BEFORE_SEARCH_BLOCK,))
     assert hasattr(before, "make_rollout") and before is not np
+
+
+def test_profiling_ab_step_checks_the_trajectories(tmp_path):
+    """``profiling --before FILE``: a copy of this step runs against it with identical final
+    carries; a step whose iterations last twice as long is refused before any timing."""
+    from pathlib import Path
+
+    from jaxsched import profiling, sim
+
+    source = Path(sim.__file__).read_text()
+    exp, keys, wl = profiling.load_case(2, 12, ("system.max_batch=8", "system.queue_size=4"))
+    same = tmp_path / "same.py"
+    same.write_text(source)
+    result = profiling.ab_step(exp, keys, wl, profiling.sim_from_file(same), repeats=1)
+    assert result["before"] > 0 and result["after"] > 0
+    assert result["rate_after"] == pytest.approx(8 * 12 * 2 / result["after"])
+    slower = tmp_path / "slower.py"
+    old = "    t1 = state.time + executed.tau\n"
+    assert source.count(old) == 1
+    slower.write_text(source.replace(old, "    t1 = state.time + 2 * executed.tau\n"))
+    with pytest.raises(AssertionError):
+        profiling.ab_step(exp, keys, wl, profiling.sim_from_file(slower, "jaxsched._slower"),
+                          repeats=1)
