@@ -173,6 +173,9 @@ def prepare(cfg: Config, settings: TuneSettings | None = None, objective_kind: s
 # Batched evaluation.
 
 
+_jsonable = jsonable  # TODO(issue 16): gradient_search imports this name; use jaxsched.metrics.jsonable there
+
+
 _COMPILED: dict = {}  # (policy, shape, K, argument shapes) -> compiled simulator
 
 
