@@ -81,7 +81,7 @@ class SimulationResult:
         return self.experiment.shape.horizon
 
     def to_json(self, per_workload: bool = False) -> dict:
-        out = {k: _jsonable(self.summary[k]) for k in M.METRIC_KEYS}
+        out = {k: M.jsonable(self.summary[k]) for k in M.METRIC_KEYS}
         out.update(
             num_workloads=self.num_workloads,
             horizon=self.horizon,
@@ -89,16 +89,8 @@ class SimulationResult:
             compile_seconds=self.compile_seconds,
         )
         if per_workload:
-            out["per_workload"] = {k: _jsonable(self.per_workload[k]) for k in M.METRIC_KEYS}
+            out["per_workload"] = {k: M.jsonable(self.per_workload[k]) for k in M.METRIC_KEYS}
         return out
-
-
-def _jsonable(x):
-    arr = np.asarray(x, dtype=np.float64)
-    if arr.ndim == 0:
-        v = float(arr)
-        return v if math.isfinite(v) else None
-    return [_jsonable(v) for v in arr]
 
 
 def _class_arrays(cfg: Config):

@@ -22,13 +22,16 @@ line. A config's keys override its profile's: ``d1`` sets both, a split key its 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from jaxsched import traces
 from jaxsched.errors import JaxschedError
 
 __all__ = [
@@ -50,6 +53,9 @@ __all__ = [
     "short_repr",
     "check_numeric_ranges",
     "check_memory_fits_int32",
+    "config_snapshot",
+    "workload_digest",
+    "workload_fingerprint",
     "CONFIG_DIR",
     "DEFAULT_CONFIG",
 ]
@@ -577,3 +583,61 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     data = apply_overrides(data, list(overrides))
     source = "embedded default config" if path == DEFAULT_CONFIG else str(path)
     return config_from_dict(data, source=source, base_dir=path.parent)
+
+
+# ------------------------------------------------------------------------------------------
+# Snapshot and fingerprint of a config.
+
+
+def _trace_file(cfg_workload: Mapping[str, Any], base_dir: Path | None) -> Path | None:
+    path = Path(cfg_workload["path"])
+    if path.is_file():
+        return path
+    if base_dir is not None and (base_dir / path).is_file():
+        return base_dir / path
+    try:
+        return traces.shipped_trace_path(str(cfg_workload["path"]))
+    except (KeyError, FileNotFoundError, JaxschedError):
+        return None
+
+
+def config_snapshot(cfg: Config) -> dict:
+    """A self-contained config dict (``config_from_dict`` rebuilds it): the system's resolved
+    capacity, d0, d1_prefill, d1_context, d2 and block_size instead of a profile; a trace path
+    made absolute unless it names a shipped trace."""
+    system = cfg.system.model_dump(exclude_none=True)
+    system.pop("profile", None)
+    system.pop("d1", None)
+    system.update(capacity=cfg.capacity, d0=cfg.d0, d1_prefill=cfg.d1_prefill,
+                  d1_context=cfg.d1_context, d2=cfg.d2, block_size=cfg.block_size)
+    workload = cfg.workload.model_dump(exclude_none=True)
+    if workload["kind"] == "trace":
+        try:
+            traces.shipped_trace_path(str(workload["path"]))
+            shipped = not Path(workload["path"]).is_file()
+        except (KeyError, FileNotFoundError, JaxschedError):
+            shipped = False
+        if not shipped:
+            f = _trace_file(workload, Path(cfg.source).parent)
+            if f is not None:
+                workload["path"] = str(f.resolve())
+    return {"system": system, "workload": workload, "policy": cfg.policy.model_dump()}
+
+
+def workload_digest(workload: Mapping[str, Any], base_dir: Path | None = None) -> str:
+    """sha256 of a canonical ``[workload]`` table (a trace by its file's content)."""
+    data = dict(workload)
+    if data.get("kind") == "trace":
+        f = _trace_file(data, base_dir)
+        if f is None:
+            raise JaxschedError(f"workload.path: no trace file {data.get('path')!r}")
+        data.pop("path")
+        data["trace_sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def workload_fingerprint(cfg: Config) -> str:
+    """sha256 of the canonical ``[workload]`` table (a trace by its file's content, not its
+    path): equal fingerprints, equal workloads."""
+    return workload_digest(cfg.workload.model_dump(exclude_none=True), Path(cfg.source).parent)

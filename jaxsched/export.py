@@ -27,37 +27,40 @@ unknown fields are refused with one line naming the file and the field. ``system
 ``system.d1_prefill`` and ``system.d1_context`` are optional: a file without them (written
 before they existed) means blocks of one token and ``d1`` for both coefficients. A file gives
 ``d1`` (written only when the two are equal), the split pair, or both when they agree.
-:func:`server_config` maps a policy file to the nearest flags of vLLM or SGLang.
+:func:`jaxsched.server_flags.server_config` maps a policy file to the nearest flags of vLLM or
+SGLang; ``tuning.export_study.export_from_study`` writes one from a tuned study.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import math
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from jaxsched.config import Config, split_d1
+from jaxsched import __version__, api
+from jaxsched.config import Config, config_from_dict, read_text, split_d1, workload_digest
 from jaxsched.errors import JaxschedError
+from jaxsched.metrics import DERIVED_METRICS, METRIC_KEYS, add_derived, aggregate, measured_time
+from jaxsched.policies import get_policy, make_params, policy_options
+from jaxsched.rollout import compiled_simulator
 
 __all__ = [
     "SCHEMA_VERSION",
     "SUPPORTED_SCHEMA_VERSIONS",
     "SCHEMA_PATH",
     "REQUIRED_METRICS",
-    "SERVERS",
     "PolicyFile",
     "json_schema",
     "write_json_schema",
-    "config_snapshot",
-    "workload_fingerprint",
     "policy_document",
-    "export_from_study",
     "write_policy",
     "read_policy_file",
     "load_policy",
@@ -65,10 +68,6 @@ __all__ = [
     "simulate_metrics",
     "ValidationReport",
     "validate_policy",
-    "ServerConfig",
-    "PLUGIN_SCHEDULER",
-    "plugin_command",
-    "server_config",
 ]
 
 SCHEMA_VERSION = 1
@@ -77,8 +76,6 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "data" / "policy.schema.json"
 REQUIRED_METRICS = ("completed_per_time", "tokens_per_time", "latency_mean", "latency_p95",
                     "evictions")
 """Metrics every policy file records (measured in the hard simulator)."""
-
-SERVERS = ("vllm", "sglang")
 
 
 # ------------------------------------------------------------------------------------------
@@ -138,10 +135,6 @@ class WorkloadSection(_Strict):
 
 
 def _metrics_model():
-    from jaxsched.metrics import METRIC_KEYS
-
-    from tuning.objectives import DERIVED_METRICS
-
     fields: dict[str, Any] = {}
     for k in tuple(METRIC_KEYS) + DERIVED_METRICS:
         fields[k] = (float | None, ...) if k in REQUIRED_METRICS else (float | None, None)
@@ -214,67 +207,6 @@ def json_schema() -> dict:
 
 
 # ------------------------------------------------------------------------------------------
-# Snapshot and fingerprint of a config.
-
-
-def _trace_file(cfg_workload: Mapping[str, Any], base_dir: Path | None) -> Path | None:
-    from jaxsched import traces
-
-    path = Path(cfg_workload["path"])
-    if path.is_file():
-        return path
-    if base_dir is not None and (base_dir / path).is_file():
-        return base_dir / path
-    try:
-        return traces.shipped_trace_path(str(cfg_workload["path"]))
-    except (KeyError, FileNotFoundError, JaxschedError):
-        return None
-
-
-def config_snapshot(cfg: Config) -> dict:
-    """A self-contained config dict (``config_from_dict`` rebuilds it): the system's resolved
-    capacity, d0, d1_prefill, d1_context, d2 and block_size instead of a profile; a trace path
-    made absolute unless it names a shipped trace."""
-    system = cfg.system.model_dump(exclude_none=True)
-    system.pop("profile", None)
-    system.pop("d1", None)
-    system.update(capacity=cfg.capacity, d0=cfg.d0, d1_prefill=cfg.d1_prefill,
-                  d1_context=cfg.d1_context, d2=cfg.d2, block_size=cfg.block_size)
-    workload = cfg.workload.model_dump(exclude_none=True)
-    if workload["kind"] == "trace":
-        from jaxsched import traces
-
-        try:
-            traces.shipped_trace_path(str(workload["path"]))
-            shipped = not Path(workload["path"]).is_file()
-        except (KeyError, FileNotFoundError, JaxschedError):
-            shipped = False
-        if not shipped:
-            f = _trace_file(workload, Path(cfg.source).parent)
-            if f is not None:
-                workload["path"] = str(f.resolve())
-    return {"system": system, "workload": workload, "policy": cfg.policy.model_dump()}
-
-
-def _workload_digest(workload: Mapping[str, Any], base_dir: Path | None = None) -> str:
-    data = dict(workload)
-    if data.get("kind") == "trace":
-        f = _trace_file(data, base_dir)
-        if f is None:
-            raise JaxschedError(f"workload.path: no trace file {data.get('path')!r}")
-        data.pop("path")
-        data["trace_sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
-
-
-def workload_fingerprint(cfg: Config) -> str:
-    """sha256 of the canonical ``[workload]`` table (a trace by its file's content, not its
-    path): equal fingerprints, equal workloads."""
-    return _workload_digest(cfg.workload.model_dump(exclude_none=True), Path(cfg.source).parent)
-
-
-# ------------------------------------------------------------------------------------------
 # Writing.
 
 
@@ -309,9 +241,6 @@ def policy_document(snapshot: Mapping[str, Any], params: Mapping[str, Any], metr
                     objective: Mapping[str, Any] | None = None,
                     tuning: Mapping[str, Any] | None = None) -> PolicyFile:
     """A :class:`PolicyFile` from a config snapshot, parameter values and metrics."""
-    from jaxsched import __version__
-    from jaxsched.policies import policy_options
-
     pol = dict(snapshot["policy"])
     name = pol.pop("name")
     options_known = policy_options(name)
@@ -339,70 +268,6 @@ def policy_document(snapshot: Mapping[str, Any], params: Mapping[str, Any], metr
         "tuning": dict(tuning) if tuning is not None else None,
     }
     return PolicyFile(**doc)
-
-
-def export_from_study(storage: str | None, study_name: str, trial: int | None = None) -> PolicyFile:
-    """The policy file of a tuned trial: ``trial`` (a number), else the study's best feasible
-    trial (a multi-objective study needs ``trial``: one of its Pareto set)."""
-    from optuna.trial import TrialState
-
-    from tuning import optuna_search as osr
-    from tuning.objectives import Objective
-    from tuning.search_space import SearchSpace
-
-    store = osr.open_storage(storage)
-    study = osr.load_study(store, study_name)
-    meta = osr.study_meta(study)
-    if meta is None:
-        raise JaxschedError(f"--study {study_name!r}: was not created by jaxsched tune")
-    objective = Objective.from_dict(meta["objective"])
-    baseline = study.user_attrs.get("baseline_metrics")
-    if baseline is not None:
-        objective = objective.with_baseline(baseline)
-    trials = study.get_trials(deepcopy=False)
-    if trial is None:
-        best = osr.best_trials(study, objective)
-        if not best:
-            raise JaxschedError(f"--study {study_name!r}: no complete feasible trial yet")
-        if len(best) > 1 or objective.kind == "pareto":
-            nums = ", ".join(str(t.number) for t in best)
-            if len(best) > 1:
-                raise JaxschedError(
-                    f"--study {study_name!r} is multi-objective: choose one of its Pareto-optimal "
-                    f"trials with --trial N ({nums})"
-                )
-        chosen = best[0]
-    else:
-        match = [t for t in trials if t.number == trial]
-        if not match:
-            raise JaxschedError(f"--trial {trial}: no such trial in study {study_name!r} "
-                                f"(trials 0..{len(trials) - 1})")
-        chosen = match[0]
-        if chosen.state != TrialState.COMPLETE:
-            why = chosen.user_attrs.get("fail_reason")
-            raise JaxschedError(f"--trial {trial}: is {chosen.state.name.lower()}"
-                                f"{': ' + why if why else ''}; export a complete trial")
-    space = SearchSpace.from_dict(meta["space"])
-    params = space.plain_values(chosen.params)
-    metrics = chosen.user_attrs.get("metrics", {})
-    constraints = dict(chosen.constraints)
-    obj = {
-        **objective.to_dict(),
-        "values": dict(zip(objective.names, chosen.values)),
-        "constraint_values": constraints,
-        "feasible": all(v <= 0 for v in constraints.values()),
-    }
-    tuning = {
-        "method": "optuna",
-        "sampler": chosen.user_attrs.get("sampler"),
-        "study": study_name,
-        "trial": chosen.number,
-        "storage": osr.redact_url(store.url),
-        "evaluated_trials": osr.evaluated_count(study),
-    }
-    return policy_document(meta["config"], params, metrics, source=meta["source"],
-                           hardware=meta.get("hardware"), fingerprint=meta["workload_fingerprint"],
-                           objective=obj, tuning=tuning)
 
 
 def write_policy(doc: PolicyFile, path: str | Path) -> Path:
@@ -437,10 +302,6 @@ def _format_error(where: str, err: ValidationError) -> str:
 
 def read_policy_file(path: str | Path) -> PolicyFile:
     """Parse and check a policy file: JSON, schema version, fields (no unknown ones)."""
-    from jaxsched import __version__
-
-    from jaxsched.config import read_text
-
     path = Path(path)
     text = read_text(path)
     try:
@@ -472,8 +333,6 @@ def load_policy(path: str | Path):
     from the registry (with the file's options), its traced parameter pytree (validated
     against the parameters' ranges; parameters the file omits take their defaults) and the
     parsed :class:`PolicyFile`."""
-    from jaxsched.policies import get_policy, make_params
-
     doc = read_policy_file(path)
     try:
         policy = get_policy(doc.policy.name, **doc.policy.options)
@@ -486,8 +345,6 @@ def load_policy(path: str | Path):
 
 def document_config(doc: PolicyFile, source: str = "<policy file>") -> Config:
     """The config that reproduces a policy file's setting (system, workload, policy)."""
-    from jaxsched.config import config_from_dict
-
     s = doc.system
     data = {
         "system": {"capacity": s.capacity, "d0": s.d0, "d1_prefill": s.coefficients[0],
@@ -503,14 +360,6 @@ def document_config(doc: PolicyFile, source: str = "<policy file>") -> Config:
 def simulate_metrics(cfg: Config) -> dict[str, float]:
     """Workload-averaged metrics (derived ones included) of a config, through the same
     batched simulator call as the tuners (one parameter set)."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    from jaxsched import api
-    from jaxsched.rollout import compiled_simulator
-    from tuning.objectives import add_derived, aggregate, measured_time
-
     exp = api.build_experiment(cfg)
     keys, workloads = api.build_workloads(cfg, exp.num_requests, exp.duration)
     params = jax.tree.map(lambda x: jnp.asarray(x)[None], exp.params)
@@ -558,7 +407,7 @@ def validate_policy(path: str | Path, rtol: float = 0.01, atol: float = 1e-6,
         notes.append(f"policy.params: {', '.join(missing)} not in the file (registry defaults used)")
     cfg = document_config(doc, source=str(path))
     try:
-        fp = _workload_digest(doc.workload.config)
+        fp = workload_digest(doc.workload.config)
     except JaxschedError as err:
         raise JaxschedError(f"{path}: {err}") from None
     if fp != doc.workload.fingerprint:
@@ -581,247 +430,6 @@ def validate_policy(path: str | Path, rtol: float = 0.01, atol: float = 1e-6,
             rel = diff / max(abs(rec), 1e-12)
             rows.append((k, rec, got, rel, diff <= atol or rel <= rtol))
     return ValidationReport(str(path), policy.name, rows, notes, rtol, simulate)
-
-
-# ------------------------------------------------------------------------------------------
-# Nearest server flags.
-
-
-@dataclasses.dataclass
-class ServerConfig:
-    """The nearest configuration of an LLM server for a policy file."""
-
-    server: str
-    policy: str
-    flags: dict[str, Any]
-    env: dict[str, str]
-    notes: list[str]
-    # vLLM only: the command line that runs the policy itself through jaxsched's scheduler
-    # (jaxsched.integrations.vllm), or None with the reason in plugin_refusal.
-    plugin_command: str | None = None
-    plugin_refusal: str | None = None
-
-    @property
-    def command(self) -> str:
-        env = " ".join(f"{k}={v}" for k, v in self.env.items())
-        parts = []
-        for k, v in self.flags.items():
-            parts.append(k if v is True else f"{k} {v}")
-        if self.server == "vllm":
-            cmd = "vllm serve MODEL " + " ".join(parts)
-        else:
-            cmd = "python -m sglang.launch_server --model-path MODEL " + " ".join(parts)
-        return (env + " " + cmd).strip()
-
-    def to_json(self) -> dict:
-        out = {"server": self.server, "policy": self.policy, "flags": self.flags,
-               "env": self.env, "notes": self.notes, "command": self.command}
-        if self.server == "vllm":
-            out.update(plugin_command=self.plugin_command, plugin_refusal=self.plugin_refusal)
-        return out
-
-
-PLUGIN_SCHEDULER = "jaxsched.integrations.vllm.JaxschedScheduler"
-"""vLLM's ``--scheduler-cls`` for jaxsched policies (:mod:`jaxsched.integrations.vllm`)."""
-
-
-def plugin_command(doc: PolicyFile, policy_path: str = "policy.json",
-                   block_size: int | None = None) -> tuple[str | None, str | None]:
-    """``(command, None)``: the ``vllm serve`` line that runs the policy file through the
-    jaxsched scheduler (its system as vLLM flags, ``--scheduler-cls`` and
-    ``--additional-config``), or ``(None, reason)`` when the plugin would refuse it (the
-    checks of :func:`jaxsched.integrations.vllm.plugin.load_setup`)."""
-    from jaxsched.integrations.vllm.plugin import EngineSettings, param_values
-    from jaxsched.policies import get_policy, make_params
-
-    s, pol = doc.system, doc.policy
-    bs = int(block_size or s.block_size)
-    if bs == 1:
-        return None, ("system.block_size = 1 (token memory): vLLM allocates blocks; tune with "
-                      "[system] block_size = 16 (GPU) or 32 (CPU) to run the policy itself")
-    blocks = int(float(s.capacity) // bs)
-    p = dict(pol.params)
-    budget = p.get("max_num_batched_tokens", p.get("chunk_size")) if pol.name in ("vllm", "sarathi") else None
-    tokens = int(budget) if budget is not None else 2048
-    try:
-        policy = get_policy(pol.name, **pol.options)
-        params = make_params(policy, p, s.num_classes)
-    except JaxschedError as err:
-        return None, str(err)
-    engine = EngineSettings(num_blocks=blocks, block_size=bs, max_num_seqs=int(s.max_batch),
-                            max_num_batched_tokens=tokens)
-    if policy.serve_check is not None:
-        why = policy.serve_check("vllm", param_values(policy, params), engine.as_dict())
-        if why:
-            return None, why
-    config = json.dumps({"jaxsched": {"policy": str(policy_path)}})
-    cmd = (f"vllm serve MODEL --block-size {bs} --num-gpu-blocks-override {blocks} "
-           f"--max-num-seqs {int(s.max_batch)} --max-num-batched-tokens {tokens} "
-           f"--no-enable-prefix-caching --scheduler-cls {PLUGIN_SCHEDULER} "
-           f"--additional-config '{config}'")
-    return cmd, None
-
-
-def _mean_output(doc: PolicyFile) -> float | None:
-    classes = doc.workload.config.get("classes") or []
-    if not classes:
-        return None
-    rates = [float(c.get("rate", 0.0)) for c in classes]
-    weights = rates if sum(rates) > 0 else [float(c.get("weight", 1.0)) for c in classes]
-    total = sum(weights)
-    return sum(w * c["output_len"] for w, c in zip(weights, classes)) / total
-
-
-def _fmt(v: float) -> str:
-    return f"{v:g}"
-
-
-def server_config(doc: PolicyFile, server: str, policy_path: str = "policy.json") -> ServerConfig:
-    """The nearest ``server`` (vllm | sglang) flags and environment for a policy file, with a
-    note for every tuned parameter (or model setting) the server cannot express. For vLLM
-    also the command line that runs the policy itself (:func:`plugin_command`, with
-    ``policy_path``); a parameter its flags cannot express is then noted as run by it."""
-    if server not in SERVERS:
-        raise JaxschedError(f"--to {server!r}: expected one of {', '.join(SERVERS)}")
-    vllm = server == "vllm"
-    plugin, refusal = plugin_command(doc, policy_path) if vllm else (None, None)
-    s, pol = doc.system, doc.policy
-    p = dict(pol.params)
-    flags: dict[str, Any] = {}
-    env: dict[str, str] = {}
-    notes: list[str] = []
-    seqs_flag = "--max-num-seqs" if vllm else "--max-running-requests"
-
-    # The system the policy was tuned for.
-    cap = int(s.capacity)
-    if vllm and s.block_size > 1:  # tuned in blocks: the same blocks, floor(C / b) of them
-        flags["--block-size"] = int(s.block_size)
-        flags["--num-gpu-blocks-override"] = cap // int(s.block_size)
-        notes.append(f"capacity C = {cap} KV tokens as {cap // int(s.block_size)} blocks of "
-                     f"{s.block_size} (tuned for {s.hardware or 'the configured system'})")
-    elif vllm:
-        flags["--block-size"] = 16
-        flags["--num-gpu-blocks-override"] = math.ceil(cap / 16)
-        notes.append(f"capacity C = {cap} KV tokens as 16-token blocks (tuned for "
-                     f"{s.hardware or 'the configured system'})")
-    else:
-        flags["--max-total-tokens"] = cap
-        notes.append(f"capacity C = {cap} KV tokens (tuned for {s.hardware or 'the configured system'})")
-    flags[seqs_flag] = int(s.max_batch)
-    flags["--scheduling-policy" if vllm else "--schedule-policy"] = "fcfs"
-    if s.restart_on_evict:
-        notes.append(f"restart_on_evict: {server} keeps generated tokens on preemption "
-                     "(recompute); the papers' restart-from-scratch model cannot be selected")
-
-    def cap_seqs(v: float, why: str):
-        flags[seqs_flag] = int(max(1, min(round(v), s.max_batch)))
-        notes.append(why)
-
-    def no_counterpart(name: str, what: str):
-        val = p.get(name)
-        shown = ", ".join(_fmt(x) for x in val) if isinstance(val, list) else _fmt(val) if val is not None else "?"
-        if plugin is not None:
-            notes.append(f"{name} = {shown}: {what}; vllm's flags cannot express it, the "
-                         f"--scheduler-cls line runs it")
-        else:
-            notes.append(f"{name} = {shown}: {what}; {server} cannot express it")
-
-    name = pol.name
-    handled: set[str] = set()
-    if name in ("greedy", "vllm", "sarathi") and "max_num_seqs" in p:
-        if p["max_num_seqs"] < s.max_batch:
-            flags[seqs_flag] = int(p["max_num_seqs"])
-        handled.add("max_num_seqs")
-    if name == "vllm":
-        if "max_num_batched_tokens" in p:
-            if vllm:
-                flags["--max-num-batched-tokens"] = int(p["max_num_batched_tokens"])
-                flags["--enable-chunked-prefill"] = True
-            else:
-                flags["--chunked-prefill-size"] = int(p["max_num_batched_tokens"])
-                notes.append("max_num_batched_tokens -> --chunked-prefill-size (SGLang caps prefill "
-                             "tokens per iteration; decode tokens are not counted)")
-            handled.add("max_num_batched_tokens")
-        if "watermark" in p:
-            if vllm:  # vLLM v1 (0.32) keeps this fraction of the blocks free at admission
-                flags["--watermark"] = _fmt(float(p["watermark"]))
-            else:
-                no_counterpart("watermark", "fraction of C kept free at admission (vLLM's "
-                               "watermark)")
-            handled.add("watermark")
-    if name == "sarathi" and "chunk_size" in p:
-        if vllm:
-            flags["--max-num-batched-tokens"] = int(p["chunk_size"])
-            flags["--enable-chunked-prefill"] = True
-        else:
-            flags["--chunked-prefill-size"] = int(p["chunk_size"])
-        handled.add("chunk_size")
-    if name == "sglang":
-        keys = ("new_token_ratio_init", "new_token_ratio_min", "new_token_ratio_decay_steps",
-                "max_new_tokens", "retract_steps")
-        if vllm:
-            for k in keys:
-                if k in p:
-                    no_counterpart(k, "SGLang's reservation of future tokens at admission "
-                                   "(vLLM reserves none)")
-        else:
-            init = float(p.get("new_token_ratio_init", 0.7))
-            flags["--schedule-conservativeness"] = 1.0
-            env["SGLANG_INIT_NEW_TOKEN_RATIO"] = _fmt(init)
-            if "new_token_ratio_min" in p and init > 0:
-                env["SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR"] = _fmt(float(p["new_token_ratio_min"]) / init)
-            elif "new_token_ratio_min" in p:
-                no_counterpart("new_token_ratio_min", "SGLang sets the minimum as a factor of an "
-                               "initial ratio of 0")
-            if "new_token_ratio_decay_steps" in p:
-                env["SGLANG_NEW_TOKEN_RATIO_DECAY_STEPS"] = str(int(round(p["new_token_ratio_decay_steps"])))
-            if "max_new_tokens" in p:
-                env["SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION"] = str(int(p["max_new_tokens"]))
-            if "retract_steps" in p:
-                env["SGLANG_RETRACT_DECODE_STEPS"] = str(int(p["retract_steps"]))
-        handled.update(keys)
-    if name == "reserve_full" and "max_new_tokens" in p:
-        if vllm:
-            no_counterpart("max_new_tokens", "output tokens reserved per request at admission "
-                           "(vLLM reserves none; TensorRT-LLM's GUARANTEED_NO_EVICT does)")
-        else:
-            env["SGLANG_INIT_NEW_TOKEN_RATIO"] = "1"
-            env["SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR"] = "1"
-            env["SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION"] = str(int(p["max_new_tokens"]))
-            notes.append("reserve_full: nearest is a constant new-token ratio of 1 with the "
-                         "estimate clipped at max_new_tokens")
-        handled.add("max_new_tokens")
-    if name in ("wait", "nested_wait") and "batch_limit" in p:
-        if p["batch_limit"] < s.max_batch:
-            flags[seqs_flag] = int(p["batch_limit"])
-        handled.add("batch_limit")
-    if name in ("flow_control", "flow_control_known") and "budget" in p:
-        b = p["budget"]
-        total = sum(b) if isinstance(b, list) else float(b)
-        mean_o = _mean_output(doc)
-        no_counterpart("budget", "admissions per iteration (flow control)")
-        if mean_o is not None:
-            if isinstance(b, list):
-                classes = doc.workload.config.get("classes") or []
-                est = sum(bk * c["output_len"] for bk, c in zip(b, classes))
-            else:
-                est = total * mean_o
-            cap_seqs(est, f"nearest: {seqs_flag} {int(max(1, min(round(est), s.max_batch)))} "
-                          f"= min(max_batch, budget x output length = {est:.0f}) (Little's law: "
-                          "residents at that admission rate)")
-        handled.add("budget")
-    for k in p:
-        if k not in handled:
-            spec = None
-            try:
-                from jaxsched.policies import get_policy
-
-                spec = get_policy(pol.name, **pol.options).params.get(k)
-            except JaxschedError:
-                pass
-            no_counterpart(k, spec.doc.split(";")[0] if spec is not None and spec.doc else f"{name} parameter")
-    return ServerConfig(server=server, policy=name, flags=flags, env=env, notes=notes,
-                        plugin_command=plugin, plugin_refusal=refusal)
 
 
 def write_json_schema(path: str | Path = SCHEMA_PATH) -> Path:

@@ -23,8 +23,12 @@ by :func:`mean_over_workloads`):
 
 from __future__ import annotations
 
+import math
+from typing import Any, Mapping
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 __all__ = [
@@ -38,6 +42,11 @@ __all__ = [
     "hist_percentile",
     "finalize",
     "mean_over_workloads",
+    "DERIVED_METRICS",
+    "measured_time",
+    "add_derived",
+    "aggregate",
+    "jsonable",
 ]
 
 METRIC_KEYS = (
@@ -145,3 +154,59 @@ def finalize(acc: Accumulators, num_waiting, capacity, lo) -> dict:
 def mean_over_workloads(per_workload: dict, axis: int = -1) -> dict:
     """Mean across the workload axis, ignoring NaN (e.g. a workload with no completion)."""
     return {k: jnp.nanmean(jnp.asarray(v, jnp.float32), axis=axis) for k, v in per_workload.items()}
+
+
+# ------------------------------------------------------------------------------------------
+# Derived metrics and the mean over workloads (what the tuners and the validator read).
+
+DERIVED_METRICS = ("completed", "evictions_per_request")
+"""Metrics computed from the simulator's: ``completed`` requests after warmup
+(``completed_per_time`` times the measured time) and ``evictions_per_request`` (evictions
+after warmup per request completed after warmup; ``evictions`` when none completed)."""
+
+
+def measured_time(horizon: int, warmup: int, d0: float, d1: float, final_time,
+                  d2: float = 0.0):
+    """Time over which the metrics are measured (iterations ``warmup..horizon-1``); ``d1``: the
+    larger of ``d1_prefill`` and ``d1_context`` (only whether it is 0 matters).
+
+    Exact for a constant iteration time (``d1 = d2 = 0``: ``(horizon - warmup) d0``); with
+    ``d1 > 0`` or ``d2 > 0`` the simulator does not report the warmup's end, so this is
+    ``final_time (horizon - warmup) / horizon`` (iterations of equal length).
+    """
+    frac = (horizon - warmup) / horizon
+    if d1 == 0 and d2 == 0:
+        return (horizon - warmup) * d0 + 0 * final_time
+    return final_time * frac
+
+
+def add_derived(metrics: Mapping[str, Any], elapsed) -> dict[str, Any]:
+    """``metrics`` plus :data:`DERIVED_METRICS` (per workload; ``elapsed`` broadcasts)."""
+    out = dict(metrics)
+    if "completed" not in out:
+        out["completed"] = metrics["completed_per_time"] * elapsed
+    done = out["completed"]
+    out["evictions_per_request"] = metrics["evictions"] / (done + (done < 0.5))
+    return out
+
+
+def aggregate(per_workload: Mapping[str, Any], axis: int = -1, xp=np) -> dict[str, Any]:
+    """Mean over the workload axis, ignoring NaN (all-NaN gives NaN)."""
+    out = {}
+    for key, v in per_workload.items():
+        v = xp.asarray(v)
+        ok = ~xp.isnan(v)
+        n = xp.sum(ok, axis=axis)
+        s = xp.sum(xp.where(ok, v, 0.0), axis=axis)
+        out[key] = xp.where(n > 0, s / xp.maximum(n, 1), xp.nan)
+    return out
+
+
+def jsonable(x):
+    """A metric (a number or an array) as JSON numbers: floats, nested lists for arrays, and
+    ``None`` where the value is NaN or infinite (no request completed, say)."""
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim == 0:
+        v = float(arr)
+        return v if math.isfinite(v) else None
+    return [jsonable(v) for v in arr]

@@ -11,10 +11,12 @@ import pytest
 
 from jaxsched import export as ex
 from jaxsched.cli import main
-from jaxsched.config import load_config
+from jaxsched.config import config_snapshot, load_config
 from jaxsched.errors import JaxschedError
+from jaxsched.server_flags import server_config
 from jaxsched.testing import small_tuning_config
 from tuning import optuna_search as osr
+from tuning.export_study import export_from_study
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
@@ -32,7 +34,7 @@ def tuned(tmp_path_factory):
 @pytest.fixture()
 def exported(tuned, tmp_path):
     url, study, job, _ = tuned
-    path = ex.write_policy(ex.export_from_study(url, study), tmp_path / "policy.json")
+    path = ex.write_policy(export_from_study(url, study), tmp_path / "policy.json")
     return path, json.loads(path.read_text())
 
 
@@ -71,13 +73,13 @@ def test_export_load_validate_round_trip(tuned, exported):
     assert max(r[3] for r in report.rows) <= 1e-6  # the same simulator, the same numbers
 
     # a specific trial; a failed or missing one is refused
-    doc = ex.export_from_study(url, study, trial=0)
+    doc = export_from_study(url, study, trial=0)
     assert doc.tuning.trial == 0 and doc.policy.params["budget"] == pytest.approx(
         job.space.default_point()["budget"])
     with pytest.raises(JaxschedError, match=r"--trial 99: no such trial in study 'ex'"):
-        ex.export_from_study(url, study, trial=99)
+        export_from_study(url, study, trial=99)
     with pytest.raises(JaxschedError, match=r"--study 'nope': no such study"):
-        ex.export_from_study(url, "nope")
+        export_from_study(url, "nope")
 
 
 def test_shipped_json_schema_matches_and_accepts_exports(exported):
@@ -130,7 +132,7 @@ def test_blocks_and_split_coefficients_are_recorded_and_optional(tmp_path, expor
     _, _, doc = ex.load_policy(_write(tmp_path, split, "split.json"))
     cfg = ex.document_config(doc)
     assert (cfg.block_size, cfg.d1_prefill, cfg.d1_context) == (4, 0.5, 0.0625)
-    snap = ex.config_snapshot(cfg)["system"]
+    snap = config_snapshot(cfg)["system"]
     assert "d1" not in snap and snap["block_size"] == 4 and snap["d1_prefill"] == 0.5
     # d1 with a split coefficient that differs is refused in one line
     bad = _write(tmp_path, _edit(split, "system.d1", 0.5), "bad-d1.json")
@@ -237,9 +239,9 @@ def test_pareto_study_needs_a_trial_number(tmp_path):
     if len(out.best) > 1:
         with pytest.raises(JaxschedError, match=r"is multi-objective: choose one of its "
                                                 r"Pareto-optimal trials with --trial N"):
-            ex.export_from_study(url, "par")
+            export_from_study(url, "par")
     n = out.best[-1].number
-    doc = ex.export_from_study(url, "par", trial=n)
+    doc = export_from_study(url, "par", trial=n)
     assert doc.objective.kind == "pareto"
     assert set(doc.objective.values) == {"completed_per_time", "latency_p95"}
 
@@ -260,12 +262,12 @@ def _doc(name, params, options=None, **system):
 
 def test_vllm_flags_keep_the_tuned_block_size():
     # tuned with blocks of 32 tokens: vLLM gets the same blocks, floor(16492 / 32) = 515
-    v = ex.server_config(_doc("vllm", {"max_num_seqs": 96}, block_size=32), "vllm")
+    v = server_config(_doc("vllm", {"max_num_seqs": 96}, block_size=32), "vllm")
     assert v.flags["--block-size"] == 32 and v.flags["--num-gpu-blocks-override"] == 515
 
 
 def test_server_flags_and_notes():
-    v = ex.server_config(_doc("vllm", {"max_num_seqs": 96, "max_num_batched_tokens": 4096,
+    v = server_config(_doc("vllm", {"max_num_seqs": 96, "max_num_batched_tokens": 4096,
                                        "watermark": 0.05}), "vllm")
     assert v.flags["--max-num-seqs"] == 96 and v.flags["--max-num-batched-tokens"] == 4096
     assert v.flags["--enable-chunked-prefill"] is True
@@ -274,23 +276,23 @@ def test_server_flags_and_notes():
     # token memory: jaxsched's vLLM scheduler cannot run the policy itself
     assert v.plugin_command is None and v.plugin_refusal.startswith("system.block_size = 1")
     # tuned in 16-token blocks: the plugin line runs it, with the same budget and blocks
-    vb = ex.server_config(_doc("vllm", {"max_num_seqs": 96, "max_num_batched_tokens": 4096},
+    vb = server_config(_doc("vllm", {"max_num_seqs": 96, "max_num_batched_tokens": 4096},
                                block_size=16), "vllm", "tuned.json")
     assert vb.plugin_refusal is None
     assert "--scheduler-cls jaxsched.integrations.vllm.JaxschedScheduler" in vb.plugin_command
     assert "--max-num-batched-tokens 4096" in vb.plugin_command
     assert "--block-size 16 --num-gpu-blocks-override 1030 --max-num-seqs 1024" in vb.plugin_command
     assert """--additional-config '{"jaxsched": {"policy": "tuned.json"}}'""" in vb.plugin_command
-    v0 = ex.server_config(_doc("vllm", {}, {"scheduler": "v0"}, block_size=16), "vllm")
+    v0 = server_config(_doc("vllm", {}, {"scheduler": "v0"}, block_size=16), "vllm")
     assert v0.plugin_command is None and v0.plugin_refusal.startswith("scheduler='v0'")
-    fb = ex.server_config(_doc("flow_control", {"budget": 2.5}, block_size=16), "vllm")
+    fb = server_config(_doc("flow_control", {"budget": 2.5}, block_size=16), "vllm")
     assert fb.plugin_command is not None
     assert any(n.startswith("budget = 2.5:") and "the --scheduler-cls line runs it" in n
                for n in fb.notes)
     assert any(n.startswith("restart_on_evict") for n in v.notes)
     assert "--max-num-seqs 96" in v.command and "--enable-chunked-prefill " in v.command + " "
 
-    s = ex.server_config(_doc("sglang", {"new_token_ratio_init": 0.5, "new_token_ratio_min": 0.1,
+    s = server_config(_doc("sglang", {"new_token_ratio_init": 0.5, "new_token_ratio_min": 0.1,
                                          "new_token_ratio_decay_steps": 300.0,
                                          "max_new_tokens": 2048, "retract_steps": 10}), "sglang")
     assert s.env == {"SGLANG_INIT_NEW_TOKEN_RATIO": "0.5", "SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR": "0.2",
@@ -299,15 +301,15 @@ def test_server_flags_and_notes():
                      "SGLANG_RETRACT_DECODE_STEPS": "10"}
     assert s.flags["--max-total-tokens"] == 16492 and s.flags["--schedule-conservativeness"] == 1.0
     assert s.command.startswith("SGLANG_INIT_NEW_TOKEN_RATIO=0.5 ")
-    s2v = ex.server_config(_doc("sglang", {"new_token_ratio_init": 0.5}), "vllm")
+    s2v = server_config(_doc("sglang", {"new_token_ratio_init": 0.5}), "vllm")
     assert any(n.startswith("new_token_ratio_init = 0.5:") for n in s2v.notes)
 
-    f = ex.server_config(_doc("flow_control_known", {"budget": [4.0, 2.0]}), "vllm")
+    f = server_config(_doc("flow_control_known", {"budget": [4.0, 2.0]}), "vllm")
     assert f.flags["--max-num-seqs"] == 4 * 20 + 2 * 60  # budget x output length
     assert any(n.startswith("budget = 4, 2: admissions per iteration") and
                "vllm cannot express it" in n for n in f.notes)
     # a policy the mapping does not know: every tuned parameter gets a note
-    a = ex.server_config(_doc("alpha_protection", {"alpha": 0.3}), "sglang")
+    a = server_config(_doc("alpha_protection", {"alpha": 0.3}), "sglang")
     assert any(n.startswith("alpha = 0.3:") and "sglang cannot express it" in n for n in a.notes)
     with pytest.raises(JaxschedError, match="--to 'trt'"):
-        ex.server_config(_doc("greedy", {"max_num_seqs": 8}), "trt")
+        server_config(_doc("greedy", {"max_num_seqs": 8}), "trt")

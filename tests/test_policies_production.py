@@ -255,7 +255,7 @@ def test_sglang_ratio_decays_linearly_and_resets_after_retraction():
     for k in range(10):
         _, pstate = admit(key, params, pstate, _view(slots))
         twin.admit(ref_view)
-        ratios.append(float(pstate["ratio"]))
+        ratios.append(float(pstate.ratio))
         ref_ratios.append(float(twin.ratio))
         excess = 5.0 if k in overflow_at else -10.0
         _, pstate = evict(key, params, pstate, _view(slots, excess=excess), need)

@@ -33,7 +33,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 
 from jaxsched.errors import JaxschedError
-from jaxsched.metrics import METRIC_KEYS
+from jaxsched.metrics import DERIVED_METRICS, METRIC_KEYS, add_derived, aggregate, measured_time
 
 __all__ = [
     "DERIVED_METRICS",
@@ -47,11 +47,6 @@ __all__ = [
     "aggregate",
     "objective_from_settings",
 ]
-
-DERIVED_METRICS = ("completed", "evictions_per_request")
-"""Metrics computed from the simulator's: ``completed`` requests after warmup
-(``completed_per_time`` times the measured time) and ``evictions_per_request`` (evictions
-after warmup per request completed after warmup; ``evictions`` when none completed)."""
 
 ALL_METRICS = tuple(METRIC_KEYS) + DERIVED_METRICS
 
@@ -77,43 +72,6 @@ METRIC_DIRECTIONS: dict[str, Direction] = {
     "evictions_per_request": "minimize",
 }
 """The natural direction of every metric (``[tune.directions]`` overrides it)."""
-
-
-def measured_time(horizon: int, warmup: int, d0: float, d1: float, final_time,
-                  d2: float = 0.0):
-    """Time over which the metrics are measured (iterations ``warmup..horizon-1``); ``d1``: the
-    larger of ``d1_prefill`` and ``d1_context`` (only whether it is 0 matters).
-
-    Exact for a constant iteration time (``d1 = d2 = 0``: ``(horizon - warmup) d0``); with
-    ``d1 > 0`` or ``d2 > 0`` the simulator does not report the warmup's end, so this is
-    ``final_time (horizon - warmup) / horizon`` (iterations of equal length).
-    """
-    frac = (horizon - warmup) / horizon
-    if d1 == 0 and d2 == 0:
-        return (horizon - warmup) * d0 + 0 * final_time
-    return final_time * frac
-
-
-def add_derived(metrics: Mapping[str, Any], elapsed) -> dict[str, Any]:
-    """``metrics`` plus :data:`DERIVED_METRICS` (per workload; ``elapsed`` broadcasts)."""
-    out = dict(metrics)
-    if "completed" not in out:
-        out["completed"] = metrics["completed_per_time"] * elapsed
-    done = out["completed"]
-    out["evictions_per_request"] = metrics["evictions"] / (done + (done < 0.5))
-    return out
-
-
-def aggregate(per_workload: Mapping[str, Any], axis: int = -1, xp=np) -> dict[str, Any]:
-    """Mean over the workload axis, ignoring NaN (all-NaN gives NaN)."""
-    out = {}
-    for key, v in per_workload.items():
-        v = xp.asarray(v)
-        ok = ~xp.isnan(v)
-        n = xp.sum(ok, axis=axis)
-        s = xp.sum(xp.where(ok, v, 0.0), axis=axis)
-        out[key] = xp.where(n > 0, s / xp.maximum(n, 1), xp.nan)
-    return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,8 +47,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from jaxsched.config import Config
+from jaxsched.config import Config, config_snapshot, workload_fingerprint
 from jaxsched.errors import JaxschedError
+from jaxsched.metrics import jsonable
 from tuning.objectives import ALL_METRICS, Objective, add_derived, aggregate, measured_time, \
     objective_from_settings
 from tuning.search_space import SearchSpace, build_search_space
@@ -114,7 +115,7 @@ class TuneJob:
     experiment: Any  # jaxsched.api.Experiment
     space: SearchSpace
     objective: Objective  # scales possibly unresolved ("baseline")
-    snapshot: dict  # self-contained config (jaxsched.export.config_snapshot)
+    snapshot: dict  # self-contained config (jaxsched.config.config_snapshot)
     fingerprint: str  # of snapshot + objective + space
     workload_fingerprint: str
 
@@ -149,7 +150,6 @@ def prepare(cfg: Config, settings: TuneSettings | None = None, objective_kind: s
             num_workloads: int | None = None) -> TuneJob:
     """Build the tuning job of a config (validating ``[tune]``)."""
     from jaxsched import api
-    from jaxsched.export import config_snapshot, workload_fingerprint
 
     settings = settings or tune_settings(cfg.tune, cfg.source)
     w = num_workloads or settings.num_workloads
@@ -173,9 +173,7 @@ def prepare(cfg: Config, settings: TuneSettings | None = None, objective_kind: s
 # Batched evaluation.
 
 
-def _jsonable(v) -> float | None:
-    v = float(v)
-    return v if math.isfinite(v) else None
+_jsonable = jsonable  # TODO(issue 16): gradient_search imports this name; use jaxsched.metrics.jsonable there
 
 
 _COMPILED: dict = {}  # (policy, shape, K, argument shapes) -> compiled simulator
@@ -890,7 +888,7 @@ def run_optuna(job: TuneJob, *, trials: int | None = None, batch: int | None = N
                     base = results[own[0]]
                     if _baseline_from_study(study) is None:
                         study.set_user_attr("baseline_metrics",
-                                            {k: _jsonable(v) for k, v in base.items()})
+                                            {k: jsonable(v) for k, v in base.items()})
                     objective = objective.with_baseline(_baseline_from_study(study))
                 elif need_baseline:
                     points_eval = points + [evaluator.default_point]
@@ -905,13 +903,13 @@ def run_optuna(job: TuneJob, *, trials: int | None = None, batch: int | None = N
                     stored = _baseline_from_study(study)
                     if stored is None:
                         study.set_user_attr("baseline_metrics",
-                                            {k: _jsonable(v) for k, v in base.items()})
+                                            {k: jsonable(v) for k, v in base.items()})
                         stored = _baseline_from_study(study)
                     objective = objective.with_baseline(stored)
                 else:
                     results = evaluator.evaluate(points)
                 for trial, metrics in zip(asked, results):
-                    trial.set_user_attr("metrics", {k: _jsonable(v) for k, v in metrics.items()})
+                    trial.set_user_attr("metrics", {k: jsonable(v) for k, v in metrics.items()})
                     reason = objective.nonfinite_reason(metrics)
                     with _quiet():
                         if reason is not None:

@@ -1,4 +1,5 @@
-"""Output paths checked before any work: a bad ``--plot``/``--out``/``--plots`` is one line.
+"""Options checked before any work: a bad ``--plot``/``--out``/``--plots`` or integer list
+(``--batches 1,2,4``) is one line.
 
 A run that fails to write its result after minutes of simulation loses the result; so each
 command checks its output options first: the format from the suffix, and that the folder
@@ -14,7 +15,8 @@ from pathlib import Path
 
 from jaxsched.errors import JaxschedError
 
-__all__ = ["IMAGE_SUFFIXES", "check_output_dir", "check_output_file", "check_existing_sqlite"]
+__all__ = ["IMAGE_SUFFIXES", "check_output_dir", "check_output_file", "check_existing_sqlite",
+           "parse_int_list"]
 
 IMAGE_SUFFIXES = (".png", ".svg", ".pdf")  # formats matplotlib writes from the suffix
 
@@ -82,3 +84,15 @@ def check_existing_sqlite(storage: str | None, flag: str = "--storage") -> None:
             return
     if not Path(s).is_file():
         raise JaxschedError(f"{flag} {storage}: no such SQLite file")
+
+
+def parse_int_list(text: str, option: str) -> tuple[int, ...]:
+    """``"1,2,4"`` -> ``(1, 2, 4)``; a one-line :class:`JaxschedError` naming ``option``
+    otherwise (not integers, none, or one below 1)."""
+    try:
+        values = tuple(int(x) for x in str(text).split(",") if x.strip())
+    except ValueError:
+        raise JaxschedError(f"{option} {text!r}: expected comma-separated integers") from None
+    if not values or min(values) < 1:
+        raise JaxschedError(f"{option} {text!r}: expected integers >= 1")
+    return values

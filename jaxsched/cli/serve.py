@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from jaxsched.cli.app import app, bench_app
-from jaxsched.cli.checks import IMAGE_SUFFIXES, check_output_file
+from jaxsched.cli.checks import IMAGE_SUFFIXES, check_output_file, parse_int_list
 from jaxsched.errors import JaxschedError
 
 __all__ = ["serve", "calibrate", "compare_sim", "bench_engine", "resolve_policy",
@@ -274,7 +274,7 @@ def calibrate(
     from rich.console import Console
     from rich.table import Table
 
-    from jaxsched.engine.calibrate import parse_int_list, write_profile
+    from jaxsched.engine.calibrate import write_profile
 
     err = Console(stderr=True)
     check_output_file(out, "--out", (".toml",))
@@ -582,7 +582,7 @@ def bench_engine(
     from rich.table import Table
 
     from jaxsched.engine.batching import SamplingParams
-    from jaxsched.engine.calibrate import device_description, open_engine, parse_int_list
+    from jaxsched.engine.calibrate import device_description, open_engine
 
     bs = parse_int_list(batches, "--batches")
     has_gpu = any(d.platform == "gpu" for d in jax.devices())

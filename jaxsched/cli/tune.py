@@ -214,9 +214,10 @@ def export(
 
     from jaxsched import export as ex
     from jaxsched.cli.checks import check_existing_sqlite, check_output_file
+    from jaxsched.server_flags import SERVERS, server_config
 
-    if to is not None and to not in ex.SERVERS:
-        raise JaxschedError(f"--to {to!r}: expected one of {', '.join(ex.SERVERS)}")
+    if to is not None and to not in SERVERS:
+        raise JaxschedError(f"--to {to!r}: expected one of {', '.join(SERVERS)}")
     check_output_file(out if (out is not None or to is not None) else Path("policy.json"),
                       "--out")
     if policy is None and study is not None:
@@ -228,7 +229,9 @@ def export(
     elif study is None:
         raise JaxschedError("export: give --study NAME (and --storage URL), or --policy FILE --to SERVER")
     else:
-        doc = ex.export_from_study(storage, study, trial)
+        from tuning.export_study import export_from_study  # reads a study: Optuna
+
+        doc = export_from_study(storage, study, trial)
     console = Console()
     if to is None:
         path = ex.write_policy(doc, out or Path("policy.json"))
@@ -239,7 +242,7 @@ def export(
         console.print(f"wrote {path}: {doc.policy.name} {json.dumps(doc.policy.params)}"
                       + (f" (study {t.study!r}, trial {t.trial})" if t else ""))
         return
-    sc = ex.server_config(doc, to, str(policy) if policy is not None else "policy.json")
+    sc = server_config(doc, to, str(policy) if policy is not None else "policy.json")
     if out is not None:
         out.write_text(json.dumps(sc.to_json(), indent=2) + "\n")
     if as_json:

@@ -89,7 +89,6 @@ __all__ = [
     "write_profile",
     "read_engine_section",
     "read_profile",
-    "parse_int_list",
 ]
 
 
@@ -192,17 +191,6 @@ class CalibrationResult:
                        without_d2_rel_error=float(self.base_rel_error),
                        without_d2_mean_abs_rel_error=float(self.base_mean_abs_rel_error))
         return out
-
-
-def parse_int_list(text: str, option: str) -> tuple[int, ...]:
-    """``"1,2,4"`` -> ``(1, 2, 4)``; a one-line :class:`JaxschedError` otherwise."""
-    try:
-        values = tuple(int(x) for x in str(text).split(",") if x.strip())
-    except ValueError:
-        raise JaxschedError(f"{option} {text!r}: expected comma-separated integers") from None
-    if not values or min(values) < 1:
-        raise JaxschedError(f"{option} {text!r}: expected integers >= 1")
-    return values
 
 
 def model_label(model: str | Path | None) -> str:

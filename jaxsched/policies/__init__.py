@@ -1,7 +1,5 @@
-"""Scheduling policies: the interface, the registry and the registered families."""
-
-import importlib as _importlib
-import pkgutil as _pkgutil
+"""Scheduling policies: the interface, the registry (an explicit table, :mod:`.registry`)
+and the families it lists."""
 
 from jaxsched.policies.base import Param, Plan, Policy, QueueView, SchedView, SlotView
 from jaxsched.policies.registry import (
@@ -28,9 +26,3 @@ __all__ = [
     "register",
 ]
 
-
-# Importing a family module registers its policies; every module in this package but the
-# interface and the registry is a family.
-for _mod in _pkgutil.iter_modules(__path__):
-    if _mod.name not in ("base", "registry"):
-        _importlib.import_module(f"{__name__}.{_mod.name}")

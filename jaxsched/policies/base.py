@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxsched.model import BIG_CHUNK, SimShape, block_tokens
+from jaxsched.policies.serving import ServerHints, ServerTarget
 
 __all__ = [
     "QueueView",
@@ -187,6 +188,12 @@ class Policy:
     # A policy without it needs nothing beyond the plugin's generic application: admissions,
     # evictions and which residents run, with prefills chunked only by the server's budget.
     serve_check: Callable[[str, Mapping[str, Any], Mapping[str, Any]], str | None] | None = None
+    # Optional: the policy's translation to an LLM server's flags (jaxsched.server_flags).
+    # Called as server_flags(target, values) with a jaxsched.policies.serving.ServerTarget and
+    # the parameter values as plain numbers (lists for per-class ones); returns ServerHints
+    # (flags, environment, notes, the parameters handled). Without it a file maps to the flags
+    # every policy shares, and each parameter gets a note that the server cannot express it.
+    server_flags: Callable[[ServerTarget, Mapping[str, Any]], ServerHints] | None = None
 
 
 def no_state(params, shape: SimShape):
@@ -311,11 +318,16 @@ def evict_in_order(order: str, slots: SlotView, need: jax.Array, excess: jax.Arr
     raise ValueError(f"unknown eviction order {order!r}; expected one of {EVICTION_ORDERS}")
 
 
+def check_eviction(order: str) -> None:
+    """Refuse an unknown eviction order (a policy factory's ``eviction`` option)."""
+    if order not in EVICTION_ORDERS:
+        raise ValueError(f"eviction must be one of {EVICTION_ORDERS}, got {order!r}")
+
+
 def ordered_eviction(order: str):
     """An ``evict`` function for a Policy: on overflow, evict in the named order until the
     excess is covered (see :func:`evict_in_order`)."""
-    if order not in EVICTION_ORDERS:
-        raise ValueError(f"eviction must be one of {EVICTION_ORDERS}, got {order!r}")
+    check_eviction(order)
 
     def evict(key, params, pstate, view, need):
         del key, params

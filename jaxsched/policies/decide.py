@@ -111,7 +111,7 @@ class PolicyScheduler:
     ``params``: user values or a parameter dict (validated by
     :func:`~jaxsched.policies.make_params`; defaults for the rest). ``policy.fit_defaults``
     is not called (it needs workload statistics): pass fitted values explicitly. WAIT-family
-    thresholds are checked against the shape (``jaxsched.policies.wait.check_shape``).
+    thresholds are checked against the shape (the policy's ``check_shape`` hook).
     """
 
     def __init__(self, policy: Policy, params: Mapping[str, Any] | None, shape: SimShape,
@@ -120,12 +120,8 @@ class PolicyScheduler:
         self.shape = SimShape(max_batch=shape.max_batch, queue_size=shape.queue_size,
                               horizon=1, num_classes=shape.num_classes)
         self.params = make_params(policy, params, shape.num_classes)
-        try:
-            from jaxsched.policies.wait import check_shape
-        except ImportError:  # pragma: no cover - the family is optional
-            check_shape = None
-        if check_shape is not None:
-            check_shape(policy, self.params, self.shape)
+        if policy.check_shape is not None:  # the policy's own refusal of impossible values
+            policy.check_shape(self.params, self.shape, "policy.")
         self.pstate = policy.init(self.params, self.shape)
         self.capacity = float(capacity)
         self.block_size = int(block_size)

@@ -37,14 +37,16 @@ activation rate is at most ``b``, and any ``m`` consecutive iterations activate 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
 from jaxsched.policies.base import (
+    check_eviction,
     Decision,
     budget_margin,
     ordered_eviction,
-    EVICTION_ORDERS,
     Param,
     Policy,
     fcfs_prefix,
@@ -53,9 +55,11 @@ from jaxsched.policies.base import (
     no_state,
     run_all,
 )
-from jaxsched.policies.registry import register
+from jaxsched.policies.serving import ServerHints, Unexpressed
+from jaxsched.theory import memory_time  # w = l o + (o + o^2) / 2 (re-exported)
 
 __all__ = [
+    "CreditState",
     "BUDGET_DISTRIBUTIONS",
     "FIT_SLACK",
     "BIG_OUTPUT",
@@ -81,9 +85,10 @@ BIG_OUTPUT = 1 << 30
 """Integer stand-in for an unlimited ``max_new_tokens``."""
 
 
-def memory_time(prompt_len, output_len):
-    """The minimum KV workload ``w = l o + (o + o^2) / 2`` of a request (Dong & Cao)."""
-    return prompt_len * output_len + (output_len + output_len * output_len) / 2
+class CreditState(NamedTuple):
+    """State of ``flow_control`` and ``flow_control_known``: the carried admission credit."""
+
+    credit: jax.Array  # () flow_control, (K,) flow_control_known: fractional credit in [0, 1)
 
 
 def credit_step(credit: jax.Array, budget: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -108,11 +113,6 @@ def draw_budget(key: jax.Array, budget: jax.Array, distribution: str) -> jax.Arr
         base = jnp.floor(budget)
         return (base + jax.random.bernoulli(key, budget - base)).astype(jnp.int32)
     raise ValueError(f"no random draw for budget_distribution {distribution!r}")
-
-
-def _check_eviction(eviction: str) -> None:
-    if eviction not in EVICTION_ORDERS:
-        raise ValueError(f"eviction must be one of {EVICTION_ORDERS}, got {eviction!r}")
 
 
 def _class_shares(info: dict):
@@ -147,7 +147,41 @@ def _fit_global(info: dict) -> dict:
 # Algorithm 1: known classes, per-class budgets.
 
 
-@register("flow_control_known")
+def _mean_output(classes) -> float | None:
+    """Mean output length of the workload's classes, weighted by rate (else by weight)."""
+    if not classes:
+        return None
+    rates = [float(c.get("rate", 0.0)) for c in classes]
+    weights = rates if sum(rates) > 0 else [float(c.get("weight", 1.0)) for c in classes]
+    total = sum(weights)
+    return sum(w * c["output_len"] for w, c in zip(weights, classes)) / total
+
+
+def _budget_server_flags(target, values) -> ServerHints:
+    """No server admits a budget per iteration; the nearest seat cap is Little's law, the
+    residents at that admission rate: ``min(max_batch, budget x mean output length)`` (per
+    class ``sum_k b_k o_k``)."""
+    hints = ServerHints()
+    if "budget" not in values:
+        return hints
+    b = values["budget"]
+    total = sum(b) if isinstance(b, list) else float(b)
+    mean_o = _mean_output(target.classes)
+    hints.notes.append(Unexpressed("budget", "admissions per iteration (flow control)"))
+    if mean_o is not None:
+        if isinstance(b, list):
+            est = sum(bk * c["output_len"] for bk, c in zip(b, target.classes))
+        else:
+            est = total * mean_o
+        seats = int(max(1, min(round(est), target.max_batch)))
+        hints.flags[target.seqs_flag] = seats
+        hints.notes.append(f"nearest: {target.seqs_flag} {seats} = min(max_batch, budget x "
+                           f"output length = {est:.0f}) (Little's law: residents at that "
+                           "admission rate)")
+    hints.handled.add("budget")
+    return hints
+
+
 def flow_control_known(eviction: str = "newest") -> Policy:
     """Dong & Cao 2026, Algorithm 1 (known lengths, one length pair per class).
 
@@ -162,23 +196,23 @@ def flow_control_known(eviction: str = "newest") -> Policy:
     safety net). The rank of a window position within its class is a cumulative sum over
     one-hot classes: no sort. The policy reads classes only, never output lengths.
     """
-    _check_eviction(eviction)
+    check_eviction(eviction)
 
     def init(params, shape):
         del shape
-        return {"credit": jnp.zeros_like(params["budget"])}
+        return CreditState(credit=jnp.zeros_like(params["budget"]))
 
     def admit(key, params, pstate, view):
         del key
         q = view.queue
         budget = params["budget"]
-        n, credit = credit_step(pstate["credit"], budget)
+        n, credit = credit_step(pstate.credit, budget)
         onehot = (q.cls[:, None] == jnp.arange(budget.shape[-1])) & q.valid[:, None]
         rank = jnp.sum(jnp.where(onehot, jnp.cumsum(onehot, axis=0) - 1, 0), axis=1)
         admit = q.valid & (rank < n[q.cls])
-        allowance = pstate["credit"] + budget
+        allowance = pstate.credit + budget
         margin = budget_margin(allowance[q.cls], rank + 1)
-        return Decision(admit, margin), {"credit": credit}
+        return Decision(admit, margin), CreditState(credit=credit)
 
     return Policy(
         name="flow_control_known",
@@ -194,6 +228,7 @@ def flow_control_known(eviction: str = "newest") -> Policy:
         plan=run_all,
         evict=ordered_eviction(eviction),
         fit_defaults=_fit_known,
+        server_flags=_budget_server_flags,
     )
 
 
@@ -201,7 +236,6 @@ def flow_control_known(eviction: str = "newest") -> Policy:
 # Algorithm 2: unknown lengths, one global budget.
 
 
-@register("flow_control")
 def flow_control(budget_distribution: str = "fixed", eviction: str = "newest") -> Policy:
     """Dong & Cao 2026, Algorithm 2 (unknown lengths).
 
@@ -224,25 +258,25 @@ def flow_control(budget_distribution: str = "fixed", eviction: str = "newest") -
         raise ValueError(
             f"budget_distribution must be one of {BUDGET_DISTRIBUTIONS}, got {budget_distribution!r}"
         )
-    _check_eviction(eviction)
+    check_eviction(eviction)
 
     def init(params, shape):
         del shape
-        return {"credit": jnp.zeros_like(params["budget"])}
+        return CreditState(credit=jnp.zeros_like(params["budget"]))
 
     def admit(key, params, pstate, view):
         q = view.queue
         budget = params["budget"]
         if budget_distribution == "fixed":
-            n, credit = credit_step(pstate["credit"], budget)
-            allowance = pstate["credit"] + budget
+            n, credit = credit_step(pstate.credit, budget)
+            allowance = pstate.credit + budget
         else:
-            n, credit = draw_budget(key, budget, budget_distribution), pstate["credit"]
+            n, credit = draw_budget(key, budget, budget_distribution), pstate.credit
             # the draw's mean moves one for one with the budget (straight through the draw)
             allowance = n + (budget - jax.lax.stop_gradient(budget))
         rank = jnp.cumsum(q.valid)
         admit = q.valid & (rank <= n)
-        return Decision(admit, budget_margin(allowance, rank)), {"credit": credit}
+        return Decision(admit, budget_margin(allowance, rank)), CreditState(credit=credit)
 
     return Policy(
         name="flow_control",
@@ -258,6 +292,7 @@ def flow_control(budget_distribution: str = "fixed", eviction: str = "newest") -
         plan=run_all,
         evict=ordered_eviction(eviction),
         fit_defaults=_fit_global,
+        server_flags=_budget_server_flags,
     )
 
 
@@ -265,7 +300,6 @@ def flow_control(budget_distribution: str = "fixed", eviction: str = "newest") -
 # Jaillet et al. 2025 baselines.
 
 
-@register("alpha_protection")
 def alpha_protection() -> Policy:
     """alpha-protection greedy (Jaillet et al. 2025, arXiv 2502.07115).
 
@@ -361,7 +395,7 @@ _LENGTH_SCALE = Param(
 
 
 def _mc_policy(name: str, shortest_first: bool, eviction: str) -> Policy:
-    _check_eviction(eviction)
+    check_eviction(eviction)
     return Policy(
         name=name,
         params={"length_scale": _LENGTH_SCALE},
@@ -373,7 +407,6 @@ def _mc_policy(name: str, shortest_first: bool, eviction: str) -> Policy:
     )
 
 
-@register("mc_sf")
 def mc_sf(eviction: str = "newest") -> Policy:
     """Memory-constrained shortest-first, MC-SF (Jaillet et al. 2025, arXiv 2502.07115).
 
@@ -398,7 +431,6 @@ def mc_sf(eviction: str = "newest") -> Policy:
     return _mc_policy("mc_sf", True, eviction)
 
 
-@register("mc_benchmark")
 def mc_benchmark(eviction: str = "newest") -> Policy:
     """MC-Benchmark (Jaillet et al. 2025): the future-memory check of ``mc_sf`` with candidates
     in queue (arrival) order; the first that fails blocks the rest."""
@@ -415,7 +447,26 @@ def _reserved(prompt, progress, output, max_new):
     return prompt + jnp.maximum(jnp.minimum(output, max_new), progress + 1)
 
 
-@register("reserve_full")
+def _reserve_server_flags(target, values) -> ServerHints:
+    """SGLang's nearest: a constant new-token ratio of 1 with the estimate clipped at
+    ``max_new_tokens``; vLLM reserves nothing at admission."""
+    hints = ServerHints()
+    if "max_new_tokens" not in values:
+        return hints
+    if target.vllm:
+        hints.notes.append(Unexpressed("max_new_tokens", "output tokens reserved per request at "
+                                       "admission (vLLM reserves none; TensorRT-LLM's "
+                                       "GUARANTEED_NO_EVICT does)"))
+    else:
+        hints.env["SGLANG_INIT_NEW_TOKEN_RATIO"] = "1"
+        hints.env["SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR"] = "1"
+        hints.env["SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION"] = str(int(values["max_new_tokens"]))
+        hints.notes.append("reserve_full: nearest is a constant new-token ratio of 1 with the "
+                           "estimate clipped at max_new_tokens")
+    hints.handled.add("max_new_tokens")
+    return hints
+
+
 def reserve_full(eviction: str = "newest") -> Policy:
     """Full-output reservation: TensorRT-LLM's GUARANTEED_NO_EVICT, TGI's max_new_tokens.
 
@@ -429,7 +480,7 @@ def reserve_full(eviction: str = "newest") -> Policy:
     truncates it), so overflow is possible and residents are evicted in the order
     ``eviction`` (default newest first: the simulator's LIFO safety net).
     """
-    _check_eviction(eviction)
+    check_eviction(eviction)
 
     def admit(key, params, pstate, view):
         del key
@@ -457,4 +508,5 @@ def reserve_full(eviction: str = "newest") -> Policy:
         plan=run_all,
         evict=ordered_eviction(eviction),
         known_lengths=True,
+        server_flags=_reserve_server_flags,
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from jaxsched.policies.base import (
-    EVICTION_ORDERS,
+    check_eviction,
     Param,
     Policy,
     ordered_eviction,
@@ -25,16 +25,21 @@ from jaxsched.policies.base import (
     no_state,
     run_all,
 )
-from jaxsched.policies.registry import register
+from jaxsched.policies.serving import ServerHints, cap_seats
 
 __all__ = ["greedy"]
 
 
-@register("greedy")
+def greedy_server_flags(target, values) -> ServerHints:
+    """``max_num_seqs`` is the server's running-request cap."""
+    hints = ServerHints()
+    cap_seats(hints, target, values, "max_num_seqs")
+    return hints
+
+
 def greedy(eviction: str = "newest") -> Policy:
     """Greedy FCFS admission with one-step feasibility; ``eviction`` in ``EVICTION_ORDERS``."""
-    if eviction not in EVICTION_ORDERS:
-        raise ValueError(f"eviction must be one of {EVICTION_ORDERS}, got {eviction!r}")
+    check_eviction(eviction)
 
     def admit(key, params, pstate, view):
         del key
@@ -57,4 +62,5 @@ def greedy(eviction: str = "newest") -> Policy:
         admit=admit,
         plan=run_all,
         evict=ordered_eviction(eviction),
+        server_flags=greedy_server_flags,
     )

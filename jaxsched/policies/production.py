@@ -41,15 +41,17 @@ and stalls every decode: the reason the WAIT paper's vLLM falls behind at high r
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
 from jaxsched.model import BIG_CHUNK, block_tokens
 from jaxsched.policies.base import (
+    check_eviction,
     Decision,
     fcfs_margin,
     ordered_eviction,
-    EVICTION_ORDERS,
     Param,
     Plan,
     Policy,
@@ -61,9 +63,9 @@ from jaxsched.policies.base import (
     run_all,
     view_memory,
 )
-from jaxsched.policies.registry import register
+from jaxsched.policies.serving import ServerHints, Unexpressed, cap_seats, fmt
 
-__all__ = ["VLLM_SCHEDULERS", "vllm", "sglang", "sarathi", "budget_plan"]
+__all__ = ["VLLM_SCHEDULERS", "SGLangState", "vllm", "sglang", "sarathi", "budget_plan"]
 
 VLLM_SCHEDULERS = ("v1", "v0")
 """``v1``: chunked prefill, decodes first (vLLM >= 0.8, the default). ``v0``: prefill-prioritized
@@ -75,11 +77,6 @@ _MAX_INT = 1 << 30
 def _as_int(x) -> jax.Array:
     """A float parameter as an int32 count (clamped to 2^30, which means 'unlimited')."""
     return jnp.minimum(x, float(_MAX_INT)).astype(jnp.int32)
-
-
-def _check_eviction(eviction: str) -> None:
-    if eviction not in EVICTION_ORDERS:
-        raise ValueError(f"eviction must be one of {EVICTION_ORDERS}, got {eviction!r}")
 
 
 def budget_plan(slots: SlotView, budget: jax.Array, block_size=1):
@@ -154,7 +151,78 @@ def _budget_plan_fn(key_name: str):
 # vLLM
 
 
-@register("vllm")
+def _vllm_server_flags(target, values) -> ServerHints:
+    """vLLM's own flags; on SGLang the token budget caps prefill tokens only and the watermark
+    has no counterpart."""
+    hints = ServerHints()
+    cap_seats(hints, target, values, "max_num_seqs")
+    if "max_num_batched_tokens" in values:
+        tokens = int(values["max_num_batched_tokens"])
+        if target.vllm:
+            hints.flags["--max-num-batched-tokens"] = tokens
+            hints.flags["--enable-chunked-prefill"] = True
+        else:
+            hints.flags["--chunked-prefill-size"] = tokens
+            hints.notes.append("max_num_batched_tokens -> --chunked-prefill-size (SGLang caps "
+                               "prefill tokens per iteration; decode tokens are not counted)")
+        hints.handled.add("max_num_batched_tokens")
+    if "watermark" in values:
+        if target.vllm:  # vLLM v1 (0.32) keeps this fraction of the blocks free at admission
+            hints.flags["--watermark"] = fmt(float(values["watermark"]))
+        else:
+            hints.notes.append(Unexpressed("watermark", "fraction of C kept free at admission "
+                                           "(vLLM's watermark)"))
+        hints.handled.add("watermark")
+    return hints
+
+
+def _sarathi_server_flags(target, values) -> ServerHints:
+    """The chunk size is the token budget per iteration, with chunked prefill."""
+    hints = ServerHints()
+    cap_seats(hints, target, values, "max_num_seqs")
+    if "chunk_size" in values:
+        if target.vllm:
+            hints.flags["--max-num-batched-tokens"] = int(values["chunk_size"])
+            hints.flags["--enable-chunked-prefill"] = True
+        else:
+            hints.flags["--chunked-prefill-size"] = int(values["chunk_size"])
+        hints.handled.add("chunk_size")
+    return hints
+
+
+_SGLANG_RATIO_KEYS = ("new_token_ratio_init", "new_token_ratio_min",
+                      "new_token_ratio_decay_steps", "max_new_tokens", "retract_steps")
+
+
+def _sglang_server_flags(target, values) -> ServerHints:
+    """SGLang's environment variables for the new-token ratio (conservativeness 1, so the
+    initial ratio is the variable's); vLLM reserves no future tokens, so none of them."""
+    hints = ServerHints()
+    p = values
+    if target.vllm:
+        for k in _SGLANG_RATIO_KEYS:
+            if k in p:
+                hints.notes.append(Unexpressed(k, "SGLang's reservation of future tokens at "
+                                               "admission (vLLM reserves none)"))
+    else:
+        init = float(p.get("new_token_ratio_init", 0.7))
+        hints.flags["--schedule-conservativeness"] = 1.0
+        hints.env["SGLANG_INIT_NEW_TOKEN_RATIO"] = fmt(init)
+        if "new_token_ratio_min" in p and init > 0:
+            hints.env["SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR"] = fmt(float(p["new_token_ratio_min"]) / init)
+        elif "new_token_ratio_min" in p:
+            hints.notes.append(Unexpressed("new_token_ratio_min", "SGLang sets the minimum as a "
+                                           "factor of an initial ratio of 0"))
+        if "new_token_ratio_decay_steps" in p:
+            hints.env["SGLANG_NEW_TOKEN_RATIO_DECAY_STEPS"] = str(int(round(p["new_token_ratio_decay_steps"])))
+        if "max_new_tokens" in p:
+            hints.env["SGLANG_CLIP_MAX_NEW_TOKENS_ESTIMATION"] = str(int(p["max_new_tokens"]))
+        if "retract_steps" in p:
+            hints.env["SGLANG_RETRACT_DECODE_STEPS"] = str(int(p["retract_steps"]))
+    hints.handled.update(_SGLANG_RATIO_KEYS)
+    return hints
+
+
 def vllm(eviction: str = "newest", scheduler: str = "v1") -> Policy:
     """vLLM: the v1 scheduler with chunked prefill (``scheduler="v1"``, the default since
     vLLM 0.8) or the original prefill-prioritized one (``scheduler="v0"``, module docstring).
@@ -182,7 +250,7 @@ def vllm(eviction: str = "newest", scheduler: str = "v1") -> Policy:
     Not modelled: vLLM skips admission in an iteration that preempted (our admission comes
     before the memory phase), prefix caching, ``long_prefill_token_threshold``.
     """
-    _check_eviction(eviction)
+    check_eviction(eviction)
     if scheduler not in VLLM_SCHEDULERS:
         raise ValueError(f"scheduler must be one of {VLLM_SCHEDULERS}, got {scheduler!r}")
 
@@ -241,6 +309,7 @@ def vllm(eviction: str = "newest", scheduler: str = "v1") -> Policy:
         plan=_budget_plan_fn("max_num_batched_tokens") if scheduler == "v1" else plan_v0,
         evict=ordered_eviction(eviction),
         serve_check=_serve_budget("max_num_batched_tokens", scheduler),
+        server_flags=_vllm_server_flags,
     )
 
 
@@ -248,7 +317,6 @@ def vllm(eviction: str = "newest", scheduler: str = "v1") -> Policy:
 # Sarathi-Serve
 
 
-@register("sarathi")
 def sarathi(eviction: str = "newest") -> Policy:
     """Sarathi-Serve: stall-free batching with chunked prefill (Agrawal et al., OSDI 2024), the
     baseline of the WAIT paper (chunk 512).
@@ -267,7 +335,7 @@ def sarathi(eviction: str = "newest") -> Policy:
     reserved for the rest of a chunked prompt or for decode growth: on overflow the newest
     resident is preempted (``eviction="newest"``, LIFO).
     """
-    _check_eviction(eviction)
+    check_eviction(eviction)
 
     def admit(key, params, pstate, view):
         del key
@@ -296,6 +364,7 @@ def sarathi(eviction: str = "newest") -> Policy:
         plan=_budget_plan_fn("chunk_size"),
         evict=ordered_eviction(eviction),
         serve_check=_serve_budget("chunk_size"),
+        server_flags=_sarathi_server_flags,
     )
 
 
@@ -303,16 +372,22 @@ def sarathi(eviction: str = "newest") -> Policy:
 # SGLang
 
 
+class SGLangState(NamedTuple):
+    """State of ``sglang``: the new-token ratio and whether it restarts."""
+
+    ratio: jax.Array  # () float32: the estimate ratio r_k of the last admission
+    reset: jax.Array  # () bool: an overflow since, so the next ratio is new_token_ratio_init
+
+
 def _sglang_ratio(params, pstate):
     """The ratio of this iteration: ``init`` after a reset, else one linear decay step."""
     init = params["new_token_ratio_init"]
     low = params["new_token_ratio_min"]
     decay = jnp.maximum((init - low) / params["new_token_ratio_decay_steps"], 0.0)
-    decayed = jnp.maximum(pstate["ratio"] - decay, low)
-    return jnp.where(pstate["reset"], init, decayed)
+    decayed = jnp.maximum(pstate.ratio - decay, low)
+    return jnp.where(pstate.reset, init, decayed)
 
 
-@register("sglang")
 def sglang(eviction: str = "fewest_generated") -> Policy:
     """SGLang's scheduler: admission against an estimate of future growth, retraction on
     shortage (SGLang ``schedule_policy.PrefillAdder`` and ``ScheduleBatch.retract_decode``).
@@ -344,11 +419,11 @@ def sglang(eviction: str = "fewest_generated") -> Policy:
     iteration resets the ratio. SGLang instead resets it to an estimate computed from the
     batch; resetting to ``init`` is the rule of PAPERS.md.
     """
-    _check_eviction(eviction)
+    check_eviction(eviction)
 
     def init(params, shape):
         del shape
-        return {"ratio": params["new_token_ratio_init"], "reset": jnp.array(True)}
+        return SGLangState(ratio=params["new_token_ratio_init"], reset=jnp.array(True))
 
     def admit(key, params, pstate, view):
         del key
@@ -364,7 +439,7 @@ def sglang(eviction: str = "fewest_generated") -> Policy:
         ok = slack >= 0
         margin = (slack + 0.5 * size_new) / jnp.maximum(size_new, 1)
         return (Decision(fcfs_prefix(ok, q.valid), fcfs_margin(margin, q.valid)),
-                {"ratio": ratio, "reset": jnp.array(False)})
+                SGLangState(ratio=ratio, reset=jnp.array(False)))
 
     def evict(key, params, pstate, view, need):
         del key
@@ -374,7 +449,7 @@ def sglang(eviction: str = "fewest_generated") -> Policy:
             out = retract(s, need, view.excess, _as_int(params["retract_steps"])) & overflow
         else:
             out = evict_in_order(eviction, s, need, view.excess)
-        return out, {"ratio": pstate["ratio"], "reset": pstate["reset"] | overflow}
+        return out, SGLangState(ratio=pstate.ratio, reset=pstate.reset | overflow)
 
     return Policy(
         name="sglang",
@@ -407,6 +482,7 @@ def sglang(eviction: str = "fewest_generated") -> Policy:
         admit=admit,
         plan=run_all,
         evict=evict,
+        server_flags=_sglang_server_flags,
     )
 
 

@@ -1,4 +1,8 @@
-"""Policies by name: a registry of factories, like optax's named transforms.
+"""Policies by name: one explicit table of factories (as gymnax's ``registration.py`` keeps).
+
+A new policy is one line of :data:`POLICIES`: its name and the factory in its own module
+(which builds the :class:`Policy` bundle, hooks included). :func:`register` adds a factory at
+run time (a policy outside this package).
 
 ``get_policy(name, **options)`` builds (and caches) the :class:`Policy`; ``make_params``
 turns user values into the traced parameter pytree, refusing unknown names and values
@@ -14,7 +18,8 @@ from typing import Any, Callable, Mapping
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsched.errors import JaxschedError
+from jaxsched.errors import PolicyError
+from jaxsched.policies import flow_control, greedy, production, wait
 from jaxsched.policies.base import Param, Policy
 
 __all__ = [
@@ -25,13 +30,26 @@ __all__ = [
     "make_params",
     "check_params",
     "PolicyError",
+    "POLICIES",
 ]
 
-_FACTORIES: dict[str, Callable[..., Policy]] = {}
+POLICIES: dict[str, Callable[..., Policy]] = {
+    "greedy": greedy.greedy,
+    "vllm": production.vllm,
+    "sarathi": production.sarathi,
+    "sglang": production.sglang,
+    "wait": wait.wait,
+    "nested_wait": wait.nested_wait,
+    "flow_control": flow_control.flow_control,
+    "flow_control_known": flow_control.flow_control_known,
+    "alpha_protection": flow_control.alpha_protection,
+    "mc_sf": flow_control.mc_sf,
+    "mc_benchmark": flow_control.mc_benchmark,
+    "reserve_full": flow_control.reserve_full,
+}
+"""The registered policies: name -> factory (keyword options with defaults -> Policy)."""
 
-
-class PolicyError(JaxschedError, ValueError):
-    """A bad policy name, option or parameter; the message names the key."""
+_FACTORIES = dict(POLICIES)  # the table plus what register() adds at run time
 
 
 def register(name: str):

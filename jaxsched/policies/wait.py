@@ -103,11 +103,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxsched import theory
+from jaxsched.errors import JaxschedError
 from jaxsched.model import BIG_CHUNK, SimShape
 from jaxsched.policies.base import (
+    check_eviction,
     Decision,
     ordered_eviction,
-    EVICTION_ORDERS,
     Param,
     Plan,
     Policy,
@@ -116,7 +118,8 @@ from jaxsched.policies.base import (
     view_memory,
     no_state,
 )
-from jaxsched.policies.registry import PolicyError, register
+from jaxsched.errors import PolicyError
+from jaxsched.policies.serving import ServerHints, cap_seats
 
 __all__ = [
     "WAIT_MODES",
@@ -190,9 +193,6 @@ def _user(info: dict, name: str, default):
 def _fit_wait(info: dict) -> dict:
     """``fit_defaults`` of ``wait`` (module docstring): fluid thresholds with rates, the
     practical rule without. Raises a one-line :class:`PolicyError` when infeasible."""
-    from jaxsched import theory
-    from jaxsched.errors import JaxschedError
-
     output = _float_list(info.get("output_len"))
     if output is None:
         return {}
@@ -252,9 +252,6 @@ def _fit_nested(info: dict) -> dict:
     at ``p_k``; the overflow guarantee is lost, LIFO eviction stays the safety net) with the
     entry cohorts' memory as ``safety_buffer``. Neither fits: a one-line :class:`PolicyError`.
     """
-    from jaxsched import theory
-    from jaxsched.errors import JaxschedError
-
     output = _float_list(info.get("output_len"))
     prompt = _float_list(info.get("prompt_len"))
     if output is None or prompt is None:
@@ -349,11 +346,18 @@ def _theory_d1(info: dict, name: str) -> float:
 # ---------------------------------------------------------------------------------- WAIT
 
 
-@register("wait")
+def _wait_server_flags(target, values) -> ServerHints:
+    """The batch limit is the server's running-request cap; thresholds (cohorts) have no
+    server flag."""
+    hints = ServerHints()
+    cap_seats(hints, target, values, "batch_limit")
+    return hints
+
+
 def wait(eviction: str = "newest", mode: str = "advance") -> Policy:
     """WAIT with per-class thresholds (module docstring): cohorts of ``n_j`` class-``j``
     requests enter when ``n_j`` wait; at most ``n_j`` residents per class and stage run."""
-    _check_option("eviction", eviction, EVICTION_ORDERS)
+    check_eviction(eviction)
     _check_option("mode", mode, WAIT_MODES)
 
     def admit(key, params, pstate, view):
@@ -425,6 +429,7 @@ def wait(eviction: str = "newest", mode: str = "advance") -> Policy:
         evict=ordered_eviction(eviction),
         known_lengths=True,  # needs each request's type (class = type = length) at admission
         fit_defaults=_fit_wait,
+        server_flags=_wait_server_flags,
     )
 
 
@@ -443,11 +448,10 @@ def _segments(params, slots: SlotView):
     return seg, at_entry, nonempty
 
 
-@register("nested_wait")
 def nested_wait(eviction: str = "newest") -> Policy:
     """Nested WAIT for unknown output lengths (module docstring): segments by stage
     boundaries, a cohort of ``n_k`` at each segment's entry, a safety buffer at admission."""
-    _check_option("eviction", eviction, EVICTION_ORDERS)
+    check_eviction(eviction)
 
     def admit(key, params, pstate, view):
         del key
@@ -503,6 +507,7 @@ def nested_wait(eviction: str = "newest") -> Policy:
         evict=ordered_eviction(eviction),
         known_lengths=False,
         fit_defaults=_fit_nested,
+        server_flags=_wait_server_flags,
     )
 
 

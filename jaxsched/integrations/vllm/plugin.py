@@ -28,12 +28,14 @@ Checks (the engine's settings as :class:`EngineSettings`):
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
+
 from jaxsched.errors import JaxschedError
+from jaxsched.export import load_policy
 
 __all__ = ["ENV_VAR", "PluginError", "EngineSettings", "PluginSetup", "plugin_options",
            "load_setup"]
@@ -148,8 +150,6 @@ def check_system(path: Path, doc, engine: EngineSettings) -> None:
 
 def param_values(policy, params) -> dict[str, Any]:
     """A parameter pytree as plain numbers (lists for per-class ones)."""
-    import numpy as np
-
     out = {}
     for name in policy.params:
         v = np.asarray(params[name])
@@ -159,8 +159,6 @@ def param_values(policy, params) -> dict[str, Any]:
 
 def load_setup(options: Mapping[str, Any], engine: EngineSettings) -> PluginSetup:
     """Read the policy file named by ``options`` and check it against ``engine``."""
-    from jaxsched.export import load_policy
-
     _check_engine_mode(engine)
     path = Path(options["policy"])
     if not path.is_file():

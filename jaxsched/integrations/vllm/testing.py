@@ -79,8 +79,8 @@ def write_policy_file(path: str | Path, policy: str, params: dict, *, capacity: 
     vLLM). ``workload`` is the
     ``[workload]`` table the file records (default: a small one-class Poisson stream);
     ``metrics`` the figures it records (default: not measured, null)."""
-    from jaxsched.config import config_from_dict
-    from jaxsched.export import config_snapshot, policy_document, workload_fingerprint, write_policy
+    from jaxsched.config import config_from_dict, config_snapshot, workload_fingerprint
+    from jaxsched.export import policy_document, write_policy
 
     workload = workload or {"kind": "poisson", "horizon": 200, "num_workloads": 1, "seed": 0,
                             "classes": [{"prompt_len": 16, "output_len": 16, "rate": 0.1}]}
