@@ -615,13 +615,3 @@ def _accumulate(acc: M.Accumulators, increments: M.Accumulators, on, hist_weight
 
     return jax.tree_util.tree_map_with_path(merge, acc, increments)
 
-
-def __getattr__(name: str):
-    """The rollout's entry points, defined in :mod:`jaxsched.rollout` (which imports this
-    module), are still reachable as ``sim.simulate``, ``sim.compiled_simulator`` and
-    ``sim.make_rollout``."""
-    if name in ("make_rollout", "compiled_simulator", "simulate"):
-        from jaxsched import rollout
-
-        return getattr(rollout, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

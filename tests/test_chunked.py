@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxsched import chunked, sim
+from jaxsched import chunked, rollout, sim
 from jaxsched import testing as jt
 from jaxsched.errors import JaxschedError
 from jaxsched.policies import get_policy, make_params
@@ -68,7 +68,7 @@ def test_chunks_and_streamed_batches_equal_one_scan_and_the_simulator():
     assert whole.trace.memory.shape == (3, SHAPE.horizon)
     assert np.sum(whole.final_completed) > 0 and np.sum(whole.metrics["evictions"]) > 0
 
-    ref = sim.simulate(get_policy("greedy"), SHAPE, KEYS, WORKLOADS, params)
+    ref = rollout.simulate(get_policy("greedy"), SHAPE, KEYS, WORKLOADS, params)
     jt.assert_same_rollout(parts, ref)  # the state's trajectory: bit for bit
     with pytest.raises(JaxschedError, match="one workload needs about"):
         _run(params, max_memory=100)

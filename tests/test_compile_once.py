@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxsched import sim
+from jaxsched import rollout, sim
 from jaxsched import testing as jt
 from jaxsched.policies import get_policy, make_params
 
@@ -55,7 +55,7 @@ def _params(policy, capacity, d0, d1, restart, max_num_seqs):
 def test_changing_traced_parameters_does_not_retrace():
     policy = get_policy("greedy")
     chex.clear_trace_counter()
-    counted = chex.assert_max_traces(sim.make_rollout(policy, SHAPE), n=1)
+    counted = chex.assert_max_traces(rollout.make_rollout(policy, SHAPE), n=1)
     fn = jax.jit(jax.vmap(counted, in_axes=(0, 0, None)))
     memories = set()
     for setting in SETTINGS:
@@ -69,12 +69,12 @@ def test_changing_traced_parameters_does_not_retrace():
 
 def test_compiled_simulator_cache_is_reused_across_parameters():
     policy = get_policy("greedy")
-    compiled = sim.compiled_simulator(policy, SHAPE)
-    assert sim.compiled_simulator(policy, SHAPE) is compiled  # cached on (policy, shape)
+    compiled = rollout.compiled_simulator(policy, SHAPE)
+    assert rollout.compiled_simulator(policy, SHAPE) is compiled  # cached on (policy, shape)
     compiled(KEYS, WORKLOADS, _params(policy, *SETTINGS[0]))
     size = compiled._cache_size()
     for setting in SETTINGS[1:]:
-        sim.simulate(policy, SHAPE, KEYS, WORKLOADS, _params(policy, *setting))
+        rollout.simulate(policy, SHAPE, KEYS, WORKLOADS, _params(policy, *setting))
     assert compiled._cache_size() == size
 
 
@@ -82,11 +82,11 @@ def test_compiled_simulator_cache_is_reused_across_parameters():
 def test_batched_parameters_equal_separate_calls(name):
     policy = get_policy(name)
     params = [_params(policy, *s) for s in SETTINGS]
-    batched = sim.simulate(policy, SHAPE, KEYS, WORKLOADS, jt.stack(params),
+    batched = rollout.simulate(policy, SHAPE, KEYS, WORKLOADS, jt.stack(params),
                            batched_params=True)
     assert np.asarray(batched.trace.memory).shape == (len(SETTINGS), 3, SHAPE.horizon)
     for p, one_params in enumerate(params):
-        one = sim.simulate(policy, SHAPE, KEYS, WORKLOADS, one_params)
+        one = rollout.simulate(policy, SHAPE, KEYS, WORKLOADS, one_params)
         for field in ("memory", "admitted", "evicted", "completed", "overflow", "num_waiting",
                       "prefill_tokens", "decode_tokens", "context_tokens", "discarded_tokens"):
             np.testing.assert_array_equal(np.asarray(getattr(batched.trace, field))[p],

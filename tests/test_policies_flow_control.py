@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from jaxsched import sim
+from jaxsched import rollout, sim
 from jaxsched import testing as jt
 from jaxsched.model import SimShape
 from jaxsched.policies import PolicyError, get_policy, make_params
@@ -318,7 +318,7 @@ def test_paper_setting_stays_within_the_memory_bound():
                           policy=make_params(pol, {"budget": b}, num_classes=3))
             for b, c in zip(budgets, capacities)
         ])
-        res = sim.simulate(pol, PAPER_SHAPE, keys, wls, params, batched_params=True)
+        res = rollout.simulate(pol, PAPER_SHAPE, keys, wls, params, batched_params=True)
         peak = np.asarray(res.trace.memory).max(axis=-1)  # (P, W)
         return peak, np.asarray(res.trace.overflow).any(axis=-1)
 
@@ -342,8 +342,8 @@ def test_vmapped_budgets_equal_single_calls_without_retracing(distribution):
                     jt.make_workload([(0.0, 2, 3)] * N)])
     keys = jax.random.split(jax.random.PRNGKey(7), 2)
     system = jt.as_system({"capacity": 24.0, "restart_on_evict": True})
-    single = sim.compiled_simulator(pol, SHAPE)  # shared with the tests above
-    batched = sim.compiled_simulator(pol, SHAPE, batched_params=True)
+    single = rollout.compiled_simulator(pol, SHAPE)  # shared with the tests above
+    batched = rollout.compiled_simulator(pol, SHAPE, batched_params=True)
 
     def params(b):
         return sim.SimParams(system=system, policy=make_params(pol, {"budget": b}))
@@ -367,9 +367,9 @@ def test_per_class_budgets_vmap():
     budgets = rng.uniform(0.0, 2.5, size=(8, 2)).astype(np.float32)
     ps = [sim.SimParams(system=system, policy=make_params(pol, {"budget": b}, num_classes=2))
           for b in budgets]
-    out = sim.simulate(pol, SHAPE, keys, wls, jt.stack(ps), batched_params=True)
+    out = rollout.simulate(pol, SHAPE, keys, wls, jt.stack(ps), batched_params=True)
     for i, p in enumerate(ps):
-        one = sim.simulate(pol, SHAPE, keys, wls, p)
+        one = rollout.simulate(pol, SHAPE, keys, wls, p)
         chex.assert_trees_all_equal(jax.tree.map(lambda x: x[i], out.trace), one.trace)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from jaxsched import sim
+from jaxsched import rollout, sim
 from jaxsched import testing as jt
 from jaxsched.model import BIG_CHUNK
 from jaxsched.policies import (
@@ -340,8 +340,8 @@ def test_vmapped_settings_equal_single_calls_without_retracing(name):
     keys = jax.random.PRNGKey(3)[None]
     # the simulators the rest of the module compiled (same policy, shape and N): a new
     # parameter setting must not add an entry to their jit caches
-    single = sim.compiled_simulator(pol, SHAPE, False)
-    batched = sim.compiled_simulator(pol, SHAPE, True)
+    single = rollout.compiled_simulator(pol, SHAPE, False)
+    batched = rollout.compiled_simulator(pol, SHAPE, True)
     out = batched(keys, wls, jt.stack(ps))
     single(keys, wls, ps[0])
     sizes = (single._cache_size(), batched._cache_size())

@@ -14,7 +14,7 @@ import pytest
 import hypothesis
 from hypothesis import strategies as st
 
-from jaxsched import sim, theory, workload
+from jaxsched import rollout, sim, theory, workload
 from jaxsched import testing as jt
 from jaxsched.model import SimShape, system_params
 from jaxsched.policies import (
@@ -275,7 +275,7 @@ def test_wait_at_fluid_thresholds_is_eviction_free_at_full_throughput(mode):
                                               jnp.array(FLUID["rate"]), duration, n))(keys)
     params = sim.SimParams(system=system_params(FLUID["capacity"], FLUID["d0"], FLUID["d1"]),
                            policy=make_params(pol, fitted, num_classes=2))
-    m = {k: np.asarray(v) for k, v in sim.simulate(pol, shape, keys, wls, params).metrics.items()}
+    m = {k: np.asarray(v) for k, v in rollout.simulate(pol, shape, keys, wls, params).metrics.items()}
     target = sum(r * o for r, o in zip(FLUID["rate"], FLUID["output_len"]))
     assert np.all(m["evictions"] == 0) and np.all(m["overflow_steps"] == 0)
     bound = sum(nj * o * (l + (o + 1) / 2) for nj, l, o in
@@ -312,8 +312,8 @@ def test_vmapped_settings_equal_single_calls_without_retracing(name, options):
     keys = jax.random.PRNGKey(3)[None]
     # the simulators the rest of the module compiled (same policy, shape and N): a new
     # parameter setting must not add an entry to their jit caches
-    single = sim.compiled_simulator(pol, SHAPE, False)
-    batched = sim.compiled_simulator(pol, SHAPE, True)
+    single = rollout.compiled_simulator(pol, SHAPE, False)
+    batched = rollout.compiled_simulator(pol, SHAPE, True)
     out = batched(keys, wls, jt.stack(ps))
     single(keys, wls, ps[0])
     sizes = (single._cache_size(), batched._cache_size())

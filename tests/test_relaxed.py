@@ -59,7 +59,7 @@ def _run(policy: str, values: dict, workload, relax: str, temperature=None, *, c
     pp = make_params(pol, values, num_classes=2)
     sp = sim.SimParams(system_params(capacity, 1.0, d1, True, d2, **split), pp,
                        None if relax == "hard" else jnp.float32(temperature))
-    res = sim.simulate(pol, shape, jax.random.PRNGKey(1)[None], jt.stack([workload]), sp)
+    res = rollout.simulate(pol, shape, jax.random.PRNGKey(1)[None], jt.stack([workload]), sp)
     return {k: float(np.asarray(v)[0]) for k, v in res.metrics.items()}
 
 

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxsched import chunked, sim
+from jaxsched import chunked, rollout, sim
 from jaxsched import sharding as S
 from jaxsched import stream as ST
 from jaxsched import testing as jt
@@ -63,7 +63,7 @@ def test_streamed_window_equals_the_simulator_on_the_materialized_stream(kind, p
     full = jax.vmap(lambda k: ST.materialize(k, spec, sp, 80))(SKEYS)  # 640 requests each
     assert full.arrival.shape == (W, 640)
     assert np.all(np.asarray(full.arrival[:, -1]) > res.final_time)  # holds all it reached
-    ref = sim.simulate(policy, SHAPE, RKEYS, full, params)
+    ref = rollout.simulate(policy, SHAPE, RKEYS, full, params)
     # the window slid far: many more requests arrived than it holds
     assert int(np.min(res.final_arrived)) > 1.5 * spec.window
     jt.assert_same_rollout(res, ref)  # the whole trajectory, bit for bit
