@@ -20,20 +20,21 @@ import resource
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
+
+from jaxsched import api
+from jaxsched.config import load_config
+from tuning import optuna_search as osr
+from tuning.gradient_search import (_compile_update, _initial_points, _optimizer,
+                                    gradient_settings, remat_segment)
+from tuning.settings import tune_settings
+
 __all__ = ["measure", "main"]
 
 
 def measure(cfg, remat: int | None = None, run: bool = False) -> dict:
     """Figures of one compiled descent step of the config's gradient tuner (see module)."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxsched import api
-    from tuning import optuna_search as osr
-    from tuning.gradient_search import (_compile_update, _initial_points, _optimizer,
-                                        gradient_settings, remat_segment)
-    from tuning.settings import tune_settings
-
     job = osr.prepare(cfg, tune_settings(cfg.tune, cfg.source))
     gs = gradient_settings(job.settings.gradient, cfg.source)
     if remat is not None:
@@ -69,8 +70,6 @@ def measure(cfg, remat: int | None = None, run: bool = False) -> dict:
 
 
 def main(argv=None) -> int:
-    from jaxsched.config import load_config
-
     ap = argparse.ArgumentParser(prog="python -m tuning.gradient_memory",
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("config")
