@@ -208,6 +208,7 @@ def test_cli_two_processes_print_the_single_process_result(runs):
         assert len(out.strip().splitlines()) == 1, out  # exactly one JSON object on stdout
         got = json.loads(out)
         del got["sim_seconds"], got["compile_seconds"]
+        assert got.pop("run")["workload"]["num_workloads"] == 8  # what was run (CLI only)
         assert got == expected, i  # exact (non-finite values are null in both)
     assert (tmp / "plot0.png").stat().st_size > 0
     assert not (tmp / "plot1.png").exists()  # only process 0 writes files
