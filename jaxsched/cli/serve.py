@@ -398,7 +398,6 @@ def compare_sim(
 ):
     """Replay the same requests through the engine and the calibrated simulator."""
     from rich.console import Console
-    from rich.table import Table
 
     from jaxsched.cli.sanity import comparison_warnings, warn
     from jaxsched.engine import compare as C
@@ -499,15 +498,7 @@ def compare_sim(
                   f"d1_prefill = {1e6 * system['d1_prefill']:.4f} us/token, "
                   f"d1_context = {1e6 * system['d1_context']:.4f} us/token, "
                   f"d2 = {1e3 * float(system.get('d2', 0.0)):.4f} ms/prefilling request")
-    table = Table()
-    for col in ("metric", "engine", "simulator", "rel error"):
-        table.add_column(col, justify="right")
-    for key in C.COMPARE_KEYS:
-        e, s = result.engine[key], result.sim[key]
-        fmt = (lambda x: f"{x:.0f}") if key in ("completed", "evictions", "peak_kv_tokens") \
-            else (lambda x: f"{x:.4g}")
-        table.add_row(key, fmt(e), fmt(s), "n/a" if rel[key] != rel[key] else f"{rel[key]:.1%}")
-    console.print(table)
+    console.print(_comparison_table(result, rel, C.COMPARE_KEYS, "engine"))
     console.print(f"engine: {result.engine_iterations} iterations on a virtual clock advanced by "
                   f"measured compute time ({timer} timer, fastest of {repeat_calls}"
                   + (f", scaled by the speed probe (reference {1e3 * reference:.3f} ms)"
@@ -516,11 +507,26 @@ def compare_sim(
                   "in seconds")
 
 
+def _comparison_table(result, rel, keys, engine_label: str):
+    """compare-sim's table: each metric for the engine and the simulator, and their relative
+    error (counts as integers)."""
+    from rich.table import Table
+
+    table = Table()
+    for col in ("metric", engine_label, "simulator", "rel error"):
+        table.add_column(col, justify="right")
+    for key in keys:
+        fmt = (lambda x: f"{x:.0f}") if key in ("completed", "evictions", "peak_kv_tokens") \
+            else (lambda x: f"{x:.4g}")
+        table.add_row(key, fmt(result.engine[key]), fmt(result.sim[key]),
+                      "n/a" if rel[key] != rel[key] else f"{rel[key]:.1%}")
+    return table
+
+
 def _compare_vllm(policy, profile, workload, model, plot, num_requests, max_output, time_scale,
                   rate, timer, seed, as_json, err, vllm_options):
     """compare-sim --engine vllm (jaxsched.integrations.vllm.cli)."""
     from rich.console import Console
-    from rich.table import Table
 
     from jaxsched.engine import compare as C
     from jaxsched.integrations.vllm import cli as V
@@ -550,15 +556,7 @@ def _compare_vllm(policy, profile, workload, model, plot, num_requests, max_outp
                   f"{1e3 * system['d0']:.4f} ms, d1_prefill = {1e6 * system['d1_prefill']:.4f} "
                   f"us, d1_context = {1e6 * system['d1_context']:.4f} us, d2 = "
                   f"{1e3 * float(system.get('d2', 0.0)):.4f} ms")
-    table = Table()
-    for col in ("metric", "vLLM", "simulator", "rel error"):
-        table.add_column(col, justify="right")
-    for key in result.keys:
-        e, s = result.engine[key], result.sim[key]
-        fmt = (lambda x: f"{x:.0f}") if key in ("completed", "evictions", "peak_kv_tokens") \
-            else (lambda x: f"{x:.4g}")
-        table.add_row(key, fmt(e), fmt(s), "n/a" if rel[key] != rel[key] else f"{rel[key]:.1%}")
-    console.print(table)
+    console.print(_comparison_table(result, rel, result.keys, "vLLM"))
     console.print(f"vLLM: {result.engine_iterations} steps on a virtual clock advanced by each "
                   f"step's measured time ({out['timer']} timer); simulator: "
                   f"{result.sim_iterations} busy iterations; KV in tokens (M_k), time in seconds")
