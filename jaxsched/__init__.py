@@ -1,6 +1,6 @@
 """jaxsched: design, tune and ship KV-memory scheduling policies for LLM inference.
 
-The model of the system is stated once, in :mod:`jaxsched.model`.
+The model of the system is stated once, in :mod:`jaxsched.core.model`.
 
 The names below are imported on first use (PEP 562), so that ``import jaxsched.cli`` (and a
 usage error, or ``--version``) does not pay for importing JAX.
@@ -20,18 +20,18 @@ _LAZY = {  # name: the module it comes from
     "Config": "jaxsched.config",
     "load_config": "jaxsched.config",
     "JaxschedError": "jaxsched.errors",
-    "METRIC_KEYS": "jaxsched.metrics",
-    "SimShape": "jaxsched.model",
-    "SystemParams": "jaxsched.model",
-    "Workload": "jaxsched.model",
-    "system_params": "jaxsched.model",
+    "METRIC_KEYS": "jaxsched.core.metrics",
+    "SimShape": "jaxsched.core.model",
+    "SystemParams": "jaxsched.core.model",
+    "Workload": "jaxsched.core.model",
+    "system_params": "jaxsched.core.model",
     "Policy": "jaxsched.policies",
     "get_policy": "jaxsched.policies",
     "list_policies": "jaxsched.policies",
     "make_params": "jaxsched.policies",
-    "SimParams": "jaxsched.sim",
-    "compiled_simulator": "jaxsched.rollout",
-    "simulate": "jaxsched.rollout",
+    "SimParams": "jaxsched.core.sim",
+    "compiled_simulator": "jaxsched.core.rollout",
+    "simulate": "jaxsched.core.rollout",
 }
 
 

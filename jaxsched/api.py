@@ -18,13 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsched import metrics as M
+from jaxsched.core import metrics as M
 from jaxsched.config import Config
 from jaxsched.errors import JaxschedError
-from jaxsched.model import SimShape, Workload, system_params
+from jaxsched.core.model import SimShape, Workload, system_params
 from jaxsched.policies import Policy, get_policy, make_params
-from jaxsched.sim import SimParams
-from jaxsched.stream import STREAM_KINDS
+from jaxsched.core.sim import SimParams
+from jaxsched.running.stream import STREAM_KINDS
 
 __all__ = [
     "Experiment",
@@ -69,7 +69,7 @@ class SimulationResult:
     latency_hist: np.ndarray | None = None  # (W, NUM_BINS) when recorded
     arrivals_ended: float = 0.0  # fraction of workloads whose clock passed the arrival span
     final_completed: np.ndarray | None = None  # (W,) requests completed over all iterations
-    run_stats: Any = None  # jaxsched.chunked.RunStats: devices, chunks, batches, peak memory
+    run_stats: Any = None  # jaxsched.running.chunked.RunStats: devices, chunks, batches, peak memory
     stream_note: str = ""  # why an automatically streamed run fell back to full arrays
 
     @property
@@ -111,7 +111,7 @@ def _tau_bound(cfg: Config) -> float:
 
 
 def _load_trace(cfg: Config):
-    from jaxsched import traces
+    from jaxsched.workloads import traces
 
     wl = cfg.workload
     path = Path(wl.path)
@@ -170,11 +170,11 @@ def _duration_and_size(cfg: Config, trace=None) -> tuple[float, int]:
     wl = cfg.workload
     duration = wl.duration or wl.horizon * _tau_bound(cfg)
     if wl.kind == "poisson":
-        from jaxsched.workload import poisson_num_requests
+        from jaxsched.workloads.generators import poisson_num_requests
 
         n = poisson_num_requests(_class_arrays(cfg)[2], duration)
     elif wl.kind == "bursty":
-        from jaxsched.workload import poisson_num_requests
+        from jaxsched.workloads.generators import poisson_num_requests
 
         b = wl.bursty or _default_bursty()
         peak = _class_arrays(cfg)[2] * max(b.high_factor, b.low_factor)
@@ -222,7 +222,7 @@ def build_workloads(cfg: Config, num_requests: int | None = None, duration: floa
                     keys=None) -> tuple[jax.Array, Workload]:
     """``(rollout keys (W,), workload batch (W, N))`` for the config; each replica has its own
     key (derived from ``workload.seed``)."""
-    from jaxsched import workload as wlmod
+    from jaxsched.workloads import generators as wlmod
 
     wl = cfg.workload
     trace = _load_trace(cfg) if wl.kind == "trace" else None
@@ -299,11 +299,11 @@ def _tau_and_rate(cfg: Config, trace=None) -> float:
     prompt, output, rate, _ = _class_arrays(cfg)
     kind = cfg.workload.kind
     if kind == "saturated":
-        from jaxsched.workload import memory_time
+        from jaxsched.workloads.generators import memory_time
 
         return cfg.capacity / float(np.min(memory_time(prompt, output)))
     if kind == "trace":
-        from jaxsched.workload import trace_period
+        from jaxsched.workloads.generators import trace_period
 
         per_time = len(trace.arrival) / (trace_period(trace.arrival) * cfg.workload.time_scale)
     else:
@@ -316,12 +316,12 @@ def _tau_and_rate(cfg: Config, trace=None) -> float:
 
 def stream_setup(exp: Experiment, chunk: int | None = None, window: int | None = None):
     """``(StreamSpec, StreamParams)`` of the config's workload kind for a streamed run
-    (:mod:`jaxsched.stream`); the window is ``window`` requests (rounded down to whole
-    blocks) or chosen from the arrivals per chunk (:func:`jaxsched.stream.choose_window`).
+    (:mod:`jaxsched.running.stream`); the window is ``window`` requests (rounded down to whole
+    blocks) or chosen from the arrivals per chunk (:func:`jaxsched.running.stream.choose_window`).
     Padding follows the full-array generators: arrivals at or after the duration, and for
     ``saturated`` (or with ``workload.max_requests``) stream indices ``>= N``."""
-    from jaxsched import stream as ST
-    from jaxsched.chunked import choose_chunk
+    from jaxsched.running import stream as ST
+    from jaxsched.running.chunked import choose_chunk
 
     cfg = exp.config
     wl = cfg.workload
@@ -355,22 +355,22 @@ def run_experiment(exp: Experiment, keys=None, workloads: Workload | None = None
                    stream: bool | None = False, window: int | None = None) -> SimulationResult:
     """Compile (timed separately), run, and summarize.
 
-    The batch goes through :func:`jaxsched.chunked.run_chunked`: sharded over ``devices`` (a
+    The batch goes through :func:`jaxsched.running.chunked.run_chunked`: sharded over ``devices`` (a
     count; default every device), the horizon in calls of ``chunk`` iterations, streamed in
     batches that fit ``max_memory`` bytes per device (default: from the free memory). None
     of the three changes a result. ``progress(message, done, total)`` is called per chunk.
 
     ``stream``: generate each workload block by block into a sliding window of requests on
-    the device (:mod:`jaxsched.stream`; ``window`` requests, default automatic) instead of
+    the device (:mod:`jaxsched.running.stream`; ``window`` requests, default automatic) instead of
     building its full request arrays, so memory does not grow with the horizon; the sample
     paths differ from the full-array generators'. ``None`` decides automatically: stream
     when the kind supports it, the workloads are not given, and the full arrays of one
     replica would exceed :data:`STREAM_AUTO_BYTES` with a window at most half their size
     (or when ``window`` is given); if the queue then outgrows the window the run starts
     again with full arrays (``SimulationResult.stream_note`` says so). An explicit
-    ``stream=True`` raises :class:`jaxsched.stream.WindowTooSmall` instead.
+    ``stream=True`` raises :class:`jaxsched.running.stream.WindowTooSmall` instead.
     """
-    from jaxsched.chunked import run_chunked
+    from jaxsched.running.chunked import run_chunked
 
     params = exp.params if params is None else params
     kind = exp.config.workload.kind
@@ -408,7 +408,7 @@ def run_experiment(exp: Experiment, keys=None, workloads: Workload | None = None
             return keys[lo:hi], jax.tree.map(lambda x: x[lo:hi], workloads)
     n_req = int(jax.tree.leaves(workloads)[0].shape[-1]) if workloads is not None \
         else exp.num_requests
-    from jaxsched.stream import WindowTooSmall
+    from jaxsched.running.stream import WindowTooSmall
 
     try:
         res, stats = run_chunked(exp.policy, exp.shape, params, num, get_batch, n_req,

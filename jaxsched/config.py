@@ -14,7 +14,7 @@ A config has four tables::
 Unknown keys, wrong types and out-of-range values are refused with one line naming the file
 and the key. ``--set section.key=value`` overrides are applied before validation.
 
-Iteration-time coefficients (:mod:`jaxsched.model`): ``d1`` is the papers' single coefficient
+Iteration-time coefficients (:mod:`jaxsched.core.model`): ``d1`` is the papers' single coefficient
 and means ``d1_prefill = d1_context = d1``. One table (a config's ``[system]``, a profile) may
 give ``d1`` together with a split key only if they are equal; otherwise it is refused in one
 line. A config's keys override its profile's: ``d1`` sets both, a split key its own.
@@ -31,7 +31,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from jaxsched import traces
+from jaxsched.workloads import traces
 from jaxsched.errors import JaxschedError
 
 __all__ = [
@@ -247,7 +247,7 @@ class HardwareProfile(_Strict):
     ``kv_bytes_per_token = 2 * num_layers * num_kv_heads * head_dim * kv_bytes`` (K and V
     for every layer and KV head), divided by ``tensor_parallel`` GPUs' worth of weights and
     multiplied by their memory. ``d0, d1_prefill, d1_context, d2``: the iteration time
-    ``tau = d0 + d1_prefill P + d1_context D + d2 R`` (:mod:`jaxsched.model`; ``d2`` per
+    ``tau = d0 + d1_prefill P + d1_context D + d2 R`` (:mod:`jaxsched.core.model`; ``d2`` per
     prefilling request, default 0); an older profile's single ``d1`` gives both.
     """
 
@@ -549,7 +549,7 @@ def config_from_dict(data: dict, source: str = "<config>", base_dir: Path | None
         raise JaxschedError(f"{source}: system.d0: d0 + d1 must be positive")
     cap = resolved["capacity"]
     bs = int(resolved.get("block_size", 1))
-    usable = cap if bs == 1 else bs * math.floor(cap / bs)  # C_b, jaxsched.model
+    usable = cap if bs == 1 else bs * math.floor(cap / bs)  # C_b, jaxsched.core.model
     blocks = "" if bs == 1 else f" ({usable:g} in whole blocks of {bs})"
     for i, c in enumerate(cfg.workload.classes):
         if c.prompt_len >= usable:

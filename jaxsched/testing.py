@@ -13,7 +13,7 @@ Typical use in a policy's test module::
         jax_run, ref = jt.run_both("my_policy", SHAPE, wl, system, options={"eviction": "newest"})
         jt.assert_same_trajectory(jax_run, ref)
 
-Keep one :class:`~jaxsched.model.SimShape` and one workload length ``N`` per test module:
+Keep one :class:`~jaxsched.core.model.SimShape` and one workload length ``N`` per test module:
 the jitted simulator is cached per (policy, shape) and compiled once per ``N``; everything
 else (capacity, ``d0``, ``d1``, ``d2``, ``restart_on_evict``, policy parameters, the workload's
 contents) is traced and reused across examples.
@@ -36,12 +36,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsched import chunked, rollout, sim
-from jaxsched.metrics import METRIC_KEYS
-from jaxsched.model import SimShape, SystemParams, Workload, system_params
+from jaxsched.running import chunked
+from jaxsched.core import rollout, sim
+from jaxsched.core.metrics import METRIC_KEYS
+from jaxsched.core.model import SimShape, SystemParams, Workload, system_params
 from jaxsched.policies import get_policy, list_policies, make_params, policy_options
 from jaxsched.policies.base import EVICTION_ORDERS, Policy
-from jaxsched.reference import (
+from jaxsched.reference.simulator import (
     STEP_FIELDS,
     ReferenceResult,
     reference_for,
@@ -270,8 +271,8 @@ def run_jax(policy: str | Policy, shape: SimShape, workload: Workload, system: A
             params: Mapping[str, Any] | None = None, options: Mapping[str, Any] | None = None,
             key: jax.Array | None = None) -> JaxRun:
     """Run one workload with a trace on the path ``jaxsched simulate`` runs
-    (:func:`jaxsched.chunked.run_chunked`: the phases of :mod:`jaxsched.rollout`, the horizon
-    in chunks of at most :data:`~jaxsched.chunked.DEFAULT_CHUNK` iterations, one device).
+    (:func:`jaxsched.running.chunked.run_chunked`: the phases of :mod:`jaxsched.core.rollout`, the horizon
+    in chunks of at most :data:`~jaxsched.running.chunked.DEFAULT_CHUNK` iterations, one device).
     ``params``: user values for :func:`make_params` or an already built parameter dict
     (defaults for the rest)."""
     pol = _policy(policy, options)
@@ -329,9 +330,9 @@ def _state_scanner(policy: Policy, shape: SimShape):
 def jax_states(policy: str | Policy, shape: SimShape, workload: Workload, system: Any,
                params: Mapping[str, Any] | None = None,
                options: Mapping[str, Any] | None = None, key: jax.Array | None = None):
-    """``(states, trace)``: the :class:`~jaxsched.model.SimState` after every iteration and the
-    :class:`~jaxsched.sim.StepOutput` of every iteration (leading axis H), for one workload,
-    by scanning :func:`jaxsched.sim.step` (for tests that need per-request state, which
+    """``(states, trace)``: the :class:`~jaxsched.core.model.SimState` after every iteration and the
+    :class:`~jaxsched.core.sim.StepOutput` of every iteration (leading axis H), for one workload,
+    by scanning :func:`jaxsched.core.sim.step` (for tests that need per-request state, which
     ``RolloutResult`` does not carry)."""
     pol = _policy(policy, options)
     shape = dataclasses.replace(shape, record_trace=True)
@@ -506,8 +507,8 @@ name = "{policy}"
 
 
 def assert_same_rollout(result: Any, ref: Any) -> None:
-    """A chunked, sharded or streamed :class:`~jaxsched.sim.RolloutResult` against
-    :func:`jaxsched.sim.simulate`'s: the trajectory (when recorded), final counters and latency
+    """A chunked, sharded or streamed :class:`~jaxsched.core.sim.RolloutResult` against
+    :func:`jaxsched.core.sim.simulate`'s: the trajectory (when recorded), final counters and latency
     histogram bit for bit; the metrics to one ulp (``rtol = 1e-6``: float arithmetic on the
     same accumulators, which XLA may round differently in two programs)."""
     import dataclasses

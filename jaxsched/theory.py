@@ -21,7 +21,7 @@ Three families, each cited by paper and section as in ``PAPERS.md``:
 :func:`theory_report` strings them together into printable rows.
 
 Iteration time: these take the papers' ``tau = d0 + d1 (P + D)`` (``d0, d1`` only). The
-simulator's per-prefilling-request term ``d2 R`` (:mod:`jaxsched.model`) is outside the
+simulator's per-prefilling-request term ``d2 R`` (:mod:`jaxsched.core.model`) is outside the
 papers' model and not in any bound here; with ``d2 > 0`` the theory describes a system whose
 iterations are faster than the simulated ones. The simulator's split coefficients
 ``d1_prefill``, ``d1_context`` are the papers' ``d1`` when equal; when they differ no formula

@@ -1,5 +1,5 @@
 """The benchmarks' second reference: the tight plain-Python loop of greedy admission on a
-saturated backlog (jaxsched.bench.tight_greedy) is the model, checked against the reference
+saturated backlog (jaxsched.tools.bench.tight_greedy) is the model, checked against the reference
 simulator; ``bench sim`` times it beside the reference on the same workloads."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from jaxsched import api
-from jaxsched.bench import plain_params, tight_greedy
+from jaxsched.tools.bench import plain_params, tight_greedy
 from jaxsched.cli import main
 from jaxsched.config import load_config
-from jaxsched.reference import reference_for, simulate_reference
+from jaxsched.reference.simulator import reference_for, simulate_reference
 
 
 @pytest.mark.parametrize("overrides", [

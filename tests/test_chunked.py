@@ -8,7 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxsched import chunked, rollout, sim
+from jaxsched.running import chunked
+from jaxsched.core import rollout, sim
 from jaxsched import testing as jt
 from jaxsched.errors import JaxschedError
 from jaxsched.policies import get_policy, make_params

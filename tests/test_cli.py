@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from jaxsched.cli import main
-from jaxsched.metrics import METRIC_KEYS
+from jaxsched.core.metrics import METRIC_KEYS
 
 SMALL = ["--set", "workload.num_workloads=2", "--set", "workload.horizon=120",
          "--set", "workload.warmup=20"]

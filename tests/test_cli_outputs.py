@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from jaxsched.cli.sanity import comparison_warnings, reproduction_warnings
-from jaxsched.reproduce import PolicyRow, Reproduction
+from jaxsched.tools.reproduce import PolicyRow, Reproduction
 
 COLS80 = {**os.environ, "COLUMNS": "80"}
 

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxsched import rollout, sim
+from jaxsched.core import rollout, sim
 from jaxsched import testing as jt
 from jaxsched.policies import get_policy, make_params
 

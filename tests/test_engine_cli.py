@@ -259,7 +259,7 @@ def test_serve_subprocess():
 
 
 def test_compare_sim_with_exported_policy_file(profile, tmp_path, capsys):
-    ex = pytest.importorskip("jaxsched.export")
+    ex = pytest.importorskip("jaxsched.export.policy_file")
     snapshot = {
         "system": {"capacity": 1024.0, "d0": 0.002, "d1": 3e-6, "max_batch": 8,
                    "queue_size": 16, "restart_on_evict": False},

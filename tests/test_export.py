@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxsched import export as ex
+from jaxsched.export.policy_file import policy_file as ex
 from jaxsched.cli import main
 from jaxsched.config import config_snapshot, load_config
 from jaxsched.errors import JaxschedError
-from jaxsched.server_flags import server_config
+from jaxsched.export.server_flags import server_config
 from jaxsched.testing import small_tuning_config
 from tuning import optuna_search as osr
 from tuning.export_study import export_from_study

@@ -1,4 +1,4 @@
-"""Golden trajectories computed by hand from the model (jaxsched/model.py), asserted iteration
+"""Golden trajectories computed by hand from the model (jaxsched/core/model.py), asserted iteration
 by iteration against both the JAX simulator and the reference simulator.
 
 Each expected row lists, for iteration k, the StepOutput fields in this order:
@@ -16,7 +16,7 @@ import math
 import pytest
 
 from jaxsched import testing as jt
-from jaxsched.reference import STEP_FIELDS
+from jaxsched.reference.simulator import STEP_FIELDS
 
 SHAPE = jt.small_shape(max_batch=8, queue_size=16, horizon=12, num_classes=1)
 SHAPE_2SLOTS = jt.small_shape(max_batch=2, queue_size=16, horizon=12, num_classes=1)

@@ -5,7 +5,7 @@
   C) and a multiple of the block size; at most max_batch residents; an overflow evicts
   someone; the clock advances by tau = d0 + d1_prefill P + d1_context D + d2 R; the
   cumulative counters and the metrics agree with the trace.
-* From the state after every iteration (scanning ``jaxsched.sim.step``): the tokens
+* From the state after every iteration (scanning ``jaxsched.core.sim.step``): the tokens
   generated add up (decoded = outputs of the completed + progress of the residents + tokens
   kept by waiting requests + tokens discarded by restarts); a request completes exactly in the
   iteration in which it generates its o-th token; its latency is at least o iterations; the

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from jaxsched import metrics as M
+from jaxsched.core import metrics as M
 from jaxsched import testing as jt
-from jaxsched.reference import nearest_rank
+from jaxsched.reference.simulator import nearest_rank
 
 REL = 2.0 ** (1.0 / M.BINS_PER_OCTAVE) - 1.0  # one bin: 1.089%
 assert REL < 0.011

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from jaxsched import api, testing as jt
-from jaxsched.chunked import plan_run, rollout_bytes
+from jaxsched.running.chunked import plan_run, rollout_bytes
 from jaxsched.cli import main
 from jaxsched.config import DEFAULT_CONFIG, load_config
 
@@ -47,7 +47,7 @@ _SCRIPT = textwrap.dedent("""
     assert code == 0, code
     import jax
     from jaxsched.config import DEFAULT_CONFIG, load_config
-    from jaxsched.sharding import native_stdout_to_stderr
+    from jaxsched.running.sharding import native_stdout_to_stderr
     from tests.test_multiprocess import params_batch
     from jaxsched import JaxschedError, run
     with native_stdout_to_stderr():  # gloo's messages for the new process groups

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from jaxsched import rollout, sim
+from jaxsched.core import rollout, sim
 from jaxsched import testing as jt
-from jaxsched.model import SimShape
+from jaxsched.core.model import SimShape
 from jaxsched.policies import PolicyError, get_policy, make_params
 from jaxsched.policies.flow_control import draw_budget, memory_time
-from jaxsched.reference import reference_for, simulate_reference
+from jaxsched.reference.simulator import reference_for, simulate_reference
 
 SHAPE = jt.small_shape(max_batch=4, queue_size=6, horizon=32, num_classes=2)
 N = 16
@@ -38,7 +38,7 @@ EXAMPLES = 12
 
 @functools.lru_cache(maxsize=None)
 def _admit_key_fn(horizon: int):
-    """The admission keys the simulator derives from a rollout key (see ``jaxsched.sim``)."""
+    """The admission keys the simulator derives from a rollout key (see ``jaxsched.core.sim``)."""
     return jax.jit(lambda key: jax.vmap(lambda t: sim.step_keys(key, t)[0])(
         jnp.arange(horizon)))
 

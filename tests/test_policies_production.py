@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from jaxsched import rollout, sim
+from jaxsched.core import rollout, sim
 from jaxsched import testing as jt
-from jaxsched.model import BIG_CHUNK
+from jaxsched.core.model import BIG_CHUNK
 from jaxsched.policies import (
     PolicyError,
     QueueView,
@@ -30,8 +30,8 @@ from jaxsched.policies import (
     policy_options,
 )
 from jaxsched.policies.production import budget_plan, retract
-from jaxsched.reference import reference_for, simulate_reference
-from jaxsched.refpolicies import REFERENCE_POLICIES, RefResident, RefView
+from jaxsched.reference.simulator import reference_for, simulate_reference
+from jaxsched.reference.policies import REFERENCE_POLICIES, RefResident, RefView
 
 SHAPE = jt.small_shape(max_batch=4, queue_size=6, horizon=32, num_classes=2)
 N = 16

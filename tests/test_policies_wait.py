@@ -14,9 +14,11 @@ import pytest
 import hypothesis
 from hypothesis import strategies as st
 
-from jaxsched import rollout, sim, theory, workload
+from jaxsched.core import rollout, sim
+from jaxsched import theory
+from jaxsched.workloads import generators as workload
 from jaxsched import testing as jt
-from jaxsched.model import SimShape, system_params
+from jaxsched.core.model import SimShape, system_params
 from jaxsched.policies import (
     PolicyError,
     QueueView,
@@ -28,8 +30,8 @@ from jaxsched.policies import (
     policy_options,
 )
 from jaxsched.policies.wait import check_shape, nested_chain
-from jaxsched.reference import reference_for, simulate_reference
-from jaxsched.refpolicies import REFERENCE_POLICIES, RefResident, RefView
+from jaxsched.reference.simulator import reference_for, simulate_reference
+from jaxsched.reference.policies import REFERENCE_POLICIES, RefResident, RefView
 
 SHAPE = jt.small_shape(max_batch=5, queue_size=6, horizon=32, num_classes=2)
 N = 16

@@ -7,7 +7,7 @@
 * ``d1`` means both coefficients; a table that gives ``d1`` and a split coefficient that
   differs is refused in one line; a config's keys override its profile's; an old profile with
   only ``d1`` keeps working; the theory's single ``d1`` is refused when the two differ.
-* Vidur's CSV columns are read by ``jaxsched.vidur`` and the fit recovers known coefficients.
+* Vidur's CSV columns are read by ``jaxsched.tools.vidur`` and the fit recovers known coefficients.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def test_wait_reproductions_keep_the_papers_single_d1():
 
 
 def test_vidur_reader_and_fit_recover_known_coefficients(tmp_path):
-    from jaxsched import vidur
+    from jaxsched.tools import vidur
 
     # Synthetic Vidur-format files, per layer: the token-wise operators take 0.3 ms up to 64
     # tokens and 0.3 + 0.002 n at the prefill sizes, attention decode 1e-5 ms per cached token

@@ -6,7 +6,7 @@ Every example runs four systems on the same workload: restart_on_evict false and
 slotted (d0=1, d1=0) and with an iteration-time model (dyadic d0, d1_prefill, d1_context > 0,
 equal or not), each with a block size drawn from 1, 2 and 4 (memory in whole blocks). A
 policy registered
-without a twin in jaxsched/refpolicies fails here. The shape and workload length are those of
+without a twin in jaxsched/reference/policies fails here. The shape and workload length are those of
 the policy test modules, so a full run reuses their compiled simulators; XLA optimizations
 are off while this module compiles (compile time dominates; results are unchanged).
 """
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from jaxsched import testing as jt
 from jaxsched.policies import list_policies
-from jaxsched.refpolicies import REFERENCE_POLICIES
+from jaxsched.reference.policies import REFERENCE_POLICIES
 
 SHAPE = jt.small_shape(max_batch=4, queue_size=6, horizon=32, num_classes=2)
 N = 16
@@ -48,7 +48,7 @@ def _id(variant):
 
 def test_every_registered_policy_has_a_twin():
     missing = [name for name in list_policies() if name not in REFERENCE_POLICIES]
-    assert not missing, f"policies without a reference twin in jaxsched/refpolicies: {missing}"
+    assert not missing, f"policies without a reference twin in jaxsched/reference/policies: {missing}"
 
 
 def test_variants_cover_every_policy_and_eviction_order():
@@ -62,7 +62,7 @@ def test_variants_cover_every_policy_and_eviction_order():
 def test_jax_matches_reference(variant):
     name, options = variant
     if name not in REFERENCE_POLICIES:
-        pytest.fail(f"policy {name!r} has no reference twin in jaxsched/refpolicies")
+        pytest.fail(f"policy {name!r} has no reference twin in jaxsched/reference/policies")
 
     @hypothesis.settings(jt.HYPOTHESIS_SETTINGS,
                          max_examples=EXAMPLES_OTHER_EVICTION if options else EXAMPLES)

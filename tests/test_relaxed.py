@@ -1,4 +1,4 @@
-"""The relaxed and straight-through modes of the simulator (``jaxsched.model.RELAX_MODES``).
+"""The relaxed and straight-through modes of the simulator (``jaxsched.core.model.RELAX_MODES``).
 
 * As the temperature goes to 0 the relaxed metrics approach the hard ones (and equal them at
   a temperature where every sigmoid saturates); at a high temperature they differ.
@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsched import rollout, sim
+from jaxsched.core import rollout, sim
 from jaxsched import testing as jt
-from jaxsched.model import SimShape, system_params
+from jaxsched.core.model import SimShape, system_params
 from jaxsched.policies import get_policy, make_params
 
 CASES = [

@@ -6,7 +6,7 @@ import numpy as np
 
 from jaxsched import api, theory
 from jaxsched.config import load_config
-from jaxsched.reproduce import (
+from jaxsched.tools.reproduce import (
     WAIT_LABELS,
     _saturated_config,
     _wait_bound,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxsched import scaling
+from jaxsched.tools import scaling
 from jaxsched import testing as jt
 from jaxsched.cli import main
 from jaxsched.config import DEFAULT_CONFIG, load_config
@@ -63,10 +63,10 @@ def test_bench_scale_flag_errors(argv, start, capsys):
 
 
 def test_profiling_before_variant_applies():
-    from jaxsched import profiling
+    from jaxsched.tools import profiling
 
     before = profiling.sim_variant((profiling._BEFORE_SEARCH_BLOCK,))
-    assert hasattr(before, "step") and before is not np  # the rollout lives in jaxsched.rollout
+    assert hasattr(before, "step") and before is not np  # the rollout lives in jaxsched.core.rollout
 
 
 def test_profiling_ab_step_checks_the_trajectories(tmp_path):
@@ -74,7 +74,8 @@ def test_profiling_ab_step_checks_the_trajectories(tmp_path):
     carries; a step whose iterations last twice as long is refused before any timing."""
     from pathlib import Path
 
-    from jaxsched import profiling, sim
+    from jaxsched.tools import profiling
+    from jaxsched.core import sim
 
     source = Path(sim.__file__).read_text()
     exp, keys, wl = profiling.load_case(2, 12, ("system.max_batch=8", "system.queue_size=4"))

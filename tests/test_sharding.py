@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from jaxsched import sharding as S
+from jaxsched.running import sharding as S
 from jaxsched.cli import main
 
 # Runs in a subprocess: the device count is fixed when JAX starts.

@@ -9,12 +9,13 @@ import jax
 import numpy as np
 import pytest
 
-from jaxsched import chunked, rollout, sim
-from jaxsched import sharding as S
-from jaxsched import stream as ST
+from jaxsched.running import chunked
+from jaxsched.core import rollout, sim
+from jaxsched.running import sharding as S
+from jaxsched.running import stream as ST
 from jaxsched import testing as jt
 from jaxsched.errors import JaxschedError
-from jaxsched.model import SimShape, Workload
+from jaxsched.core.model import SimShape, Workload
 from jaxsched.policies import get_policy, make_params
 
 SHAPE = SimShape(max_batch=4, queue_size=6, horizon=400, num_classes=2, record_trace=True)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jaxsched
-from jaxsched import traces as T
+from jaxsched.workloads import traces as T
 from jaxsched.errors import JaxschedError
 
 HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"

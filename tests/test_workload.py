@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsched import workload as W
+from jaxsched.workloads import generators as W
 from jaxsched.errors import JaxschedError
-from jaxsched.model import Workload
-from jaxsched.traces import load_trace
+from jaxsched.core.model import Workload
+from jaxsched.workloads.traces import load_trace
 
 PROMPT = np.array([10, 20, 30], np.int32)
 OUTPUT = np.array([20, 40, 60], np.int32)

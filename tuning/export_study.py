@@ -1,5 +1,5 @@
 """A tuned study's trial as a policy file: the bridge from :mod:`tuning.optuna_search`'s
-storage to :mod:`jaxsched.export`'s file format.
+storage to :mod:`jaxsched.export.policy_file`'s file format.
 
 It lives in ``tuning`` because it reads studies (Optuna, the tuner's objective and search
 space); ``jaxsched`` itself never imports ``tuning`` (only ``jaxsched.cli`` does).
@@ -10,7 +10,7 @@ from __future__ import annotations
 from optuna.trial import TrialState
 
 from jaxsched.errors import JaxschedError
-from jaxsched.export import PolicyFile, policy_document
+from jaxsched.export.policy_file import PolicyFile, policy_document
 from tuning import optuna_search as osr
 from tuning.objectives import Objective
 from tuning.search_space import SearchSpace

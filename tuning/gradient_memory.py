@@ -6,7 +6,7 @@ loss's gradient over ``restarts`` points x the config's workloads, an optax upda
 prints XLA's buffer assignment of it (``compiled.memory_analysis()``: arguments, outputs,
 temporaries), the compile time and, with ``--time``, the wall time of one step and the
 process's peak resident memory. ``--remat S``: segments of S iterations under
-:func:`jax.checkpoint` (:func:`jaxsched.rollout.advance`; 0: the plain scan; default: the
+:func:`jax.checkpoint` (:func:`jaxsched.core.rollout.advance`; 0: the plain scan; default: the
 config's ``[tune.gradient] remat``, else :func:`tuning.gradient_search.remat_segment`). The seed-001 mix of the README: ``configs/flow-control.toml``
 with ``workload.kind=saturated``, ``policy.name=flow_control``, 8 workloads.
 """

@@ -1,6 +1,6 @@
 """Gradient search: tune policy parameters by descending the relaxed simulator with optax.
 
-The simulator's relaxed mode (``jaxsched.model.RELAX_MODES``) weights every admission by a
+The simulator's relaxed mode (``jaxsched.core.model.RELAX_MODES``) weights every admission by a
 smooth mass ``sigmoid(margin / temperature)``, so the objective of :mod:`tuning.objectives`
 (``Objective.loss``: minus the weighted score plus squared constraint penalties) has a
 gradient with respect to the policy's parameters. One run:
@@ -126,7 +126,7 @@ class RelaxedObjective:
         import jax
         import jax.numpy as jnp
 
-        from jaxsched.rollout import compiled_simulator
+        from jaxsched.core.rollout import compiled_simulator
 
         exp = job.experiment
         self.job, self.objective, self.penalty = job, objective, penalty
@@ -154,7 +154,7 @@ class RelaxedObjective:
         """Workload-averaged relaxed metrics of each point: dict of (R,) arrays."""
         import jax.numpy as jnp
 
-        from jaxsched.sim import SimParams
+        from jaxsched.core.sim import SimParams
 
         temp = jnp.broadcast_to(jnp.asarray(temperature, jnp.float32), (self.restarts,))
         params = SimParams(system=self._system, policy=self.params(u), temperature=temp)

@@ -1,6 +1,6 @@
 """Objectives and constraints on the simulator's metrics, shared by every tuner.
 
-A tuner evaluates parameter sets into metric dicts (``jaxsched.metrics.METRIC_KEYS`` plus the
+A tuner evaluates parameter sets into metric dicts (``jaxsched.core.metrics.METRIC_KEYS`` plus the
 derived metrics below), per workload; :func:`aggregate` averages them over workloads (NaN
 ignored, as ``jaxsched simulate`` reports them) and an :class:`Objective` turns the averages
 into the values a tuner optimizes:
@@ -33,7 +33,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 
 from jaxsched.errors import JaxschedError
-from jaxsched.metrics import DERIVED_METRICS, METRIC_KEYS, add_derived, aggregate, measured_time
+from jaxsched.core.metrics import DERIVED_METRICS, METRIC_KEYS, add_derived, aggregate, measured_time
 
 __all__ = [
     "DERIVED_METRICS",

@@ -49,7 +49,7 @@ import numpy as np
 
 from jaxsched.config import Config, config_snapshot, workload_fingerprint
 from jaxsched.errors import JaxschedError
-from jaxsched.metrics import jsonable
+from jaxsched.core.metrics import jsonable
 from tuning.objectives import ALL_METRICS, Objective, add_derived, aggregate, measured_time, \
     objective_from_settings
 from tuning.search_space import SearchSpace, build_search_space
@@ -173,7 +173,7 @@ def prepare(cfg: Config, settings: TuneSettings | None = None, objective_kind: s
 # Batched evaluation.
 
 
-_jsonable = jsonable  # TODO(issue 16): gradient_search imports this name; use jaxsched.metrics.jsonable there
+_jsonable = jsonable  # TODO(issue 16): gradient_search imports this name; use jaxsched.core.metrics.jsonable there
 
 
 _COMPILED: dict = {}  # (policy, shape, K, argument shapes) -> compiled simulator
@@ -187,7 +187,7 @@ class BatchEvaluator:
     is padded with the reference point, so no batch recompiles.
 
     Devices: ``tune.devices`` (``--devices``; default every device). With more than one, the
-    K x W batch goes through :func:`jaxsched.chunked.run_chunked`, its parameter-set and
+    K x W batch goes through :func:`jaxsched.running.chunked.run_chunked`, its parameter-set and
     workload axes sharded over a device mesh (compiled on the first call, cached), with the
     same metrics, bit for bit, as on one device.
     """
@@ -196,9 +196,10 @@ class BatchEvaluator:
         import jax
         import jax.numpy as jnp
 
-        from jaxsched import api, sharding
-        from jaxsched.rollout import compiled_simulator
-        from jaxsched.sim import SimParams
+        from jaxsched import api
+        from jaxsched.running import sharding
+        from jaxsched.core.rollout import compiled_simulator
+        from jaxsched.core.sim import SimParams
 
         self.job = job
         self.batch = int(batch)
@@ -236,12 +237,12 @@ class BatchEvaluator:
         return len(self._devices)
 
     def _simulate(self, params):
-        """The batch's :class:`~jaxsched.sim.RolloutResult`, leading (K, W)."""
+        """The batch's :class:`~jaxsched.core.sim.RolloutResult`, leading (K, W)."""
         import jax
 
         if self._compiled is not None:
             return jax.block_until_ready(self._compiled(self.keys, self.workloads, params))
-        from jaxsched.chunked import run_chunked
+        from jaxsched.running.chunked import run_chunked
 
         exp = self.job.experiment
         keys, wl = self.keys, self.workloads

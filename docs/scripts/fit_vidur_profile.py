@@ -5,7 +5,7 @@
 
 MLP_CSV and ATTENTION_CSV are Vidur's ``data/profiling/compute/<gpu>/<model>/mlp.csv`` and
 ``attention.csv`` (github.com/microsoft/vidur, MIT license), or excerpts with the same
-columns. Prints the fit (:func:`jaxsched.vidur.fit_profile`), its error per kind of
+columns. Prints the fit (:func:`jaxsched.tools.vidur.fit_profile`), its error per kind of
 iteration, and with ``--old-d0/--old-d1`` how a single-``d1`` profile's decode iterations
 compare with the composed Vidur times.
 """
@@ -16,7 +16,7 @@ import argparse
 
 import numpy as np
 
-from jaxsched import vidur
+from jaxsched.tools import vidur
 
 
 def main() -> None:

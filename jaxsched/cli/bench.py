@@ -40,7 +40,7 @@ def sim(
     from rich.console import Console
     from rich.table import Table
 
-    from jaxsched.bench import bench_sim
+    from jaxsched.tools.bench import bench_sim
     from jaxsched.config import DEFAULT_CONFIG, load_config
 
     err = Console(stderr=True)
@@ -69,7 +69,7 @@ def sim(
     )
     if tight:
         caption += (
-            f"\ntight loop (jaxsched.bench.tight_greedy): "
+            f"\ntight loop (jaxsched.tools.bench.tight_greedy): "
             f"{1e3 * result.tight_seconds_per_workload:.1f} ms/workload, "
             f"{result.tight_requests_per_second:,.0f} requests/s; completed counts "
             f"{'agree' if result.tight_agrees else 'DISAGREE'}")
@@ -132,9 +132,9 @@ def scale(
     from rich.console import Console
     from rich.table import Table
 
-    from jaxsched.chunked import format_bytes, parse_bytes
+    from jaxsched.running.chunked import format_bytes, parse_bytes
     from jaxsched.config import DEFAULT_CONFIG, load_config
-    from jaxsched.scaling import bench_scale, plot_scale
+    from jaxsched.tools.scaling import bench_scale, plot_scale
 
     err = Console(stderr=True)
     check_output_file(plot, "--plot", IMAGE_SUFFIXES)

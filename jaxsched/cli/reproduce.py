@@ -29,7 +29,7 @@ def reproduce(
     from jaxsched.cli.checks import check_output_dir
     from jaxsched.cli.sanity import reproduction_warnings, warn
     from jaxsched.cli.tables import fmt, print_table, status_progress
-    from jaxsched.reproduce import reproduce as run
+    from jaxsched.tools.reproduce import reproduce as run
 
     check_output_dir(out, "--out")
     err = Console(stderr=True)

@@ -22,7 +22,7 @@ ENGINES = ("jaxsched", "vllm")
 
 def resolve_policy(policy: Optional[str], with_doc: bool = False):
     """``(Policy, raw parameter values, num_classes)`` for ``--policy``: an exported policy
-    file (``*.json`` or an existing file, read by :func:`jaxsched.export.load_policy`), a
+    file (``*.json`` or an existing file, read by :func:`jaxsched.export.policy_file.load_policy`), a
     registered policy name, or None (greedy). ``with_doc``: the parsed policy file (None for
     a name) is appended."""
     from jaxsched.policies import get_policy
@@ -35,9 +35,9 @@ def resolve_policy(policy: Optional[str], with_doc: bool = False):
         if not path.is_file():
             raise JaxschedError(f"--policy {policy}: no such policy file")
         try:
-            from jaxsched.export import load_policy
+            from jaxsched.export.policy_file import load_policy
         except ImportError:  # pragma: no cover - the export module is optional
-            raise JaxschedError("--policy: policy files need jaxsched.export; pass a policy "
+            raise JaxschedError("--policy: policy files need jaxsched.export.policy_file; pass a policy "
                                 "name instead") from None
         pol, _params, doc = load_policy(path)
         out = pol, dict(doc.policy.params), int(doc.system.num_classes)

@@ -33,12 +33,12 @@ def simulate(
     from rich.console import Console
 
     from jaxsched import api
-    from jaxsched.chunked import parse_bytes
+    from jaxsched.running.chunked import parse_bytes
     from jaxsched.cli.checks import IMAGE_SUFFIXES, check_output_file
     from jaxsched.cli.sanity import simulation_warnings, warn
     from jaxsched.cli.tables import metrics_table, print_table, run_info, run_progress
     from jaxsched.config import DEFAULT_CONFIG, load_config
-    from jaxsched.sharding import (initialize_distributed, is_main_process,
+    from jaxsched.running.sharding import (initialize_distributed, is_main_process,
                                    native_stdout_to_stderr, select_devices)
 
     err = Console(stderr=True)
@@ -63,7 +63,7 @@ def simulate(
         err.print(f"[yellow]warning:[/] in {result.arrivals_ended:.0%} of the workloads the clock "
                   f"passed the arrival span ({exp.duration:g}); set workload.duration")
     if plot is not None and is_main_process():  # multi-process: process 0 writes the files
-        from jaxsched.plots import plot_simulation
+        from jaxsched.tools.plots import plot_simulation
 
         plot_simulation(result, plot)
         err.print(f"wrote {plot}")

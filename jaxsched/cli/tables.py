@@ -8,7 +8,7 @@ import math
 import numpy as np
 from rich.table import Table
 
-from jaxsched.metrics import METRIC_KEYS
+from jaxsched.core.metrics import METRIC_KEYS
 
 __all__ = ["metrics_table", "fmt", "print_table", "run_info", "run_progress", "status_progress",
            "delayed_progress"]
@@ -116,7 +116,7 @@ def metrics_table(result, per_workload: bool = False) -> Table:
     table.caption = (f"compile {result.compile_seconds:.2f} s, simulate {result.sim_seconds:.2f} s")
     stats = getattr(result, "run_stats", None)
     if stats is not None:
-        from jaxsched.chunked import format_bytes
+        from jaxsched.running.chunked import format_bytes
 
         p = stats.plan
         table.caption += (f"; {p.num_devices} device(s), {p.num_batches} batch(es) of {p.batch}, "

@@ -212,9 +212,9 @@ def export(
     """Write a tuned trial as a versioned policy config, or as vLLM/SGLang flags (--to)."""
     from rich.console import Console
 
-    from jaxsched import export as ex
+    from jaxsched.export.policy_file import policy_file as ex
     from jaxsched.cli.checks import check_existing_sqlite, check_output_file
-    from jaxsched.server_flags import SERVERS, server_config
+    from jaxsched.export.server_flags import SERVERS, server_config
 
     if to is not None and to not in SERVERS:
         raise JaxschedError(f"--to {to!r}: expected one of {', '.join(SERVERS)}")
@@ -273,7 +273,7 @@ def validate(
     from rich.console import Console
     from rich.table import Table
 
-    from jaxsched.export import validate_policy
+    from jaxsched.export.policy_file import validate_policy
 
     err = Console(stderr=True)
     from jaxsched.cli.tables import status_progress

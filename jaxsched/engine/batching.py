@@ -1,8 +1,8 @@
 """Continuous batching: a request queue and a scheduler that runs the simulator's policies.
 
-Each call of :meth:`Engine.step` is one iteration of the model in :mod:`jaxsched.model`,
+Each call of :meth:`Engine.step` is one iteration of the model in :mod:`jaxsched.core.model`,
 decided by the same :class:`~jaxsched.policies.base.Policy` functions the simulator runs and
-applied with the same rules as :func:`jaxsched.sim.step`:
+applied with the same rules as :func:`jaxsched.core.sim.step`:
 
 1. **Arrivals.** Requests submitted since the last iteration join the waiting queue, ordered
    by submission (an evicted request rejoins at its submission position).
@@ -110,7 +110,7 @@ from jaxsched.engine.config import TINY, EngineConfig, EngineConfigError, ModelC
 from jaxsched.engine.runner import ModelRunner, SampleArgs
 from jaxsched.engine.tokenizer import ByteTokenizer
 from jaxsched.errors import JaxschedError
-from jaxsched.model import SimShape
+from jaxsched.core.model import SimShape
 from jaxsched.policies import get_policy, make_params
 from jaxsched.policies.base import Policy, QueueView, SlotView
 from jaxsched.policies.decide import Decision, PolicyScheduler, decide

@@ -28,7 +28,7 @@ host overhead of this small CPU engine is excluded.
 
 Simulator
 ---------
-The same list becomes a one-replica :class:`~jaxsched.model.Workload`, simulated with the
+The same list becomes a one-replica :class:`~jaxsched.core.model.Workload`, simulated with the
 profile's ``capacity, d0, d1_prefill, d1_context, d2`` (and ``block_size``), the
 engine's ``max_batch``/``queue_size``,
 ``restart_on_evict = false`` (the engine keeps generated tokens) and the same policy and
@@ -270,14 +270,14 @@ def simulate_requests(requests: Sequence[ReplayRequest], policy, params, capacit
                       block_size: int = 1) -> dict[str, Any]:
     """Simulate ``requests`` (one replica) for ``horizon`` iterations with
     ``tau = d0 + d1_prefill P + d1_context D + d2 R`` (each split coefficient ``d1`` unless
-    given, as in :func:`jaxsched.model.system_params`) and memory in blocks of
+    given, as in :func:`jaxsched.core.model.system_params`) and memory in blocks of
     ``block_size``."""
     import jax
     import jax.numpy as jnp
 
-    from jaxsched.model import SimShape, Workload, system_params
-    from jaxsched.rollout import compiled_simulator
-    from jaxsched.sim import SimParams
+    from jaxsched.core.model import SimShape, Workload, system_params
+    from jaxsched.core.rollout import compiled_simulator
+    from jaxsched.core.sim import SimParams
 
     reqs = sorted(requests, key=lambda r: r.arrival)
     wl = Workload(

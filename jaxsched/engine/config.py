@@ -204,7 +204,7 @@ class EngineConfig:
 
     * ``block_size``, ``num_blocks``: the paged KV cache (tokens per block, blocks in the pool).
     * ``max_batch`` (B), ``queue_size`` (W): resident slots and the scheduler's look-ahead
-      window, as in :class:`jaxsched.model.SimShape`.
+      window, as in :class:`jaxsched.core.model.SimShape`.
     * ``max_seq_len``: the most tokens one request may hold (prompt + output); the width of a
       block table is ``ceil(max_seq_len / block_size)`` blocks.
     * ``min_prefill_bucket``: prefill chunks are padded to a power of two at least this long.
@@ -213,7 +213,7 @@ class EngineConfig:
       default, the engine's behaviour before block memory existed): the model's token memory
       (``block_size = 1`` for the policy) with capacity ``(num_blocks - max_batch) *
       block_size``, one block per slot held back for rounding. ``"blocks"``: the model's block
-      memory with this ``block_size`` (``jaxsched.model``), each resident holding
+      memory with this ``block_size`` (``jaxsched.core.model``), each resident holding
       ``ceil(m / block_size)`` blocks, and capacity ``num_blocks * block_size``, every block
       of the pool: what the engine allocates is exactly what the policy and the simulator
       count.

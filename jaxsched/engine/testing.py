@@ -1,6 +1,6 @@
 """Helpers for engine tests: one shared small engine shape (so jitted steps compile once per
 test session), cached tiny weights, one-at-a-time reference decoding, and a driver that runs
-the engine on a simulator :class:`~jaxsched.model.Workload` in lockstep with the slotted
+the engine on a simulator :class:`~jaxsched.core.model.Workload` in lockstep with the slotted
 simulator (``d0 = 1, d1 = 0``)."""
 
 from __future__ import annotations

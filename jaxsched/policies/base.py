@@ -5,9 +5,9 @@ A scheduling policy is a :class:`Policy`: four pure functions built by a factory
 
 * ``init(params, shape) -> pstate``: the policy's own state (credits, ratios, phases).
 * ``admit(key, params, pstate, view) -> (admit, pstate)``: which requests of the
-  look-ahead window to admit in this iteration (step 2 of the model in ``jaxsched.model``):
+  look-ahead window to admit in this iteration (step 2 of the model in ``jaxsched.core.model``):
   a (W,) bool mask, or a :class:`Decision` (the mask plus each position's margin) for a policy
-  whose parameters the relaxed simulator differentiates (``jaxsched.model.RELAX_MODES``).
+  whose parameters the relaxed simulator differentiates (``jaxsched.core.model.RELAX_MODES``).
 * ``plan(key, params, pstate, view) -> Plan``: which residents run and their prefill chunk caps
   (step 3). Most policies use :func:`run_all`.
 * ``evict(key, params, pstate, view, need) -> (evict (B,) bool, pstate)``: which residents to
@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxsched.model import BIG_CHUNK, SimShape, block_tokens
+from jaxsched.core.model import BIG_CHUNK, SimShape, block_tokens
 from jaxsched.policies.serving import ServerHints, ServerTarget
 
 __all__ = [
@@ -88,7 +88,7 @@ class SlotView:
 class SchedView:
     """What a policy may look at.
 
-    Memory is in blocks of ``block_size`` tokens (``jaxsched.model``): ``capacity`` is already
+    Memory is in blocks of ``block_size`` tokens (``jaxsched.core.model``): ``capacity`` is already
     the usable ``C_b = block_size floor(C / block_size)``, and a policy rounds each request's
     memory with :func:`view_memory` (``block_size ceil(t / block_size)``) before comparing sums
     with it, as the simulator counts ``M_k``."""
@@ -188,7 +188,7 @@ class Policy:
     # A policy without it needs nothing beyond the plugin's generic application: admissions,
     # evictions and which residents run, with prefills chunked only by the server's budget.
     serve_check: Callable[[str, Mapping[str, Any], Mapping[str, Any]], str | None] | None = None
-    # Optional: the policy's translation to an LLM server's flags (jaxsched.server_flags).
+    # Optional: the policy's translation to an LLM server's flags (jaxsched.export.server_flags).
     # Called as server_flags(target, values) with a jaxsched.policies.serving.ServerTarget and
     # the parameter values as plain numbers (lists for per-class ones); returns ServerHints
     # (flags, environment, notes, the parameters handled). Without it a file maps to the flags
@@ -211,7 +211,7 @@ def run_all(key, params, pstate, view: SchedView) -> Plan:
 
 def view_memory(view: SchedView, tokens: jax.Array) -> jax.Array:
     """The memory, in block tokens, of requests needing ``tokens`` each (0 stays 0):
-    ``jaxsched.model.block_tokens`` at the view's block size."""
+    ``jaxsched.core.model.block_tokens`` at the view's block size."""
     return block_tokens(tokens, view.block_size)
 
 
@@ -244,8 +244,8 @@ def evict_newest_first(need: jax.Array, valid: jax.Array, excess: jax.Array) -> 
 
 
 # --------------------------------------------------------------------------------------------
-# The model's own rules around a policy (jaxsched.model, steps 2-4), shared by the simulator
-# (jaxsched.sim.step) and the engine's scheduler (jaxsched.engine.batching.decide).
+# The model's own rules around a policy (jaxsched.core.model, steps 2-4), shared by the simulator
+# (jaxsched.core.sim.step) and the engine's scheduler (jaxsched.engine.batching.decide).
 
 
 def seat_admissions(admit: jax.Array, waiting: jax.Array, resident: jax.Array

@@ -1,6 +1,6 @@
 """The model's steps 2-4 around a policy, as one function for every server that runs policies.
 
-:func:`decide` is what an iteration of :func:`jaxsched.sim.step` decides, on a
+:func:`decide` is what an iteration of :func:`jaxsched.core.sim.step` decides, on a
 :class:`~jaxsched.policies.base.SchedView` built by a server from its own state:
 
 2. **Admission.** ``policy.admit`` picks window positions; :func:`~jaxsched.policies.base.seat_admissions`
@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxsched.model import SimShape
+from jaxsched.core.model import SimShape
 from jaxsched.policies.base import (
     Policy,
     QueueView,
@@ -58,8 +58,8 @@ class Decision:
 
 
 def decide(policy: Policy, key, params, pstate, view: SchedView):
-    """Steps 2-4 of :mod:`jaxsched.model` on ``view`` (whose slots have ``is_new`` false and
-    ``excess`` 0), with the rules of :func:`jaxsched.sim.step`. Returns
+    """Steps 2-4 of :mod:`jaxsched.core.model` on ``view`` (whose slots have ``is_new`` false and
+    ``excess`` 0), with the rules of :func:`jaxsched.core.sim.step`. Returns
     ``(Decision, pstate)``."""
     q, slots = view.queue, view.slots
     b = slots.valid.shape[0]

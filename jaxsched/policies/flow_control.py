@@ -1,6 +1,6 @@
 """Flow control (Dong & Cao 2026, arXiv 2604.11001) and the baselines it is compared with.
 
-Notation as in :mod:`jaxsched.model`: a request has prompt ``l``, output ``o``, class ``k``,
+Notation as in :mod:`jaxsched.core.model`: a request has prompt ``l``, output ``o``, class ``k``,
 ``s`` generated tokens (``g`` kept ones while it waits after an eviction); ``C`` is the
 capacity. In the iteration where it is admitted a request with ``g`` kept tokens needs
 ``l + g + 1`` (prefill plus the slot of its first new token) and a resident needs
@@ -32,7 +32,7 @@ part: allowance left unused because the queue was short is forfeited, never bank
 2, ...), integer ``b`` gives exactly the paper's ``min(b, Q)`` every iteration, the long-run
 activation rate is at most ``b``, and any ``m`` consecutive iterations activate at most
 ``ceil(m b)`` requests: an idle class cannot burst. The arithmetic is float32 (the twin in
-``jaxsched.refpolicies.flow_control`` repeats it in float32 so floors agree).
+``jaxsched.reference.policies.flow_control`` repeats it in float32 so floors agree).
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def draw_budget(key: jax.Array, budget: jax.Array, distribution: str) -> jax.Arr
 
     ``poisson``: ``B_t ~ Poisson(budget)``; ``bernoulli``: ``floor(budget) + Bernoulli(budget -
     floor(budget))``. ``key`` is the admission key the simulator passes to ``admit`` (for
-    iteration ``t`` of a rollout with key ``k``: ``jaxsched.sim.step_keys(k, t)[0]``), so tests
+    iteration ``t`` of a rollout with key ``k``: ``jaxsched.core.sim.step_keys(k, t)[0]``), so tests
     can reproduce the draws for the reference twin.
     """
     budget = jnp.asarray(budget, jnp.float32)

@@ -1,6 +1,6 @@
 """The production schedulers people run today: vLLM, SGLang and Sarathi-Serve.
 
-Each is the server's admission rule written in the iteration model of :mod:`jaxsched.model`,
+Each is the server's admission rule written in the iteration model of :mod:`jaxsched.core.model`,
 with its real knobs as traced parameters. None reads output lengths (a server does not know
 them); SGLang sees only its own ``max_new_tokens`` cap.
 
@@ -46,7 +46,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxsched.model import BIG_CHUNK, block_tokens
+from jaxsched.core.model import BIG_CHUNK, block_tokens
 from jaxsched.policies.base import (
     check_eviction,
     Decision,

@@ -1,6 +1,6 @@
 """What a policy means to an LLM server: the types of the ``Policy.server_flags`` hook.
 
-:func:`jaxsched.server_flags.server_config` sets what every policy shares (the KV capacity,
+:func:`jaxsched.export.server_flags.server_config` sets what every policy shares (the KV capacity,
 the seats, first-come-first-served order) and then asks the policy for the rest::
 
     hints = policy.server_flags(target, values)   # ServerTarget, {param: number or list}

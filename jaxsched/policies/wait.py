@@ -1,6 +1,6 @@
 """WAIT and Nested WAIT (Ao, Luo, Simchi-Levi & Wang, arXiv 2504.11320): threshold batching.
 
-Notation as in :mod:`jaxsched.model`: a resident with ``s`` generated tokens is at *stage*
+Notation as in :mod:`jaxsched.core.model`: a resident with ``s`` generated tokens is at *stage*
 ``s`` (a request just admitted is at stage ``g``, its kept tokens, usually 0); running one
 iteration moves it to stage ``s + 1``, and a request of output ``o`` completes when it reaches
 stage ``o``. The paper counts ``l' + 1`` stages (a prefill stage that produces no token, then
@@ -105,7 +105,7 @@ import numpy as np
 
 from jaxsched import theory
 from jaxsched.errors import JaxschedError
-from jaxsched.model import BIG_CHUNK, SimShape
+from jaxsched.core.model import BIG_CHUNK, SimShape
 from jaxsched.policies.base import (
     check_eviction,
     Decision,

@@ -12,7 +12,7 @@ naming the file and key; the scheduler raises it at engine startup, before any r
 Checks (the engine's settings as :class:`EngineSettings`):
 
 * the file is a valid jaxsched policy file naming a registered policy with valid parameters
-  (:func:`jaxsched.export.load_policy`);
+  (:func:`jaxsched.export.policy_file.load_policy`);
 * its system matches the engine: ``system.block_size`` is vLLM's block size (a file tuned in
   token memory, block size 1, is refused) and ``system.capacity`` is the KV cache in blocks,
   ``floor(capacity / block_size) = num_blocks`` (the policy then sees block memory with
@@ -35,7 +35,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from jaxsched.errors import JaxschedError
-from jaxsched.export import load_policy
+from jaxsched.export.policy_file import load_policy
 
 __all__ = ["ENV_VAR", "PluginError", "EngineSettings", "PluginSetup", "plugin_options",
            "load_setup"]
@@ -81,7 +81,7 @@ class PluginSetup:
     path: Path
     policy: Any  # jaxsched.policies.base.Policy
     params: Any  # its parameter pytree
-    doc: Any  # jaxsched.export.PolicyFile
+    doc: Any  # jaxsched.export.policy_file.PolicyFile
     queue_size: int
     num_classes: int
     seed: int

@@ -72,7 +72,7 @@ class StepRecord:
     num_waiting: int  # after the step
     blocks_used: int  # KV blocks in use after allocation
     kv_tokens: int  # the model's memory M_k: the running requests' tokens with KV slots,
-    # plus the slot of the token each generates in this step (jaxsched.model)
+    # plus the slot of the token each generates in this step (jaxsched.core.model)
     policy_admitted: int = -1  # the policy's admissions (-1: vLLM's own scheduler)
     policy_evicted: int = -1
     iteration: int = -1  # the policy's iteration k of this step (-1: vLLM's own scheduler)
@@ -183,7 +183,7 @@ class JaxschedScheduler(RecordingScheduler):
         checked against this engine) from the next step on, with fresh policy state; with
         ``None``, schedule as vLLM's own scheduler (replays compare both on one engine).
         Call it only while the engine holds no requests."""
-        from jaxsched.model import SimShape
+        from jaxsched.core.model import SimShape
         from jaxsched.policies.decide import PolicyScheduler
 
         if self.running or self.waiting:

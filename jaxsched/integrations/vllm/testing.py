@@ -80,7 +80,7 @@ def write_policy_file(path: str | Path, policy: str, params: dict, *, capacity: 
     ``[workload]`` table the file records (default: a small one-class Poisson stream);
     ``metrics`` the figures it records (default: not measured, null)."""
     from jaxsched.config import config_from_dict, config_snapshot, workload_fingerprint
-    from jaxsched.export import policy_document, write_policy
+    from jaxsched.export.policy_file import policy_document, write_policy
 
     workload = workload or {"kind": "poisson", "horizon": 200, "num_workloads": 1, "seed": 0,
                             "classes": [{"prompt_len": 16, "output_len": 16, "rate": 0.1}]}

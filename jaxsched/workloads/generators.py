@@ -1,4 +1,4 @@
-"""Workload generators: arrivals and request lengths as padded :class:`~jaxsched.model.Workload`.
+"""Workload generators: arrivals and request lengths as padded :class:`~jaxsched.core.model.Workload`.
 
 Every generator takes a PRNG key first and a static number of requests ``N`` (a Python int),
 uses no Python loop over requests and returns a :class:`Workload` of static shape (N,), so
@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsched.errors import JaxschedError
-from jaxsched.model import Workload
+from jaxsched.core.model import Workload
 
 __all__ = [
     "poisson",

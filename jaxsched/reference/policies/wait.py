@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxsched.refpolicies.base import RefPolicy, RefView, evict_in_order, register_reference
+from jaxsched.reference.policies.base import RefPolicy, RefView, evict_in_order, register_reference
 
 __all__ = ["RefWait", "RefNestedWait"]
 

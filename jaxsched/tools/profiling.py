@@ -1,15 +1,15 @@
 """Profiling the step function, and before/after comparisons measured in one process.
 
-``python -m jaxsched.profiling [--workloads 256] [--horizon 200] [--repeats 5]`` prints
+``python -m jaxsched.tools.profiling [--workloads 256] [--horizon 200] [--repeats 5]`` prints
 
 * where a chunk's time goes: a :func:`jax.profiler.trace` of one compiled chunk call
-  (``lax.scan`` of :func:`jaxsched.sim.step` over the horizon), its XLA ops grouped by kind
+  (``lax.scan`` of :func:`jaxsched.core.sim.step` over the horizon), its XLA ops grouped by kind
   (while loops, prefix sums, scatters, gathers, sorts, other fusions), and a census of the
   compiled program (sorts, host transfers and callbacks inside the loop);
 * A/B ratios, both variants compiled and timed alternately in the same process:
   the window search's block (``2 queue_size`` positions, now, against the former
-  ``queue_size + 2 max_batch``; the "before" is :mod:`jaxsched.sim` with that one line
-  changed back), and donating the chunk's carry or not (:mod:`jaxsched.chunked`).
+  ``queue_size + 2 max_batch``; the "before" is :mod:`jaxsched.core.sim` with that one line
+  changed back), and donating the chunk's carry or not (:mod:`jaxsched.running.chunked`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxsched import api, chunked
-from jaxsched import rollout as R
-from jaxsched import sharding as S
+from jaxsched import api
+from jaxsched.running import chunked
+from jaxsched.core import rollout as R
+from jaxsched.running import sharding as S
 from jaxsched.config import DEFAULT_CONFIG, load_config
 
 __all__ = ["load_case", "profile_chunk", "hlo_census", "sim_variant", "sim_from_file", "ab_step",
@@ -108,13 +109,13 @@ def hlo_census(exp, keys, wl) -> dict[str, int]:
 
 
 def sim_variant(replacements: tuple[tuple[str, str], ...], name: str = "jaxsched._sim_variant"):
-    """A fresh copy of :mod:`jaxsched.sim` with source lines replaced (for A/B runs)."""
-    import jaxsched.sim as sim
+    """A fresh copy of :mod:`jaxsched.core.sim` with source lines replaced (for A/B runs)."""
+    import jaxsched.core.sim as sim
 
     source = Path(sim.__file__).read_text()
     for old, new in replacements:
         if source.count(old) != 1:
-            raise RuntimeError(f"jaxsched/sim.py no longer contains {old!r} exactly once")
+            raise RuntimeError(f"jaxsched/core/sim.py no longer contains {old!r} exactly once")
         source = source.replace(old, new)
     spec = importlib.util.spec_from_loader(name, loader=None)
     module = importlib.util.module_from_spec(spec)
@@ -134,7 +135,7 @@ def _alternate(fns: dict, args, repeats: int) -> dict[str, float]:
 
 
 def _variant_rollout(mod, exp):
-    """The rollout's final counters (:func:`jaxsched.rollout.collect`) with ``mod.step``."""
+    """The rollout's final counters (:func:`jaxsched.core.rollout.collect`) with ``mod.step``."""
     def rollout(key, workload, params):
         def body(c, _):
             return mod.step(exp.policy, exp.shape, key, workload, params, c)
@@ -149,7 +150,7 @@ def _variant_rollout(mod, exp):
 def ab_search_block(exp, keys, wl, repeats: int = 5) -> dict:
     """Best-of-``repeats`` seconds of the whole rollout, window search block ``W + 2B``
     (before) vs ``2W`` (after), alternating; asserts identical results."""
-    import jaxsched.sim as sim
+    import jaxsched.core.sim as sim
 
     before = sim_variant((_BEFORE_SEARCH_BLOCK,))
     fns = {}
@@ -164,8 +165,8 @@ def ab_search_block(exp, keys, wl, repeats: int = 5) -> dict:
 
 
 def sim_from_file(path, name: str = "jaxsched._sim_before"):
-    """A module built from another version of ``jaxsched/sim.py`` (e.g. ``git show
-    main:jaxsched/sim.py > before.py``), for an A/B run of its :func:`step` against this one."""
+    """A module built from another version of ``jaxsched/core/sim.py`` (e.g. ``git show
+    main:jaxsched/core/sim.py > before.py``), for an A/B run of its :func:`step` against this one."""
     spec = importlib.util.spec_from_loader(name, loader=None)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -175,8 +176,8 @@ def sim_from_file(path, name: str = "jaxsched._sim_before"):
 
 def _scan_steps(mod, exp):
     """``rollout(key, workload, params) -> final carry``: ``lax.scan`` of ``mod.step``."""
-    from jaxsched import metrics
-    from jaxsched import sim
+    from jaxsched.core import metrics
+    from jaxsched.core import sim
 
     def rollout(key, workload, params):
         carry = (sim.initial_state(exp.shape, workload), exp.policy.init(params.policy, exp.shape),
@@ -192,9 +193,9 @@ def _scan_steps(mod, exp):
 
 def ab_step(exp, keys, wl, before, repeats: int = 5) -> dict:
     """Best-of-``repeats`` seconds of the whole rollout with ``before.step`` vs this
-    :func:`jaxsched.sim.step`, compiled and timed alternately in this process; asserts that
+    :func:`jaxsched.core.sim.step`, compiled and timed alternately in this process; asserts that
     the final states, policy states and accumulators are identical."""
-    import jaxsched.sim as sim
+    import jaxsched.core.sim as sim
 
     fns = {}
     for label, mod in (("before", before), ("after", sim)):
@@ -238,13 +239,13 @@ def ab_donation(exp, keys, wl, repeats: int = 5) -> dict:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m jaxsched.profiling", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m jaxsched.tools.profiling", description=__doc__)
     parser.add_argument("--workloads", type=int, default=256)
     parser.add_argument("--horizon", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--set", action="append", default=[], help="config override")
-    parser.add_argument("--before", metavar="FILE", help="another version of jaxsched/sim.py "
-                        "to time against this one (e.g. git show main:jaxsched/sim.py)")
+    parser.add_argument("--before", metavar="FILE", help="another version of jaxsched/core/sim.py "
+                        "to time against this one (e.g. git show main:jaxsched/core/sim.py)")
     parser.add_argument("--ab-only", action="store_true", help="skip the profile and census")
     args = parser.parse_args(argv)
     exp, keys, wl = load_case(args.workloads, args.horizon, tuple(args.set))

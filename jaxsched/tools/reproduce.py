@@ -25,7 +25,7 @@ import numpy as np
 from jaxsched import api, theory
 from jaxsched.config import CONFIG_DIR, Config, config_from_dict, load_config
 from jaxsched.errors import JaxschedError
-from jaxsched.metrics import histogram_floor
+from jaxsched.core.metrics import histogram_floor
 
 __all__ = ["REPRODUCTIONS", "WAIT_LABELS", "Contender", "PolicyRow", "Reproduction", "reproduce"]
 
@@ -195,7 +195,7 @@ def _pyplot():
 
 def _policy_study(name: str, out: Path, scale: float, say: Callable[[str], None],
                   only: tuple[str, ...] = ()) -> Reproduction:
-    from jaxsched.plots import (cdf_or_note, histogram_cdf, line_style, log_time_axis,
+    from jaxsched.tools.plots import (cdf_or_note, histogram_cdf, line_style, log_time_axis,
                                 mark_warmup, no_completion_note, time_unit)
 
     study = _STUDIES[name]

@@ -18,7 +18,7 @@ An iteration of ``L`` layers then takes, as Vidur composes it (no CPU overheads 
 
 (``mlp(n)``: the token-wise operators at ``n`` tokens, interpolated linearly between profiled
 token counts). These are samples ``(P, D, seconds)`` of the model's iteration time
-``tau = d0 + d1_prefill P + d1_context D`` (:mod:`jaxsched.model`): a decode has ``P = 0``,
+``tau = d0 + d1_prefill P + d1_context D`` (:mod:`jaxsched.core.model`): a decode has ``P = 0``,
 ``D = b k``; a prefill ``P = c``, ``D = 0``. :func:`fit_profile` fits ``d0, d1_prefill,
 d1_context >= 0`` by non-negative least squares
 (:func:`jaxsched.engine.calibrate.fit_split_tau`) and, for comparison, the single ``d1`` of

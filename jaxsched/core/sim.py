@@ -1,7 +1,7 @@
 """The JAX simulator: one step function, ``lax.scan`` over iterations, ``jit(vmap(...))``.
 
 :func:`step` implements the six phases of an iteration exactly as written in
-:mod:`jaxsched.model`, one function each, in the order :mod:`jaxsched.reference` runs them:
+:mod:`jaxsched.core.model`, one function each, in the order :mod:`jaxsched.reference.simulator` runs them:
 :func:`_arrivals`, :func:`_window` and :func:`_admission` (phase 2), :func:`_plan`,
 :func:`_memory` (eviction), :func:`_execution`, :func:`_completion`, then the carried state
 (:func:`_next_state`) and the metrics' sums (:func:`_accounting`, every accumulator updated in
@@ -21,7 +21,7 @@ Per-step outputs exist only when ``shape.record_trace`` is set; otherwise metric
 running accumulators.
 
 A rollout (init, ``lax.scan`` of :func:`step`, collect, finalize) and the batch simulator
-``simulate(keys (W,), workloads (W, N), params)`` are in :mod:`jaxsched.rollout`, the one
+``simulate(keys (W,), workloads (W, N), params)`` are in :mod:`jaxsched.core.rollout`, the one
 rollout path of full, chunked and streamed runs.
 """
 
@@ -34,8 +34,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxsched import metrics as M
-from jaxsched.model import (
+from jaxsched.core import metrics as M
+from jaxsched.core.model import (
     RequestState,
     SimShape,
     SimState,
@@ -69,7 +69,7 @@ __all__ = [
 @struct.dataclass
 class SimParams:
     """Everything traced: the system's parameters, the policy's parameter dict, and the
-    temperature of the relaxed modes (``jaxsched.model.RELAX_MODES``; None in ``hard`` mode)."""
+    temperature of the relaxed modes (``jaxsched.core.model.RELAX_MODES``; None in ``hard`` mode)."""
 
     system: SystemParams
     policy: dict
@@ -256,7 +256,7 @@ class _HardCounts:
 
 @dataclasses.dataclass(frozen=True)
 class _RelaxedCounts:
-    """The relaxed modes (``jaxsched.model.RELAX_MODES``): every resident carries the mass
+    """The relaxed modes (``jaxsched.core.model.RELAX_MODES``): every resident carries the mass
     ``sigmoid(margin / T)`` of its admission, and counts and totals are mass-weighted; in
     ``straight_through`` the forward values are the hard ones, the gradients the soft ones."""
 
@@ -328,8 +328,8 @@ def _weighting(shape: SimShape, temperature):
 
 def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
          params: SimParams, carry):
-    """One iteration, phases 1-6 of :mod:`jaxsched.model` in order (as
-    :mod:`jaxsched.reference` runs them); ``key`` is the rollout's key."""
+    """One iteration, phases 1-6 of :mod:`jaxsched.core.model` in order (as
+    :mod:`jaxsched.reference.simulator` runs them); ``key`` is the rollout's key."""
     state, pstate, acc = carry
     system, policy_params = params.system, params.policy
     admit_key, plan_key, evict_key = step_keys(key, state.iteration)

@@ -3,20 +3,20 @@
 A rollout of one workload is
 
 * ``init``: the carry ``(SimState, policy state, Accumulators)`` before iteration 0;
-* ``advance``: ``lax.scan`` of :func:`jaxsched.sim.step` over ``length`` iterations (the
+* ``advance``: ``lax.scan`` of :func:`jaxsched.core.sim.step` over ``length`` iterations (the
   per-iteration trace when ``shape.record_trace``); optionally rematerialized in segments
   (``remat``), so that reverse-mode memory does not grow with the length (see below);
 * ``collect``: the accumulators and final counters (:class:`Final`) handed back at the end;
-* ``finalize``: :func:`jaxsched.metrics.finalize` of them, a
-  :class:`~jaxsched.sim.RolloutResult`.
+* ``finalize``: :func:`jaxsched.core.metrics.finalize` of them, a
+  :class:`~jaxsched.core.sim.RolloutResult`.
 
 :func:`simulate` (one ``jit(vmap(...))`` call, traceable and differentiable: the tuners'
-batch evaluators) is ``finalize(collect(advance(init(), H)))``; :func:`jaxsched.chunked.
+batch evaluators) is ``finalize(collect(advance(init(), H)))``; :func:`jaxsched.running.chunked.
 run_chunked` (what ``jaxsched simulate`` runs) calls ``init`` once, ``advance`` once per
 chunk with the carry kept on the device, ``collect`` and, on the host-gathered batch,
-``finalize``; its streamed runs (:mod:`jaxsched.stream`) use the windowed variants
+``finalize``; its streamed runs (:mod:`jaxsched.running.stream`) use the windowed variants
 ``init_stream``, ``advance_stream`` (the chunk on the window, then the window slides) and
-``collect_stream``, which wrap the same ``init``, scan and ``collect`` around the window. :func:`~jaxsched.sim.step` draws iteration ``k``'s keys from
+``collect_stream``, which wrap the same ``init``, scan and ``collect`` around the window. :func:`~jaxsched.core.sim.step` draws iteration ``k``'s keys from
 ``fold_in(key, k)``, so every composition gives the same trajectory.
 
 Memory of gradients. Reverse mode over a scan of ``H`` iterations stores every iteration's
@@ -37,11 +37,11 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxsched import metrics as M
-from jaxsched import stream as ST
-from jaxsched.model import SimShape, Workload
+from jaxsched.core import metrics as M
+from jaxsched.running import stream as ST
+from jaxsched.core.model import SimShape, Workload
 from jaxsched.policies.base import Policy
-from jaxsched.sim import RolloutResult, SimParams, initial_state, step
+from jaxsched.core.sim import RolloutResult, SimParams, initial_state, step
 
 __all__ = [
     "Final",
@@ -119,7 +119,7 @@ def collect(carry, arrived_offset=0, lost=None) -> Final:
 
 
 def finalize(params: SimParams, final: Final, record_trace: bool) -> RolloutResult:
-    """The metrics (:func:`jaxsched.metrics.finalize`) and final counters; no trace (the
+    """The metrics (:func:`jaxsched.core.metrics.finalize`) and final counters; no trace (the
     caller attaches it), the latency histogram when ``record_trace``."""
     lo = M.histogram_floor(params.system.d0, jnp.minimum(
         params.system.d1_prefill, params.system.d1_context))
@@ -139,7 +139,7 @@ def init_stream(policy: Policy, shape: SimShape, spec: ST.StreamSpec, skey,
                 sp: ST.StreamParams, params: SimParams):
     """A streamed rollout's initial carry: ``((SimState, policy state, Accumulators),
     Window)``; ``num_waiting`` starts at the requests beyond the window that have already
-    arrived (:func:`jaxsched.stream.outside`)."""
+    arrived (:func:`jaxsched.running.stream.outside`)."""
     win = ST.init_window(skey, spec, sp)
     state, pstate, acc = init(policy, shape, win.workload, params)
     state = state.replace(num_waiting=ST.outside(spec, sp, win.base))
@@ -150,8 +150,8 @@ def advance_stream(policy: Policy, shape: SimShape, spec: ST.StreamSpec, key: ja
                    sp: ST.StreamParams, params: SimParams, carry, length: int,
                    remat: int | None = None):
     """``length`` iterations on the window, counting the inexact ones
-    (:func:`~jaxsched.stream.window_short`), then the window slides
-    (:func:`~jaxsched.stream.slide`): ``((sim carry, Window), trace or None)``, the trace's
+    (:func:`~jaxsched.running.stream.window_short`), then the window slides
+    (:func:`~jaxsched.running.stream.slide`): ``((sim carry, Window), trace or None)``, the trace's
     arrival counts absolute."""
     sim_carry, win = carry
 

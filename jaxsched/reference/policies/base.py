@@ -1,7 +1,7 @@
 """Plain-Python twins of the policies, for the reference simulator.
 
-A reference policy is an object with three methods, called by ``jaxsched.reference`` in the
-order of the model (``jaxsched.model``): ``admit`` (phase 2), ``plan`` (phase 3), ``evict``
+A reference policy is an object with three methods, called by ``jaxsched.reference.simulator`` in the
+order of the model (``jaxsched.core.model``): ``admit`` (phase 2), ``plan`` (phase 3), ``evict``
 (phase 4). It may keep plain Python state on ``self``. It is written from the policy's
 docstring, never by calling JAX code, so that the JAX policy is tested against it.
 """
@@ -28,7 +28,7 @@ __all__ = [
 
 def block_tokens(tokens: int, block_size: int) -> int:
     """``block_size * ceil(tokens / block_size)``: the memory of a request needing ``tokens``
-    when memory is allocated in blocks (``jaxsched.model``, written here in plain Python)."""
+    when memory is allocated in blocks (``jaxsched.core.model``, written here in plain Python)."""
     return -(-int(tokens) // int(block_size)) * int(block_size)
 
 

@@ -104,7 +104,7 @@ class Trace:
 
 
 def _traces_dir() -> Path:
-    return Path(__file__).resolve().parent / "data" / "traces"
+    return Path(__file__).resolve().parents[1] / "data" / "traces"
 
 
 def shipped_trace_path(name: str) -> Path:

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from jaxsched.refpolicies.base import RefPolicy, RefView, evict_in_order, register_reference
+from jaxsched.reference.policies.base import RefPolicy, RefView, evict_in_order, register_reference
 
 __all__ = [
     "RefFlowControlKnown",

@@ -75,7 +75,7 @@ NUM_BINS = BINS_PER_OCTAVE * NUM_OCTAVES
 @struct.dataclass
 class Accumulators:
     """Running sums over iterations >= warmup. Counts are int32, or float32 mass sums in the
-    relaxed modes (``jaxsched.model.RELAX_MODES``)."""
+    relaxed modes (``jaxsched.core.model.RELAX_MODES``)."""
 
     completed: jax.Array  # () int32
     completed_tokens: jax.Array  # () float32

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxsched import metrics as M
+from jaxsched.core import metrics as M
 
 __all__ = ["plot_simulation", "histogram_cdf", "time_unit", "line_style", "mark_warmup",
            "log_time_axis", "cdf_or_note", "no_completion_note"]

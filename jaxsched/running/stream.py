@@ -1,9 +1,9 @@
 """Workload streams and the sliding request window: device memory independent of the horizon.
 
-A full-array :class:`~jaxsched.model.Workload` holds every request of the horizon, ``N``
+A full-array :class:`~jaxsched.core.model.Workload` holds every request of the horizon, ``N``
 about ``horizon x arrival rate``. In streamed mode the device instead holds a *window* of
 ``R = blocks x block`` consecutive requests ``[base, base + R)`` of an unbounded stream, and
-:func:`jaxsched.sim.step` runs unchanged on the window as if it were the whole workload:
+:func:`jaxsched.core.sim.step` runs unchanged on the window as if it were the whole workload:
 every request index of the carry (``head``, ``arrived``, ``slots.req``) is relative to
 ``base``. Between chunks of iterations :func:`slide` drops the whole blocks before the
 oldest request still needed,
@@ -23,20 +23,20 @@ whole workload never exists. Kinds:
   ``P(class = k) = rate_k / Lambda``: ``a_i = a_{i-1} + E_i / Lambda``, ``E_i ~ Exp(1)``,
   ``a_{-1}`` = the carried last arrival of the previous block (0 at the start).
 * ``saturated``: ``total`` requests at time 0, classes i.i.d. by weight.
-* ``bursty``: the two-state MMPP of :func:`jaxsched.workload.bursty` by time change: the
+* ``bursty``: the two-state MMPP of :func:`jaxsched.workloads.generators.bursty` by time change: the
   unit-rate points ``y_i = sum_{j <= i} E_j`` are mapped through the inverse of the
   cumulative intensity ``Lambda f_{s(t)}``, one sojourn at a time (a ``while_loop`` over the
   sojourns a block spans); the phase, the time left in the current sojourn and the sojourn
   counter are carried. Starts in the stationary law, like the full-array generator.
 * ``trace``: consecutive requests of the cyclically unrolled trace of
-  :func:`jaxsched.workload.trace_window` (copy m of request j at ``t_j + m P - offset``),
+  :func:`jaxsched.workloads.generators.trace_window` (copy m of request j at ``t_j + m P - offset``),
   block b starting at unrolled index ``first + b x block``.
 
-Every kind keeps the padding conventions of :mod:`jaxsched.workload`: arrivals at or after
+Every kind keeps the padding conventions of :mod:`jaxsched.workloads.generators`: arrivals at or after
 ``duration`` and indices ``>= total`` are padding (``valid = False``, ``arrival = +inf``,
 ``prompt = output = 1``, ``cls = 0``). Streamed sample paths differ from the full-array
 generators' (same law, other draws); :func:`materialize` concatenates a stream's blocks into
-an ordinary workload, on which :func:`jaxsched.sim.simulate` gives the streamed, windowed
+an ordinary workload, on which :func:`jaxsched.core.sim.simulate` gives the streamed, windowed
 run's per-iteration trajectory, final counters and latency histogram bit for bit (metrics,
 float arithmetic on them, to an ulp; ``tests/test_stream.py``).
 
@@ -61,8 +61,8 @@ import numpy as np
 from flax import struct
 
 from jaxsched.errors import JaxschedError
-from jaxsched.model import RequestState, SimShape, SimState, Workload
-from jaxsched.workload import padded, trace_period
+from jaxsched.core.model import RequestState, SimShape, SimState, Workload
+from jaxsched.workloads.generators import padded, trace_period
 
 __all__ = [
     "STREAM_KINDS",
@@ -131,7 +131,7 @@ class StreamParams:
     trace_prompt: jax.Array  # (T,) int32
     trace_output: jax.Array  # (T,) int32
     trace_cls: jax.Array  # (T,) int32
-    trace_period: jax.Array  # () float32, P of jaxsched.workload.trace_period (1 without)
+    trace_period: jax.Array  # () float32, P of jaxsched.workloads.generators.trace_period (1 without)
     time_scale: jax.Array  # () float32, simulator units per trace second
 
 

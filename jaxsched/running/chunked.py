@@ -3,18 +3,18 @@
 One run of ``W`` workloads (x ``P`` parameter sets) x ``H`` iterations is driven from Python as
 
 * ``init``: the initial carry ``(SimState, policy state, Accumulators)`` of every rollout;
-* ``advance`` (jitted, the carry donated): ``lax.scan`` of :func:`jaxsched.sim.step` over
+* ``advance`` (jitted, the carry donated): ``lax.scan`` of :func:`jaxsched.core.sim.step` over
   ``chunk`` iterations, called ``ceil(H / chunk)`` times; per-iteration traces, when
   recorded, come back to the host after every chunk;
 * ``collect``: the accumulators and final counters, gathered to the host; the metrics are
   then computed once for the whole batch (``finalize``, so they do not depend on the device
   count).
 
-These are the four phases of :mod:`jaxsched.rollout` (``init``, ``advance``, ``collect``,
-``finalize``), batched; :func:`jaxsched.rollout.simulate` composes the same four in one call.
-:func:`jaxsched.sim.step` draws iteration ``k``'s keys from ``fold_in(key, k)``, so a chunked
-run is exactly the uninterrupted scan of :func:`jaxsched.sim.simulate` (tested bit for bit).
-All three functions are ``jit(shard_map(vmap(...)))`` over a :mod:`jaxsched.sharding` mesh with
+These are the four phases of :mod:`jaxsched.core.rollout` (``init``, ``advance``, ``collect``,
+``finalize``), batched; :func:`jaxsched.core.rollout.simulate` composes the same four in one call.
+:func:`jaxsched.core.sim.step` draws iteration ``k``'s keys from ``fold_in(key, k)``, so a chunked
+run is exactly the uninterrupted scan of :func:`jaxsched.core.sim.simulate` (tested bit for bit).
+All three functions are ``jit(shard_map(vmap(...)))`` over a :mod:`jaxsched.running.sharding` mesh with
 explicit in/out shardings.
 
 Memory. The device holds, per rollout (per workload and parameter set): the carry (slots
@@ -24,7 +24,7 @@ batch does not fit the budget (``max_memory`` bytes per device, or :func:`auto_b
 streamed through in fixed-size batches (the last one padded with dummy workloads, so one
 compilation serves all). With full request arrays ``N``, the number of requests per workload,
 is sized from ``horizon x arrival rate``, so they (about 23 bytes per request) grow with the
-horizon. Streamed workloads (``stream``, :mod:`jaxsched.stream`) replace them by a sliding
+horizon. Streamed workloads (``stream``, :mod:`jaxsched.running.stream`) replace them by a sliding
 window of ``R`` requests generated on the device block by block and carried between chunks
 (indices relative to its base; slid after every chunk): then nothing on the device depends
 on the horizon, and the result is exactly the simulator's on the materialized stream.
@@ -47,13 +47,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as PS
 
-from jaxsched import rollout as R
-from jaxsched import sharding as S
-from jaxsched import stream as ST
+from jaxsched.core import rollout as R
+from jaxsched.running import sharding as S
+from jaxsched.running import stream as ST
 from jaxsched.errors import JaxschedError
-from jaxsched.model import SimShape, Workload
+from jaxsched.core.model import SimShape, Workload
 from jaxsched.policies.base import Policy
-from jaxsched.sim import RolloutResult, SimParams, StepOutput
+from jaxsched.core.sim import RolloutResult, SimParams, StepOutput
 
 __all__ = [
     "DEFAULT_CHUNK",
@@ -198,7 +198,7 @@ class RunPlan:
     bytes_per_rollout: int  # estimate, see rollout_bytes
     budget: int  # bytes per device
     budget_source: str
-    window: int | None = None  # streamed: requests held per rollout (jaxsched.stream), else None
+    window: int | None = None  # streamed: requests held per rollout (jaxsched.running.stream), else None
 
 
 @dataclasses.dataclass
@@ -255,12 +255,12 @@ def chunk_functions(policy: Policy, shape: SimShape, mesh, batched_params: bool,
     * ``collect(carry) -> rollout.Final``: accumulators and final counters (metrics are
       computed from them on the host side, see :func:`_finalizer`).
 
-    With a ``stream`` (:mod:`jaxsched.stream`) the workloads are replaced by the streams'
-    keys ``skeys (W, ...)`` and the shared :class:`~jaxsched.stream.StreamParams` ``sp``
+    With a ``stream`` (:mod:`jaxsched.running.stream`) the workloads are replaced by the streams'
+    keys ``skeys (W, ...)`` and the shared :class:`~jaxsched.running.stream.StreamParams` ``sp``
     comes last: ``init(keys, skeys, params, sp)``, ``advance(keys, skeys, params, sp,
     carry)``, ``collect(carry, sp)``; the carry is ``(sim carry, Window)``, and ``advance``
     runs the chunk on the window, counting inexact iterations
-    (:func:`~jaxsched.stream.window_short`), then slides it (:func:`~jaxsched.stream.slide`).
+    (:func:`~jaxsched.running.stream.window_short`), then slides it (:func:`~jaxsched.running.stream.slide`).
 
     ``keys`` are raw key data (``key_impl`` names the typed key's implementation, or None for
     legacy uint32 keys). Every function is ``jit(shard_map(vmap ...))`` with in/out shardings:
@@ -408,14 +408,14 @@ def run_chunked(policy: Policy, shape: SimShape, params: SimParams, num_workload
     ``devices``: a count (the first ones), a list, or None for all. Returns the
     :class:`RolloutResult` as numpy arrays, leading (W,) or (P, W) (trace (.., W, H) when
     ``shape.record_trace``), and the run's :class:`RunStats`. Equal, bit for bit, to
-    :func:`jaxsched.sim.simulate` on the same inputs for every device count and chunk.
+    :func:`jaxsched.core.sim.simulate` on the same inputs for every device count and chunk.
 
-    Streamed (``stream`` and ``stream_params`` given, :mod:`jaxsched.stream`): ``get_batch``
+    Streamed (``stream`` and ``stream_params`` given, :mod:`jaxsched.running.stream`): ``get_batch``
     returns ``(keys, stream keys)`` instead, each workload is generated block by block into
     a sliding window of ``stream.window`` requests (``num_requests`` is ignored), and the
-    result equals :func:`jaxsched.sim.simulate` on the materialized streams
-    (:func:`jaxsched.stream.materialize`); a window too small for that raises a one-line
-    :class:`~jaxsched.stream.WindowTooSmall` (a :class:`JaxschedError`) at the end of the
+    result equals :func:`jaxsched.core.sim.simulate` on the materialized streams
+    (:func:`jaxsched.running.stream.materialize`); a window too small for that raises a one-line
+    :class:`~jaxsched.running.stream.WindowTooSmall` (a :class:`JaxschedError`) at the end of the
     first chunk that was not exact.
     """
     devs = devices if isinstance(devices, list) else S.select_devices(devices)

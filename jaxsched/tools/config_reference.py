@@ -4,7 +4,7 @@ Every key of every table, with its type, default, constraint and description, re
 models of :mod:`jaxsched.config` and :mod:`tuning.settings` (the ``[tune]`` table), and the
 policies' parameters from the registry. Regenerate after changing a schema::
 
-    python -m jaxsched.config_reference > docs/config-reference.md
+    python -m jaxsched.tools.config_reference > docs/config-reference.md
 
 ``tests/test_cli_catalog.py`` fails while the committed file differs from the output.
 """
@@ -88,7 +88,7 @@ def render() -> str:
     parts = [
         "# Config reference",
         "",
-        "Generated from the pydantic schemas by `python -m jaxsched.config_reference` "
+        "Generated from the pydantic schemas by `python -m jaxsched.tools.config_reference` "
         "(do not edit by hand). A config is a TOML file with the tables below; "
         "`--set section.key=value` overrides any key from the command line, e.g. "
         "`--set workload.classes.0.rate=2`. Unknown keys, wrong types and values out of "

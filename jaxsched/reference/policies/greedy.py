@@ -3,7 +3,7 @@ leave free after their growth, optional ``max_num_seqs``; evict in the chosen or
 
 from __future__ import annotations
 
-from jaxsched.refpolicies.base import RefPolicy, RefView, evict_in_order, register_reference
+from jaxsched.reference.policies.base import RefPolicy, RefView, evict_in_order, register_reference
 
 __all__ = ["RefGreedy"]
 

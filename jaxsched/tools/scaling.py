@@ -157,8 +157,8 @@ def step_bytes(max_batch: int, queue_size: int) -> int:
 
 def xla_step_bytes(exp, keys, workloads, backend_devices) -> float:
     """XLA's ``bytes accessed`` of one compiled step over the batch, per workload."""
-    from jaxsched.rollout import init
-    from jaxsched.sim import step
+    from jaxsched.core.rollout import init
+    from jaxsched.core.sim import step
 
     dev = backend_devices[0]
     keys, workloads, params = jax.device_put((keys, workloads, exp.params), dev)
@@ -235,7 +235,7 @@ def forced_host_efficiency(config_path: str, overrides: list[str], workloads: in
                           f" --xla_force_host_platform_device_count={num_devices}").strip())
     args = json.dumps(dict(config=config_path, overrides=overrides, workloads=workloads,
                            repeats=repeats))
-    proc = subprocess.run([sys.executable, "-m", "jaxsched.scaling", args], env=env,
+    proc = subprocess.run([sys.executable, "-m", "jaxsched.tools.scaling", args], env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
@@ -323,7 +323,7 @@ def bench_scale(cfg: Config, config_path: str, overrides: list[str], workloads=N
 def plot_scale(result: ScaleBench, out) -> str:
     """Log-log PNG: throughput vs workloads (per backend, with its roofline), vs slots, vs
     horizon; sharding efficiency."""
-    from jaxsched.plots import _pyplot
+    from jaxsched.tools.plots import _pyplot
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))

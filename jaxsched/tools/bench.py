@@ -1,7 +1,7 @@
 """Benchmarks: every ratio they print is measured in the same run.
 
 ``bench_sim``: the batched JAX simulator at several batch sizes against two plain-Python
-references on the same workloads: the reference simulator (:mod:`jaxsched.reference`, every
+references on the same workloads: the reference simulator (:mod:`jaxsched.reference.simulator`, every
 phase of the model written out, simple rather than fast) and, for greedy admission on a
 saturated backlog, :func:`tight_greedy`, a tight loop of that one model (the setting of
 ``configs/tight-greedy.toml``).
@@ -72,7 +72,7 @@ def tight_greedy(prompt, output, capacity: float, max_batch: int, queue_size: in
     tokens overflow ``C`` (an evicted request rejoins the queue at its place, keeping its
     ``g`` tokens unless ``restart``), prefills whole, gives every resident one token
     (``tau = d0 + d1_prefill P + d1_context D + d2 R``) and completes those that reach their
-    output. The model of :mod:`jaxsched.model` (memory in whole tokens, ``block_size = 1``)
+    output. The model of :mod:`jaxsched.core.model` (memory in whole tokens, ``block_size = 1``)
     for this one policy, with no window, trace or metrics.
     """
     res, gen = [], []  # residents in admission order: request index, tokens generated
@@ -116,8 +116,8 @@ def _tight_applies(cfg: Config, exp) -> bool:
 def bench_sim(cfg: Config, batch_sizes=(1, 64, 1024), reference_workloads: int = 2,
               repeats: int = 2, progress: Callable[[str], None] | None = None) -> SimBench:
     """Time the JAX batch at each size and the reference on the first workloads."""
-    from jaxsched.reference import reference_for, simulate_reference
-    from jaxsched.refpolicies import REFERENCE_POLICIES
+    from jaxsched.reference.simulator import reference_for, simulate_reference
+    from jaxsched.reference.policies import REFERENCE_POLICIES
 
     say = progress or (lambda msg: None)
     biggest = max(batch_sizes)

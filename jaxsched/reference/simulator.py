@@ -1,6 +1,6 @@
-"""The reference simulator: plain Python, one workload, written from :mod:`jaxsched.model`.
+"""The reference simulator: plain Python, one workload, written from :mod:`jaxsched.core.model`.
 
-This is the slow and obvious twin of :mod:`jaxsched.sim`, the thing the fast JAX code is tested
+This is the slow and obvious twin of :mod:`jaxsched.core.sim`, the thing the fast JAX code is tested
 against. It never imports or calls JAX code (numpy only converts inputs): requests are Python
 objects, the residents a Python list in admission order, the waiting queue recomputed from
 scratch every iteration. Each phase of an iteration (model docstring, phases 1-6) is one small
@@ -27,7 +27,7 @@ Conventions it reproduces, all from the model text:
   queue at its index position with its generated tokens kept (set to 0 and counted in
   ``discarded_tokens`` when ``restart_on_evict``).
 * Memory is in blocks of ``block_size`` tokens: a resident needing ``t`` tokens holds
-  ``block_size ceil(t / block_size)`` (``refpolicies.base.block_tokens``, written again here
+  ``block_size ceil(t / block_size)`` (``reference.policies.base.block_tokens``, written again here
   from the model text rather than imported from the JAX side), the usable capacity is
   ``C_b = block_size floor(C / block_size)`` (``C`` when ``block_size = 1``) and the policies
   see ``C_b`` as ``view.capacity``; ``M_k``, the needs passed to ``evict`` and the memory
@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from jaxsched.refpolicies.base import (
+from jaxsched.reference.policies.base import (
     RefPolicy,
     RefResident,
     RefView,
@@ -64,7 +64,7 @@ from jaxsched.refpolicies.base import (
 )
 
 if TYPE_CHECKING:  # only for annotations: any object with the same fields will do
-    from jaxsched.model import SimShape
+    from jaxsched.core.model import SimShape
 
 __all__ = [
     "STEP_FIELDS",
@@ -97,7 +97,7 @@ STEP_FIELDS = (
     "context_tokens",
     "discarded_tokens",
 )
-"""The fields of :class:`StepRecord`, the same as those of ``jaxsched.sim.StepOutput``."""
+"""The fields of :class:`StepRecord`, the same as those of ``jaxsched.core.sim.StepOutput``."""
 
 _PERCENTILES = (
     ("latency_p50", "latency", 0.50),
@@ -141,7 +141,7 @@ class RefSystem:
 
 @dataclasses.dataclass
 class StepRecord:
-    """What happened in one iteration; the fields of ``jaxsched.sim.StepOutput``."""
+    """What happened in one iteration; the fields of ``jaxsched.core.sim.StepOutput``."""
 
     time: float  # T_k, start of the iteration
     duration: float  # tau_k
@@ -180,7 +180,7 @@ class ReferenceResult:
     """The reference simulator's answer for one workload."""
 
     trajectory: list[StepRecord]  # one record per iteration, k = 0 .. horizon - 1
-    metrics: dict[str, float]  # the keys of jaxsched.metrics.METRIC_KEYS
+    metrics: dict[str, float]  # the keys of jaxsched.core.metrics.METRIC_KEYS
     requests: list[RequestOutcome]  # one per valid request, in index order
     final_arrived: int
     final_completed: int
@@ -231,7 +231,7 @@ class _Accumulators:
 
 def requests_from_workload(workload: Any = None, *, arrival=None, prompt=None, output=None,
                            cls=None, valid=None) -> tuple[list[RefRequest], int]:
-    """``(valid requests, N)`` from a ``jaxsched.model.Workload`` (or anything with those five
+    """``(valid requests, N)`` from a ``jaxsched.core.model.Workload`` (or anything with those five
     attributes, converted with numpy) or from the five sequences given as keywords.
 
     Invalid (padding) entries never arrive. The valid ones must be sorted by arrival, as the
@@ -265,7 +265,7 @@ def requests_from_workload(workload: Any = None, *, arrival=None, prompt=None, o
 def ref_system(capacity=None, d0=1.0, d1=0.0, restart_on_evict=False, d2=0.0, *,
                d1_prefill=None, d1_context=None, block_size=1,
                system: Any = None) -> RefSystem:
-    """A :class:`RefSystem` from numbers, from a ``jaxsched.model.SystemParams`` or a mapping
+    """A :class:`RefSystem` from numbers, from a ``jaxsched.core.model.SystemParams`` or a mapping
     (``system=``; ``d2`` may be missing: 0; ``block_size``: 1; ``d1_prefill`` and
     ``d1_context``: ``d1``). Values are rounded to float32, as the JAX simulator stores
     them."""
@@ -498,11 +498,11 @@ def simulate_reference(workload: Any, shape: "SimShape", system: Any,
                        policy: RefPolicy) -> ReferenceResult:
     """Simulate one workload for ``shape.horizon`` iterations under a reference policy.
 
-    ``workload``: a ``jaxsched.model.Workload`` (one replica, no batch axis), an object with the
+    ``workload``: a ``jaxsched.core.model.Workload`` (one replica, no batch axis), an object with the
     same five attributes, a mapping with keys arrival, prompt, output, cls, valid, or a list of
-    :class:`RefRequest`. ``system``: a :class:`RefSystem`, a ``jaxsched.model.SystemParams`` or
+    :class:`RefRequest`. ``system``: a :class:`RefSystem`, a ``jaxsched.core.model.SystemParams`` or
     a mapping with keys capacity, d0, d1, restart_on_evict (and optionally d2). ``policy``: a
-    ``jaxsched.refpolicies.RefPolicy`` (stateful policies: pass a fresh one per call).
+    ``jaxsched.reference.policies.RefPolicy`` (stateful policies: pass a fresh one per call).
     """
     if isinstance(workload, dict):
         reqs, n = requests_from_workload(**workload)
@@ -590,12 +590,12 @@ def simulate_reference(workload: Any, shape: "SimShape", system: Any,
 def reference_for(policy_name: str, params: dict | None = None,
                   options: dict | None = None) -> RefPolicy:
     """The reference twin of a registered policy, built by
-    ``jaxsched.refpolicies.reference_policy(policy_name, params, **options)``; ``params`` are
+    ``jaxsched.reference.policies.reference_policy(policy_name, params, **options)``; ``params`` are
     plain numbers (lists for per-class parameters). Raises ``KeyError`` naming the policy if it
     has no twin."""
-    from jaxsched.refpolicies import REFERENCE_POLICIES, reference_policy
+    from jaxsched.reference.policies import REFERENCE_POLICIES, reference_policy
 
     if policy_name not in REFERENCE_POLICIES:
-        raise KeyError(f"policy {policy_name!r} has no reference twin in jaxsched.refpolicies; "
+        raise KeyError(f"policy {policy_name!r} has no reference twin in jaxsched.reference.policies; "
                        f"twins: {', '.join(sorted(REFERENCE_POLICIES)) or 'none'}")
     return reference_policy(policy_name, dict(params or {}), **dict(options or {}))

@@ -3,7 +3,7 @@
 import importlib as _importlib
 import pkgutil as _pkgutil
 
-from jaxsched.refpolicies.base import (
+from jaxsched.reference.policies.base import (
     REFERENCE_POLICIES,
     RefPolicy,
     RefResident,

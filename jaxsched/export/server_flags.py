@@ -1,6 +1,6 @@
 """A policy file as the nearest flags of an LLM server (vLLM, SGLang).
 
-:func:`server_config` maps a :class:`~jaxsched.export.PolicyFile` to the flags and
+:func:`server_config` maps a :class:`~jaxsched.export.policy_file.PolicyFile` to the flags and
 environment of ``vllm serve`` or SGLang's launcher, with a note for every tuned parameter
 the server cannot express; for vLLM also :func:`plugin_command`, the command line that runs
 the policy itself through :mod:`jaxsched.integrations.vllm`.
@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 from jaxsched.errors import JaxschedError
-from jaxsched.export import PolicyFile
+from jaxsched.export.policy_file import PolicyFile
 from jaxsched.integrations.vllm.plugin import EngineSettings, param_values
 from jaxsched.policies import get_policy, make_params
 from jaxsched.policies.serving import ServerHints, ServerTarget, Unexpressed, fmt

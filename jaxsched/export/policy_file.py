@@ -27,7 +27,7 @@ unknown fields are refused with one line naming the file and the field. ``system
 ``system.d1_prefill`` and ``system.d1_context`` are optional: a file without them (written
 before they existed) means blocks of one token and ``d1`` for both coefficients. A file gives
 ``d1`` (written only when the two are equal), the split pair, or both when they agree.
-:func:`jaxsched.server_flags.server_config` maps a policy file to the nearest flags of vLLM or
+:func:`jaxsched.export.server_flags.server_config` maps a policy file to the nearest flags of vLLM or
 SGLang; ``tuning.export_study.export_from_study`` writes one from a tuned study.
 """
 
@@ -48,9 +48,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from jaxsched import __version__, api
 from jaxsched.config import Config, config_from_dict, read_text, split_d1, workload_digest
 from jaxsched.errors import JaxschedError
-from jaxsched.metrics import DERIVED_METRICS, METRIC_KEYS, add_derived, aggregate, measured_time
+from jaxsched.core.metrics import DERIVED_METRICS, METRIC_KEYS, add_derived, aggregate, measured_time
 from jaxsched.policies import get_policy, make_params, policy_options
-from jaxsched.rollout import compiled_simulator
+from jaxsched.core.rollout import compiled_simulator
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -72,7 +72,7 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = (1,)
-SCHEMA_PATH = Path(__file__).resolve().parent / "data" / "policy.schema.json"
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "data" / "policy.schema.json"
 REQUIRED_METRICS = ("completed_per_time", "tokens_per_time", "latency_mean", "latency_p95",
                     "evictions")
 """Metrics every policy file records (measured in the hard simulator)."""
@@ -433,7 +433,7 @@ def validate_policy(path: str | Path, rtol: float = 0.01, atol: float = 1e-6,
 
 
 def write_json_schema(path: str | Path = SCHEMA_PATH) -> Path:
-    """Regenerate the shipped JSON Schema (``python -m jaxsched.export``)."""
+    """Regenerate the shipped JSON Schema (``python -m jaxsched.export.policy_file``)."""
     path = Path(path)
     path.write_text(json.dumps(json_schema(), indent=2) + "\n")
     return path

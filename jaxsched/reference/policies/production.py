@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxsched.refpolicies.base import RefPolicy, RefView, evict_in_order, register_reference
+from jaxsched.reference.policies.base import RefPolicy, RefView, evict_in_order, register_reference
 
 __all__ = ["RefVllm", "RefSarathi", "RefSglang", "ref_budget_plan"]
 

@@ -38,7 +38,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from jaxsched.errors import JaxschedError
-from jaxsched.model import Workload
+from jaxsched.core.model import Workload
 
 __all__ = [
     "PARAM_AXIS",

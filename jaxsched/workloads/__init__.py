@@ -1,0 +1,2 @@
+"""Workloads: generated arrivals and lengths (:mod:`.generators`) and recorded traces
+(:mod:`.traces`)."""
