@@ -27,12 +27,12 @@ import signal
 import sys
 import threading
 
+from jaxsched.errors import signal_exit_code, signal_message
+
 __all__ = ["GRACE_S", "Interrupted", "exit_code", "exit_now", "handle_signals",
            "message", "SignalState"]
 
 GRACE_S = 1.5  # seconds the main thread gets to reach a safe point after a signal
-
-_NAMES = {signal.SIGINT: "interrupted (SIGINT)", signal.SIGTERM: "terminated (SIGTERM)"}
 
 
 class Interrupted(KeyboardInterrupt):
@@ -53,12 +53,8 @@ def _is_own_code(frame) -> bool:
     return frame is not None and frame.f_code.co_filename.startswith(_OWN_DIRS)
 
 
-def exit_code(signum: int) -> int:
-    return 128 + int(signum)
-
-
-def message(signum: int) -> str:
-    return f"error: {_NAMES.get(signum, f'signal {signum}')}"
+exit_code = signal_exit_code
+message = signal_message
 
 
 _exit_lock = threading.Lock()
