@@ -416,7 +416,7 @@ def compare_sim(
         if probe:
             raise JaxschedError("--probe: the speed probe is not implemented for --engine vllm")
         return _compare_vllm(policy, profile, workload, model, plot, num_requests, max_output,
-                             time_scale, rate, timer, seed, as_json, err,
+                             time_scale, rate, timer, seed, as_json, err, rtol,
                              (block_size, num_blocks, max_num_seqs, max_num_batched_tokens,
                               max_model_len))
     pol, raw_params, k = resolve_policy(policy)
@@ -524,9 +524,11 @@ def _comparison_table(result, rel, keys, engine_label: str):
 
 
 def _compare_vllm(policy, profile, workload, model, plot, num_requests, max_output, time_scale,
-                  rate, timer, seed, as_json, err, vllm_options):
+                  rate, timer, seed, as_json, err, rtol, vllm_options):
     """compare-sim --engine vllm (jaxsched.integrations.vllm.cli)."""
     from rich.console import Console
+
+    from jaxsched.cli.sanity import comparison_warnings, warn
 
     from jaxsched.engine import compare as C
     from jaxsched.integrations.vllm import cli as V
@@ -543,10 +545,12 @@ def _compare_vllm(policy, profile, workload, model, plot, num_requests, max_outp
         C.plot_memory(result, plot, float(out["settings"].num_blocks * out["settings"].block_size),
                       engine_label="vLLM")
         err.print(f"wrote {plot}")
+    rel = result.rel_errors()
+    for line in comparison_warnings(rel, rtol, "recalibrate on a quieter machine"):
+        warn(err, line)
     if as_json:
         typer.echo(V.compare_json(out))
         return
-    rel = result.rel_errors()
     st = out["settings"]
     console = Console(width=140)
     console.print(f"jaxsched compare-sim --engine vllm: {result.policy}, {result.num_requests} "
