@@ -260,7 +260,8 @@ def calibrate(
     block_size: Optional[int] = typer.Option(None, "--block-size", help="vllm: KV block size "
                                              "(default 32)"),
     num_blocks: Optional[int] = typer.Option(None, "--num-blocks", help="vllm: KV blocks "
-                                             "(num_gpu_blocks_override; default 64)"),
+                                             "requests can hold (default 64; vLLM is given "
+                                             "one more, its null block)"),
     max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", help="vllm: max_num_seqs "
                                                "(default 32)"),
     max_num_batched_tokens: Optional[int] = typer.Option(None, "--max-num-batched-tokens",
@@ -386,7 +387,8 @@ def compare_sim(
     block_size: Optional[int] = typer.Option(None, "--block-size", help="vllm: KV block size "
                                              "(default 32)"),
     num_blocks: Optional[int] = typer.Option(None, "--num-blocks", help="vllm: KV blocks "
-                                             "(num_gpu_blocks_override; default 64)"),
+                                             "requests can hold (default 64; vLLM is given "
+                                             "one more, its null block)"),
     max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", help="vllm: max_num_seqs "
                                                "(default 32)"),
     max_num_batched_tokens: Optional[int] = typer.Option(None, "--max-num-batched-tokens",
