@@ -105,7 +105,8 @@ def _bootstrap_policy(settings: LLMSettings) -> str:
 
 def warm_up(llm, settings: LLMSettings) -> int:
     """Run one step of every batch size ``1 .. max_num_batched_tokens`` (tokens in the step:
-    prompts of one-token requests) and decode batches of ``1 .. max_num_seqs``, under vLLM's
+    the prompts of requests that generate one token) and decode batches of ``1 ..
+    max_num_seqs``, under vLLM's
     own scheduling; returns the steps run. Call it before measured replays: vLLM's CPU
     matmuls compile a oneDNN primitive the first time they meet a batch size, so a first
     replay of a request list measured 1.6-1.7x the time of the same list replayed again (327
