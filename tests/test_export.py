@@ -261,9 +261,10 @@ def _doc(name, params, options=None, **system):
 
 
 def test_vllm_flags_keep_the_tuned_block_size():
-    # tuned with blocks of 32 tokens: vLLM gets the same blocks, floor(16492 / 32) = 515
+    # tuned with blocks of 32 tokens: vLLM gets the same blocks, floor(16492 / 32) = 515, and
+    # its null block
     v = server_config(_doc("vllm", {"max_num_seqs": 96}, block_size=32), "vllm")
-    assert v.flags["--block-size"] == 32 and v.flags["--num-gpu-blocks-override"] == 515
+    assert v.flags["--block-size"] == 32 and v.flags["--num-gpu-blocks-override"] == 516
 
 
 def test_server_flags_and_notes():
@@ -271,7 +272,7 @@ def test_server_flags_and_notes():
                                        "watermark": 0.05}), "vllm")
     assert v.flags["--max-num-seqs"] == 96 and v.flags["--max-num-batched-tokens"] == 4096
     assert v.flags["--enable-chunked-prefill"] is True
-    assert v.flags["--num-gpu-blocks-override"] == 1031 and v.flags["--block-size"] == 16
+    assert v.flags["--num-gpu-blocks-override"] == 1032 and v.flags["--block-size"] == 16
     assert v.flags["--watermark"] == "0.05"  # vLLM v1's --watermark (0.32)
     # token memory: jaxsched's vLLM scheduler cannot run the policy itself
     assert v.plugin_command is None and v.plugin_refusal.startswith("system.block_size = 1")
@@ -281,7 +282,7 @@ def test_server_flags_and_notes():
     assert vb.plugin_refusal is None
     assert "--scheduler-cls jaxsched.integrations.vllm.JaxschedScheduler" in vb.plugin_command
     assert "--max-num-batched-tokens 4096" in vb.plugin_command
-    assert "--block-size 16 --num-gpu-blocks-override 1030 --max-num-seqs 1024" in vb.plugin_command
+    assert "--block-size 16 --num-gpu-blocks-override 1031 --max-num-seqs 1024" in vb.plugin_command
     assert """--additional-config '{"jaxsched": {"policy": "tuned.json"}}'""" in vb.plugin_command
     v0 = server_config(_doc("vllm", {}, {"scheduler": "v0"}, block_size=16), "vllm")
     assert v0.plugin_command is None and v0.plugin_refusal.startswith("scheduler='v0'")

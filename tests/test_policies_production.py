@@ -169,6 +169,27 @@ def test_vllm_preempts_the_newest_on_overflow():
     assert column(run, "evicted")[k] == 1 and column(run, "num_resident")[k] == 1
 
 
+def test_vllm_admits_nothing_in_an_iteration_that_preempts():
+    """vLLM 0.32's v1 scheduler skips its waiting queue in a step that preempted
+    (``if not preempted_reqs`` in ``Scheduler.schedule``). The policy needs no rule of its
+    own for it: admission counts every resident at ``l + s + 1`` (at least its memory under
+    the plan), so an admission leaves ``M_k <= C`` and an overflowing iteration admitted
+    nothing (the twin follows: test_matches_reference). The examples overflow with requests
+    other than the victims left waiting."""
+    seen = {"overflow_waiting": 0}
+
+    @hypothesis.given(wl=WORKLOADS, system=SYSTEMS, params=PARAMS["vllm"])
+    @hypothesis.settings(jt.HYPOTHESIS_SETTINGS, max_examples=EXAMPLES)
+    def check(wl, system, params):
+        for rec in jt.run_jax("vllm", SHAPE, wl, system, params=params).trajectory:
+            if rec["overflow"]:
+                assert rec["admitted"] == 0, (params, system)
+                seen["overflow_waiting"] += rec["num_waiting"] > rec["evicted"]
+
+    check()
+    assert seen["overflow_waiting"] > 0  # overflows with requests left waiting
+
+
 def test_vllm_v0_prefill_only_iterations_stall_decodes():
     """Slotted. r0 (prompt 4, output 3) at t=0, r1 (prompt 2, output 1) at t=1. v0: it0 r0
     prefills (+ token 1); it1 is prefill-only: r1 prefills and completes while r0 pauses; r0

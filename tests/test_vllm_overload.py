@@ -68,9 +68,11 @@ def test_tuned_flow_control_preempts_far_less_at_no_lower_throughput(llm, tmp_pa
     for res in (default, plugin):
         assert res.engine["completed"] == len(requests)
     assert plugin.engine["evictions"] <= default.engine["evictions"] / 3
-    # no lower completed-per-time, up to 2% (the replay is deterministic: measured 3.391 for
-    # the plugin against 3.411 for vLLM's own scheduler, where the simulator predicted +2%)
+    # no lower completed-per-time, up to 2% (the replay is deterministic)
     assert plugin.engine["completed_per_time"] >= 0.98 * default.engine["completed_per_time"]
-    # and vLLM's own scheduler is what the simulator's vllm policy predicted
+    # and vLLM's own scheduler is what the simulator's vllm policy predicted: on this clock
+    # the simulator's memory is vLLM's block for block (vLLM's null block, the newest token's
+    # slot: jaxsched.integrations.vllm.compare), so the preemptions and peak KV agree too
     rel = default.rel_errors()
-    assert rel["completed_per_time"] < 0.1 and rel["latency_mean"] < 0.15
+    assert rel["completed_per_time"] < 0.05 and rel["latency_mean"] < 0.05, rel
+    assert rel["evictions"] <= 0.1 and rel["peak_kv_tokens"] == 0.0, (rel, default.engine)

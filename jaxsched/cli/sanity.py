@@ -51,15 +51,18 @@ def simulation_warnings(result) -> list[str]:
     return out
 
 
-def comparison_warnings(rel_errors: dict, rtol: float) -> list[str]:
-    """A line naming the compare-sim metrics whose relative error exceeds ``rtol``."""
+def comparison_warnings(rel_errors: dict, rtol: float,
+                        hint: str = "recalibrate on a quieter machine, or see --probe"
+                        ) -> list[str]:
+    """A line naming the compare-sim metrics whose relative error exceeds ``rtol`` (both
+    engines' compare-sim; ``hint`` closes it)."""
     bad = {k: v for k, v in rel_errors.items() if not (v <= rtol)}  # nan counts as a miss
     if not bad:
         return []
     shown = ", ".join(f"{k} {'n/a' if not math.isfinite(v) else f'{v:.0%}'}"
                       for k, v in bad.items())
     return [f"the simulator misses the engine beyond the tolerance {rtol:.0%}: {shown} "
-            "(recalibrate on a quieter machine, or see --probe)"]
+            f"({hint})"]
 
 
 def _row(rows: dict, prefix: str):

@@ -260,7 +260,8 @@ def calibrate(
     block_size: Optional[int] = typer.Option(None, "--block-size", help="vllm: KV block size "
                                              "(default 32)"),
     num_blocks: Optional[int] = typer.Option(None, "--num-blocks", help="vllm: KV blocks "
-                                             "(num_gpu_blocks_override; default 64)"),
+                                             "requests can hold (default 64; vLLM is given "
+                                             "one more, its null block)"),
     max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", help="vllm: max_num_seqs "
                                                "(default 32)"),
     max_num_batched_tokens: Optional[int] = typer.Option(None, "--max-num-batched-tokens",
@@ -386,7 +387,8 @@ def compare_sim(
     block_size: Optional[int] = typer.Option(None, "--block-size", help="vllm: KV block size "
                                              "(default 32)"),
     num_blocks: Optional[int] = typer.Option(None, "--num-blocks", help="vllm: KV blocks "
-                                             "(num_gpu_blocks_override; default 64)"),
+                                             "requests can hold (default 64; vLLM is given "
+                                             "one more, its null block)"),
     max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", help="vllm: max_num_seqs "
                                                "(default 32)"),
     max_num_batched_tokens: Optional[int] = typer.Option(None, "--max-num-batched-tokens",
@@ -416,7 +418,7 @@ def compare_sim(
         if probe:
             raise JaxschedError("--probe: the speed probe is not implemented for --engine vllm")
         return _compare_vllm(policy, profile, workload, model, plot, num_requests, max_output,
-                             time_scale, rate, timer, seed, as_json, err,
+                             time_scale, rate, timer, seed, as_json, err, rtol,
                              (block_size, num_blocks, max_num_seqs, max_num_batched_tokens,
                               max_model_len))
     pol, raw_params, k = resolve_policy(policy)
@@ -524,9 +526,11 @@ def _comparison_table(result, rel, keys, engine_label: str):
 
 
 def _compare_vllm(policy, profile, workload, model, plot, num_requests, max_output, time_scale,
-                  rate, timer, seed, as_json, err, vllm_options):
+                  rate, timer, seed, as_json, err, rtol, vllm_options):
     """compare-sim --engine vllm (jaxsched.integrations.vllm.cli)."""
     from rich.console import Console
+
+    from jaxsched.cli.sanity import comparison_warnings, warn
 
     from jaxsched.engine import compare as C
     from jaxsched.integrations.vllm import cli as V
@@ -543,10 +547,12 @@ def _compare_vllm(policy, profile, workload, model, plot, num_requests, max_outp
         C.plot_memory(result, plot, float(out["settings"].num_blocks * out["settings"].block_size),
                       engine_label="vLLM")
         err.print(f"wrote {plot}")
+    rel = result.rel_errors()
+    for line in comparison_warnings(rel, rtol, "recalibrate on a quieter machine"):
+        warn(err, line)
     if as_json:
         typer.echo(V.compare_json(out))
         return
-    rel = result.rel_errors()
     st = out["settings"]
     console = Console(width=140)
     console.print(f"jaxsched compare-sim --engine vllm: {result.policy}, {result.num_requests} "

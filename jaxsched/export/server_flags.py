@@ -91,7 +91,8 @@ def plugin_command(doc: PolicyFile, policy_path: str = "policy.json",
         if why:
             return None, why
     config = json.dumps({"jaxsched": {"policy": str(policy_path)}})
-    cmd = (f"vllm serve MODEL --block-size {bs} --num-gpu-blocks-override {blocks} "
+    # vLLM's block pool keeps one block as its null block: blocks + 1 to hold ``blocks``
+    cmd = (f"vllm serve MODEL --block-size {bs} --num-gpu-blocks-override {blocks + 1} "
            f"--max-num-seqs {int(s.max_batch)} --max-num-batched-tokens {tokens} "
            f"--no-enable-prefix-caching --scheduler-cls {PLUGIN_SCHEDULER} "
            f"--additional-config '{config}'")
@@ -118,13 +119,15 @@ def server_config(doc: PolicyFile, server: str, policy_path: str = "policy.json"
     cap = int(s.capacity)
     if vllm and s.block_size > 1:  # tuned in blocks: the same blocks, floor(C / b) of them
         flags["--block-size"] = int(s.block_size)
-        flags["--num-gpu-blocks-override"] = cap // int(s.block_size)
+        flags["--num-gpu-blocks-override"] = cap // int(s.block_size) + 1
         notes.append(f"capacity C = {cap} KV tokens as {cap // int(s.block_size)} blocks of "
-                     f"{s.block_size} (tuned for {s.hardware or 'the configured system'})")
+                     f"{s.block_size}, plus vLLM's null block (tuned for "
+                     f"{s.hardware or 'the configured system'})")
     elif vllm:
         flags["--block-size"] = 16
-        flags["--num-gpu-blocks-override"] = math.ceil(cap / 16)
-        notes.append(f"capacity C = {cap} KV tokens as 16-token blocks (tuned for "
+        flags["--num-gpu-blocks-override"] = math.ceil(cap / 16) + 1
+        notes.append(f"capacity C = {cap} KV tokens as 16-token blocks, plus vLLM's null block "
+                     f"(tuned for "
                      f"{s.hardware or 'the configured system'})")
     else:
         flags["--max-total-tokens"] = cap

@@ -247,8 +247,11 @@ def vllm(eviction: str = "newest", scheduler: str = "v1") -> Policy:
     newest resident is preempted by recompute (``eviction="newest"``, vLLM's rule; other
     orders in ``EVICTION_ORDERS``) and readmitted later with ``l + g`` tokens to prefill.
 
-    Not modelled: vLLM skips admission in an iteration that preempted (our admission comes
-    before the memory phase), prefix caching, ``long_prefill_token_threshold``.
+    vLLM v1 admits no waiting request in an iteration that preempted (``if not
+    preempted_reqs`` in ``Scheduler.schedule``); here that follows from the memory test: a
+    resident counts at ``l + s + 1``, at least its memory under the plan, so an iteration
+    that admits ends with ``M_k <= C`` and one that overflows admitted nothing.
+    Not modelled: prefix caching, ``long_prefill_token_threshold``.
     """
     check_eviction(eviction)
     if scheduler not in VLLM_SCHEDULERS:

@@ -67,13 +67,16 @@ def calibrate_command(out: Path, model: Optional[str], settings, serving_make, t
     from jaxsched.engine.calibrate import write_profile
     from jaxsched.engine.compare import poisson_requests
     from jaxsched.integrations.vllm import compare as VC
-    from jaxsched.integrations.vllm.replay import open_llm, replay, scheduler_of
+    from jaxsched.integrations.vllm.replay import open_llm, replay, scheduler_of, warm_up
 
     model = _check_model(model)
     _require_vllm()
     if serving_make is None:
         raise JaxschedError("--serve-runs 0: calibrate --engine vllm measures serving runs only")
     llm = open_llm(model, None, settings)
+    if progress:
+        progress("warming up every batch size…")
+    warm_up(llm, settings)
     # a preliminary step time sets the serving runs' loads (requests per d0)
     warm = replay(llm, poisson_requests(8, 1e6, (8, 64), (4, 16), seed), timer=timer, seed=seed)
     d0_guess = float(sorted(warm["durations"])[len(warm["durations"]) // 2])
@@ -101,7 +104,7 @@ def compare_command(policy: str, profile: Optional[Path], workload: Optional[Pat
     from jaxsched.engine.calibrate import read_profile
     from jaxsched.integrations.vllm import compare as VC
     from jaxsched.integrations.vllm.plugin import load_setup
-    from jaxsched.integrations.vllm.replay import TIMERS, open_llm
+    from jaxsched.integrations.vllm.replay import TIMERS, open_llm, warm_up
 
     model = _check_model(model)
     if profile is not None:
@@ -125,6 +128,9 @@ def compare_command(policy: str, profile: Optional[Path], workload: Optional[Pat
         policy_file = policy
     _require_vllm()
     llm = open_llm(model, policy_file, settings)
+    if progress:
+        progress("warming up every batch size…")
+    warm_up(llm, settings)
     if profile is None:
         if progress:
             progress("no --profile: calibrating on vLLM's own scheduler…")

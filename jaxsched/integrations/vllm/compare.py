@@ -14,10 +14,23 @@ starts the same engine.
 
 Comparison (:func:`compare`): one request list through vLLM (its own scheduler, or a jaxsched
 policy file through the plugin) and through the simulator with the profile's coefficients and
-the matching policy, in block memory at vLLM's block size: ``vllm`` with vLLM's ``max_num_seqs``, ``max_num_batched_tokens`` and
-``watermark`` for vLLM's own scheduler; the file's policy and parameters for the plugin. The
-simulator keeps generated tokens on eviction, as vLLM's recompute preemption does
-(``restart_on_evict = false``). Reported for both: completed, completed per time, evictions
+the matching policy, in block memory at vLLM's block size: ``vllm`` with vLLM's
+``max_num_seqs``, ``max_num_batched_tokens`` and ``watermark`` for vLLM's own scheduler; the
+file's policy and parameters for the plugin. The simulator keeps generated tokens on
+eviction, as vLLM's recompute preemption does (``restart_on_evict = false``). Two mappings
+make the simulator's memory vLLM's own, block for block (checked on a replay timed by
+``tau``, where the simulator then preempted as often as vLLM, 7 and 7, and peaked at the same
+736 tokens; without them 6 against 7, and 768 against 736):
+
+* the capacity is the blocks vLLM can allocate, ``num_blocks x block_size``, where vLLM is
+  started with one block more (its block pool keeps a null block that no request holds);
+* under vLLM's own scheduler each prompt is one token shorter in the simulator
+  (:func:`sim_requests`): vLLM allocates a token's slot in the step that feeds it back, the
+  model in the step that generates it, so a decoding request holds ``l + s`` slots in vLLM
+  and ``l + s + 1`` in the model. The plugin's policy decides on the model's memory (its
+  view counts the newest token), so its requests are replayed as they are.
+
+Reported for both: completed, completed per time, evictions
 (preemptions), peak and time-weighted mean KV (vLLM: blocks in use x block size; the
 simulator: its block memory ``M_k``), latency mean/p50/p95 and mean
 TTFT, with relative errors (:class:`jaxsched.engine.compare.CompareResult`).
@@ -42,7 +55,7 @@ from jaxsched.errors import JaxschedError
 from jaxsched.integrations.vllm.replay import LLMSettings, replay, replay_metrics, scheduler_of
 
 __all__ = ["VLLM_KEYS", "steps_of", "fit_runs", "calibrate", "settings_from_profile",
-           "vllm_policy", "tau_of", "compare"]
+           "vllm_policy", "tau_of", "sim_requests", "compare"]
 
 VLLM_KEYS = COMPARE_KEYS + EXTRA_KEYS
 
@@ -133,9 +146,20 @@ def tau_of(system: dict[str, Any]):
     return lambda r: d0 + dp * r.prefill_tokens + dc * r.context_tokens + d2 * r.prefill_requests
 
 
+def sim_requests(requests: Sequence, own_scheduler: bool) -> list:
+    """The requests the simulator replays. Under vLLM's own scheduler each prompt is one token
+    shorter (see the module docstring: vLLM allocates a token's slot when the token is fed
+    back, the model when it is generated, so ``l - 1 + s + 1`` is vLLM's ``l + s``); under the
+    plugin the requests as they are (its policy decides on the model's memory)."""
+    if not own_scheduler:
+        return list(requests)
+    return [dataclasses.replace(r, prompt_len=r.prompt_len - 1) if r.prompt_len > 1 else r
+            for r in requests]
+
+
 def compare(llm, requests: Sequence, system: dict[str, Any], settings: LLMSettings,
             policy_file: str | None = None, timer: str = "cpu", seed: int = 0,
-            queue_size: int = 64, step_time=None) -> CompareResult:
+            queue_size: int = 64, step_time=None, offset: bool = True) -> CompareResult:
     """Replay ``requests`` through vLLM (``policy_file`` through the plugin, else vLLM's own
     scheduler) and through the simulator with ``system``'s ``d0, d1_prefill, d1_context, d2``
     (a profile's ``[system]`` table as :func:`jaxsched.engine.calibrate.read_profile` gives
@@ -165,7 +189,8 @@ def compare(llm, requests: Sequence, system: dict[str, Any], settings: LLMSettin
     idle = max(0.0, run["end_time"]) / max(d0, 1e-12)
     horizon = int(min(2 * len(run["records"]) + idle + 64, 400_000))
     for _ in range(3):
-        sim = simulate_requests(requests, policy, params, capacity, d0, dp, max_batch,
+        sim = simulate_requests(sim_requests(requests, offset and policy_file is None),
+                                policy, params, capacity, d0, dp, max_batch,
                                 queue_size, horizon, num_classes, seed, d2, d1_prefill=dp,
                                 d1_context=dc, block_size=settings.block_size)
         if sim["all_done"]:

@@ -15,9 +15,11 @@ Checks (the engine's settings as :class:`EngineSettings`):
   (:func:`jaxsched.export.policy_file.load_policy`);
 * its system matches the engine: ``system.block_size`` is vLLM's block size (a file tuned in
   token memory, block size 1, is refused) and ``system.capacity`` is the KV cache in blocks,
-  ``floor(capacity / block_size) = num_blocks`` (the policy then sees block memory with
-  ``C = num_blocks x block_size``, as the simulator counts it); ``system.block_size`` (when the file has one) equals vLLM's
-  block size; ``system.max_batch`` equals ``max_num_seqs`` (the policy's seats);
+  ``floor(capacity / block_size) = num_blocks``, the blocks vLLM can allocate: its
+  ``num_gpu_blocks`` less the null block its block pool keeps (so ``--num-gpu-blocks-override
+  num_blocks + 1``; the policy then sees block memory with ``C = num_blocks x block_size``,
+  as the simulator counts it); ``system.max_batch`` equals ``max_num_seqs`` (the policy's
+  seats);
 * the policy's own ``serve_check`` (a hook of the :class:`~jaxsched.policies.base.Policy`
   bundle) accepts the parameter values for this engine (e.g. ``vllm`` and ``sarathi`` plan
   under a token budget that must be vLLM's ``max_num_batched_tokens``);
@@ -52,7 +54,7 @@ class PluginError(JaxschedError, ValueError):
 class EngineSettings:
     """The vLLM settings a policy decision depends on."""
 
-    num_blocks: int
+    num_blocks: int  # KV blocks requests can hold: vLLM's num_gpu_blocks less its null block
     block_size: int
     max_num_seqs: int
     max_num_batched_tokens: int
@@ -66,7 +68,7 @@ class EngineSettings:
 
     @property
     def capacity(self) -> int:
-        """KV capacity in tokens, ``num_blocks x block_size``."""
+        """KV capacity in tokens, ``num_blocks x block_size`` (usable blocks)."""
         return self.num_blocks * self.block_size
 
     def as_dict(self) -> dict[str, Any]:
@@ -142,7 +144,8 @@ def check_system(path: Path, doc, engine: EngineSettings) -> None:
     if blocks != engine.num_blocks:
         raise PluginError(f"{path}: system.capacity = {s.capacity:g} tokens is {blocks} blocks of "
                           f"{engine.block_size} but vLLM's KV cache has {engine.num_blocks} "
-                          f"(start vLLM with --num-gpu-blocks-override {blocks})")
+                          f"besides its null block (start vLLM with --num-gpu-blocks-override "
+                          f"{blocks + 1})")
     if int(s.max_batch) != engine.max_num_seqs:
         raise PluginError(f"{path}: system.max_batch = {s.max_batch} but vLLM's max_num_seqs is "
                           f"{engine.max_num_seqs} (start vLLM with --max-num-seqs {s.max_batch})")

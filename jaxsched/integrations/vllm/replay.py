@@ -16,7 +16,9 @@ thread's with ``timer="thread"``; wall time with ``timer="wall"``; every clock's
 kept in ``raw_durations``), less the plugin's own work in the step (building the view and the
 policy's decision, a jitted JAX call on the host: :attr:`StepRecord.overhead`), as the
 jaxsched engine's replay leaves out its host scheduling; a step that runs nothing while
-requests wait advances it by ``idle_step``; idle, ``V`` jumps to the next arrival. Latency is ``V`` after the
+requests wait advances it by ``idle_step``; idle, ``V`` jumps to the next arrival (or, with
+``idle_step``, to the first multiple of it past the arrival, as the simulator's empty
+iterations do). Latency is ``V`` after the
 step that completes a request minus ``a``; TTFT likewise at its first token. Every request
 runs greedy with ``ignore_eos`` for exactly its output length; token ids are random bytes.
 Per step it keeps the scheduler's :class:`~jaxsched.integrations.vllm.scheduler.StepRecord`
@@ -35,7 +37,7 @@ import numpy as np
 
 from jaxsched.errors import JaxschedError
 
-__all__ = ["LLMSettings", "open_llm", "scheduler_of", "replay", "replay_metrics"]
+__all__ = ["LLMSettings", "open_llm", "warm_up", "scheduler_of", "replay", "replay_metrics"]
 
 TIMERS = {"cpu": time.process_time, "thread": time.thread_time, "wall": time.perf_counter}
 
@@ -45,7 +47,7 @@ class LLMSettings:
     """The vLLM engine of a replay (what the simulator must be told about it)."""
 
     block_size: int = 32
-    num_blocks: int = 64
+    num_blocks: int = 64  # KV blocks requests can hold (vLLM is given one more: its null block)
     max_num_seqs: int = 32
     max_num_batched_tokens: int = 2048
     max_model_len: int = 512
@@ -65,6 +67,10 @@ def open_llm(model: str, policy_file: str | None, settings: LLMSettings = LLMSet
     # differed by a median 54-99% (19% with one thread). One unbound thread keeps a step its own.
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
     os.environ["OMP_NUM_THREADS"] = str(settings.torch_threads)
+    # vLLM's CPU linear layers cache 32 oneDNN matmul primitives each, one per batch size
+    # (tokens in the step), over oneDNN's own cache (1024 by default); a batch size not seen
+    # recently is compiled again (warm_up, below). Room for every batch size of every layer:
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "8192")
     import torch
 
     torch.set_num_threads(settings.torch_threads)
@@ -72,7 +78,7 @@ def open_llm(model: str, policy_file: str | None, settings: LLMSettings = LLMSet
 
     path = policy_file or _bootstrap_policy(settings)
     llm = LLM(model, block_size=settings.block_size,
-              num_gpu_blocks_override=settings.num_blocks, enable_prefix_caching=False,
+              num_gpu_blocks_override=settings.num_blocks + 1, enable_prefix_caching=False,
               max_model_len=settings.max_model_len, max_num_seqs=settings.max_num_seqs,
               max_num_batched_tokens=settings.max_num_batched_tokens, enforce_eager=True,
               gpu_memory_utilization=0.2, seed=settings.seed, dtype="float32",
@@ -97,6 +103,44 @@ def _bootstrap_policy(settings: LLMSettings) -> str:
     return path
 
 
+def warm_up(llm, settings: LLMSettings) -> int:
+    """Run one step of every batch size ``1 .. max_num_batched_tokens`` (tokens in the step:
+    the prompts of requests that generate one token) and decode batches of ``1 ..
+    max_num_seqs``, under vLLM's
+    own scheduling; returns the steps run. Call it before measured replays: vLLM's CPU
+    matmuls compile a oneDNN primitive the first time they meet a batch size, so a first
+    replay of a request list measured 1.6-1.7x the time of the same list replayed again (327
+    against 191-203 ms, and 1145 against 656-694 ms on a lighter list, tiny model, load 1);
+    after this warm-up the first replay was as fast as the next ones (186 against 196-205 ms).
+    Leaves the engine on vLLM's own scheduler (a replay sets its policy again)."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    engine = llm.llm_engine
+    scheduler_of(llm).use_policy(None)
+    longest = max(1, min(settings.max_model_len, settings.num_blocks * settings.block_size) - 1)
+    one = SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)
+    rs = np.random.RandomState(settings.seed)
+    n = steps = 0
+
+    def run(lengths, sp):
+        nonlocal n, steps
+        for length in lengths:
+            ids = [int(t) + 2 for t in rs.randint(0, 254, size=length)]
+            engine.add_request(f"warm-{n}", TokensPrompt(prompt_token_ids=ids), sp)
+            n += 1
+        while engine.has_unfinished_requests():
+            engine.step()
+            steps += 1
+
+    for m in range(1, settings.max_num_batched_tokens + 1):
+        run([longest] * (m // longest) + ([m % longest] if m % longest else []), one)
+    for k in range(1, settings.max_num_seqs + 1):
+        run([1] * k, SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))
+    scheduler_of(llm).records = []
+    return steps
+
+
 def scheduler_of(llm):
     """The in-process scheduler object of an ``LLM``."""
     return llm.llm_engine.engine_core.engine_core.scheduler
@@ -115,8 +159,12 @@ def replay(llm, requests: Sequence, *, timer: str = "cpu", seed: int = 0,
 
     ``idle_step``: seconds a step costs that runs nothing while requests wait (a policy holding
     them back: WAIT's thresholds, flow control's credit); None: its measured time (what a
-    server's busy loop takes). compare-sim passes ``d0``, the model's cost of every iteration
-    with requests present, so a per-iteration budget accrues at the simulator's pace."""
+    server's busy loop takes). compare-sim passes ``d0``, the model's cost of every iteration,
+    so a per-iteration budget accrues at the simulator's pace. With ``idle_step`` an idle
+    engine also waits for the next arrival in such steps, as the simulator's empty iterations
+    do (a request arriving at an idle engine starts at the next multiple of ``idle_step``
+    after the last step, not at once: ``idle_step / 2`` later on average); without, the clock
+    jumps to the arrival."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -143,7 +191,12 @@ def replay(llm, requests: Sequence, *, timer: str = "cpu", seed: int = 0,
     steps = 0
     while pending or engine.has_unfinished_requests():
         if not engine.has_unfinished_requests() and requests[pending[0]].arrival > clock["v"]:
-            clock["v"] = requests[pending[0]].arrival
+            gap = requests[pending[0]].arrival - clock["v"]
+            if idle_step is None or idle_step <= 0:
+                clock["v"] = requests[pending[0]].arrival
+            else:  # the simulator's empty iterations, idle_step each, until the arrival
+                clock["v"] += math.ceil(gap / idle_step - 1e-9) * idle_step
+                clock["v"] = max(clock["v"], requests[pending[0]].arrival)
         while pending and requests[pending[0]].arrival <= clock["v"]:
             i = pending.pop(0)
             r = requests[i]

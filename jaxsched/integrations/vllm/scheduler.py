@@ -6,7 +6,8 @@
    waiting queue in order (the first ``queue_size`` as the window, ``num_waiting`` all of
    it), the running requests in admission order with ``prompt = num_prompt_tokens``,
    ``generated = num_output_tokens`` and ``cached`` their computed tokens, and the capacity
-   ``C = num_blocks x block_size`` tokens. vLLM's ``num_computed_tokens`` lags the model's
+   ``C = num_blocks x block_size`` tokens (``num_blocks``: the blocks vLLM can allocate, its
+   ``num_gpu_blocks`` less the null block of its block pool). vLLM's ``num_computed_tokens`` lags the model's
    ``cached`` by the newest token once a prefill is complete (its KV is written when it is
    fed back), so ``cached = num_computed_tokens + 1`` for a decoding request and
    ``num_computed_tokens`` while prefilling. The output length the policy sees is
@@ -85,7 +86,7 @@ def engine_settings(scheduler: Scheduler, block_size: int) -> EngineSettings:
     vc = scheduler.vllm_config
     sc = vc.scheduler_config
     return EngineSettings(
-        num_blocks=int(scheduler.kv_cache_config.num_blocks),
+        num_blocks=int(scheduler.kv_cache_config.num_blocks) - 1,  # less the null block
         block_size=int(block_size),
         max_num_seqs=int(sc.max_num_seqs),
         max_num_batched_tokens=int(sc.max_num_batched_tokens),
