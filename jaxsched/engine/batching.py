@@ -107,6 +107,7 @@ import numpy as np
 
 from jaxsched.engine.cache import BlockPool
 from jaxsched.engine.config import TINY, EngineConfig, EngineConfigError, ModelConfig
+from jaxsched.engine.model import init_params
 from jaxsched.engine.runner import ModelRunner, SampleArgs
 from jaxsched.engine.tokenizer import ByteTokenizer
 from jaxsched.errors import JaxschedError
@@ -290,8 +291,6 @@ class Engine:
                  policy_params: Mapping[str, Any] | None = None,
                  policy_options: Mapping[str, Any] | None = None, tokenizer=None, seed: int = 0,
                  record_limit: int = 100_000, clock: Callable[[], float] = time.perf_counter):
-        from jaxsched.engine.model import init_params
-
         self.model_cfg = model_cfg
         self.engine_cfg = engine_cfg or EngineConfig()
         self.tokenizer = tokenizer or ByteTokenizer()

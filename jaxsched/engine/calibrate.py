@@ -63,12 +63,24 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import tomllib
 from pathlib import Path
 from typing import Any, Sequence
 
+import jax
 import numpy as np
 
 from jaxsched.config import split_d1
+from jaxsched.engine.batching import Engine, SamplingParams
+from jaxsched.engine.build import resolve_model_config
+from jaxsched.engine.compare import (
+    poisson_requests,
+    replay_engine,
+    requests_from_config,
+    warm_up,
+)
+from jaxsched.engine.tokenizer import load_tokenizer
+from jaxsched.engine.weights import load_weights
 from jaxsched.errors import JaxschedError
 
 __all__ = [
@@ -205,13 +217,6 @@ def open_engine(model: str | Path | None = None, engine_cfg=None, policy="greedy
                 policy_params=None, seed: int = 0, clock=None):
     """An engine for ``--model``: None (the tiny model), a model TOML or name, or a folder with
     ``*.safetensors`` + ``config.json`` (and optionally ``tokenizer.json``)."""
-    import time
-
-    from jaxsched.engine.build import resolve_model_config
-    from jaxsched.engine.batching import Engine
-    from jaxsched.engine.tokenizer import load_tokenizer
-    from jaxsched.engine.weights import load_weights
-
     weights = None
     cfg_source = model
     if model is not None and Path(model).is_dir():
@@ -231,8 +236,6 @@ def open_engine(model: str | Path | None = None, engine_cfg=None, policy="greedy
 
 def device_description() -> str:
     """``"cpu (cpu)"``, ``"gpu (NVIDIA H100 ...)"``: the platform and kind of JAX's device 0."""
-    import jax
-
     d = jax.devices()[0]
     return f"{d.platform} ({getattr(d, 'device_kind', d.platform)})"
 
@@ -307,8 +310,6 @@ def fit_linear(columns: Sequence[Sequence[float]], times: Sequence[float]
 
 
 def _run_batch(engine, batch_size: int, prompt_len: int, output_len: int, rng) -> list:
-    from jaxsched.engine.batching import SamplingParams
-
     sp = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True)
     start = len(engine.records)
     for _ in range(batch_size):
@@ -334,8 +335,6 @@ def calibrate(engine, batch_sizes: Sequence[int] = (1, 2, 4, 8),
 
     Batch sizes above ``max_batch`` and prompt lengths that do not fit (``l + output_len``
     above the engine's per-request limit, or a batch above its capacity) are clipped."""
-    from jaxsched.engine.compare import replay_engine, warm_up
-
     ec = engine.engine_cfg
     limit = ec.max_request_tokens
     if timer not in TIMERS:
@@ -433,8 +432,6 @@ def poisson_serving(num_requests: int = 48, loads: Sequence[float] = (0.1, 0.2, 
     requests)."""
 
     def make(d0: float):
-        from jaxsched.engine.compare import poisson_requests
-
         return [(f"serve poisson {load:g}/d0",
                  poisson_requests(num_requests, load / d0, prompt_range, output_range,
                                   seed + 1 + j))
@@ -453,8 +450,6 @@ def workload_serving(cfg, max_request_tokens: int, num_requests: int = 48,
     config's seed, when it is 0)."""
 
     def make(d0: float):
-        from jaxsched.engine.compare import requests_from_config
-
         out = []
         for j, ts in enumerate(time_scales):
             wl = cfg.workload.model_copy(update={"seed": int(cfg.workload.seed) + seed + 1 + j})
@@ -518,8 +513,6 @@ def read_profile(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], dict
     ``d2`` is 0 where the profile has none (profiles written before it existed);
     ``d1_prefill`` and ``d1_context`` are ``d1`` where only it is given (likewise; giving both
     kinds that differ is refused); a ``probe_reference_s`` must be positive."""
-    import tomllib
-
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())

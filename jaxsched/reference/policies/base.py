@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
 
 __all__ = [
     "RefWaiting",
     "RefResident",
     "RefView",
     "RefPolicy",
-    "REFERENCE_POLICIES",
-    "register_reference",
-    "reference_policy",
     "evict_in_order",
     "block_tokens",
     "usable_capacity",
@@ -92,24 +88,6 @@ class RefPolicy:
 
     def evict(self, view: RefView, need: list[int]) -> list[bool]:
         return [False] * len(view.residents)
-
-
-REFERENCE_POLICIES: dict[str, Callable[..., RefPolicy]] = {}
-
-
-def register_reference(name: str):
-    """Decorator: ``factory(params: dict, **options) -> RefPolicy`` under ``name``."""
-
-    def deco(factory):
-        REFERENCE_POLICIES[name] = factory
-        return factory
-
-    return deco
-
-
-def reference_policy(name: str, params: dict, **options) -> RefPolicy:
-    """Build the twin of policy ``name``; ``params`` are plain numbers (or lists per class)."""
-    return REFERENCE_POLICIES[name](params, **options)
 
 
 def evict_in_order(order: str, view: RefView, need: list[int]) -> list[bool]:

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from jaxsched.reference.policies.base import RefPolicy, RefView, evict_in_order, register_reference
+from jaxsched.reference.policies.base import RefPolicy, RefView, evict_in_order
 
 __all__ = [
     "RefFlowControlKnown",
@@ -37,7 +37,6 @@ def _credit_step(credit: np.float32, budget: np.float32) -> tuple[int, np.float3
     return int(whole), f32(avail - whole)
 
 
-@register_reference("flow_control_known")
 class RefFlowControlKnown(RefPolicy):
     """Per class k: activate the min(floor(c_k + b_k), waiting) oldest class-k requests of the
     window; every class's credit advances every iteration."""
@@ -70,7 +69,6 @@ class RefFlowControlKnown(RefPolicy):
         return evict_in_order(self.eviction, view, need)
 
 
-@register_reference("flow_control")
 class RefFlowControl(RefPolicy):
     """Activate the first min(B_t, waiting) of the window, no memory check; evict LIFO."""
 
@@ -98,7 +96,6 @@ class RefFlowControl(RefPolicy):
         return evict_in_order(self.eviction, view, need)
 
 
-@register_reference("alpha_protection")
 class RefAlphaProtection(RefPolicy):
     """FCFS while residents' and new requests' memory of this iteration stays within
     (1 - alpha) C; on overflow evict every resident."""
@@ -184,17 +181,14 @@ class _RefFutureMemory(RefPolicy):
         return evict_in_order(self.eviction, view, need)
 
 
-@register_reference("mc_sf")
 class RefMCSF(_RefFutureMemory):
     shortest_first = True
 
 
-@register_reference("mc_benchmark")
 class RefMCBenchmark(_RefFutureMemory):
     shortest_first = False
 
 
-@register_reference("reserve_full")
 class RefReserveFull(RefPolicy):
     """FCFS while the reservations l + max(min(o, max_new_tokens), s + 1) of residents and new
     requests fit in C."""

@@ -3,12 +3,11 @@ leave free after their growth, optional ``max_num_seqs``; evict in the chosen or
 
 from __future__ import annotations
 
-from jaxsched.reference.policies.base import RefPolicy, RefView, evict_in_order, register_reference
+from jaxsched.reference.policies.base import RefPolicy, RefView, evict_in_order
 
 __all__ = ["RefGreedy"]
 
 
-@register_reference("greedy")
 class RefGreedy(RefPolicy):
     def __init__(self, params: dict, eviction: str = "newest"):
         self.max_num_seqs = params.get("max_num_seqs", 1e9)

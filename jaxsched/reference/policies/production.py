@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxsched.reference.policies.base import RefPolicy, RefView, evict_in_order, register_reference
+from jaxsched.reference.policies.base import RefPolicy, RefView, evict_in_order
 
 __all__ = ["RefVllm", "RefSarathi", "RefSglang", "ref_budget_plan"]
 
@@ -92,7 +92,6 @@ class _Budgeted(RefPolicy):
         return out
 
 
-@register_reference("vllm")
 class RefVllm(_Budgeted):
     budget_key = "max_num_batched_tokens"
 
@@ -139,7 +138,6 @@ class RefVllm(_Budgeted):
         return bool(cap - f32(used) >= f32(self.params["watermark"]) * cap)
 
 
-@register_reference("sarathi")
 class RefSarathi(_Budgeted):
     budget_key = "chunk_size"
 
@@ -153,7 +151,6 @@ class RefSarathi(_Budgeted):
         return bool(f32(used) <= f32(view.capacity))
 
 
-@register_reference("sglang")
 class RefSglang(RefPolicy):
     def __init__(self, params: dict, eviction: str = "fewest_generated"):
         self.init = f32(params["new_token_ratio_init"])

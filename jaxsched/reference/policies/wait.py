@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxsched.reference.policies.base import RefPolicy, RefView, evict_in_order, register_reference
+from jaxsched.reference.policies.base import RefPolicy, RefView, evict_in_order
 
 __all__ = ["RefWait", "RefNestedWait"]
 
@@ -54,7 +54,6 @@ def _stage_cap(view: RefView, group: list[int], cap: list[int]) -> list[bool]:
     return out
 
 
-@register_reference("wait")
 class RefWait(RefPolicy):
     def __init__(self, params: dict, eviction: str = "newest", mode: str = "advance",
                  max_batch: int | None = None):
@@ -98,7 +97,6 @@ class RefWait(RefPolicy):
         return evict_in_order(self.eviction, view, need)
 
 
-@register_reference("nested_wait")
 class RefNestedWait(RefPolicy):
     def __init__(self, params: dict, eviction: str = "newest", max_batch: int | None = None):
         self.max_batch = max_batch
