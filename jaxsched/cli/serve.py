@@ -401,7 +401,7 @@ def compare_sim(
 
     from jaxsched.cli.sanity import comparison_warnings, warn
     from jaxsched.engine import compare as C
-    from jaxsched.engine.calibrate import TIMERS, open_engine, read_profile
+    from jaxsched.engine.calibrate import TIMERS, MeasuredCalls, open_engine, read_profile
     from jaxsched.policies import make_params
 
     err = Console(stderr=True)
@@ -456,11 +456,9 @@ def compare_sim(
         C.warm_up(open_engine(model, ec, pol, raw_params, seed), seed)
     clock = C.VirtualClock(TIMERS[timer])
     engine = open_engine(model, ec, pol, raw_params, seed, clock=clock)
-    if repeat_calls < 1:
-        raise JaxschedError(f"--repeat-calls {repeat_calls}: must be >= 1")
-    engine.timing_repeats = repeat_calls
     if reference is not None:  # checked by read_profile
-        engine.speed_reference = reference = float(reference)
+        reference = float(reference)
+    engine.time_calls = MeasuredCalls(engine, repeat_calls, reference)
     limit = ec.max_request_tokens
     if workload is not None:
         from jaxsched.config import load_config
