@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxsched.reference.policies.base import RefPolicy, RefView, evict_in_order
+from jaxsched.reference.policies.base import RefPolicy, RefView
 
 __all__ = ["RefWait", "RefNestedWait"]
 
@@ -93,9 +93,6 @@ class RefWait(RefPolicy):
             run = [ok and r.cls in entered for ok, r in zip(run, res)]
         return [(ok, None) for ok in run]
 
-    def evict(self, view: RefView, need: list[int]) -> list[bool]:
-        return evict_in_order(self.eviction, view, need)
-
 
 class RefNestedWait(RefPolicy):
     def __init__(self, params: dict, eviction: str = "newest", max_batch: int | None = None):
@@ -145,6 +142,3 @@ class RefNestedWait(RefPolicy):
             runs_seg.append(not stopped)
         cap = _stage_cap(view, [0] * len(res), [self.n[s] for s in seg])
         return [(ok and runs_seg[s], None) for ok, s in zip(cap, seg)]
-
-    def evict(self, view: RefView, need: list[int]) -> list[bool]:
-        return evict_in_order(self.eviction, view, need)
