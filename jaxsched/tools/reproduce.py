@@ -177,20 +177,13 @@ _STUDIES = {
             Contender("mc_benchmark", {"name": "mc_benchmark"}),
         ],
     ),
-    "wait-low": dict(
-        config="wait-low",
+    **{name: dict(
+        config=name,
         bound=_wait_bound,
         bound_note="fluid throughput sum_j lambda_j l'_j (tokens per second)",
         contenders=_wait_contenders(),
         findings=_wait_findings,
-    ),
-    "wait-high": dict(
-        config="wait-high",
-        bound=_wait_bound,
-        bound_note="fluid throughput sum_j lambda_j l'_j (tokens per second)",
-        contenders=_wait_contenders(),
-        findings=_wait_findings,
-    ),
+    ) for name in ("wait-low", "wait-high")},
 }
 
 
