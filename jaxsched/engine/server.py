@@ -412,8 +412,6 @@ class _EngineCollector:
                                   m.tokens_per_second),
             "iteration_seconds": ("duration of the last iteration", m.iteration_seconds),
         }
-        for name, (doc, value) in gauges.items():
-            yield GaugeMetricFamily(f"jaxsched_engine_{name}", doc, value=value)
         counters = {
             "evictions": ("evicted requests", m.evictions_total),
             "recomputed_tokens": ("cached tokens lost to evictions", m.recomputed_tokens_total),
@@ -423,8 +421,9 @@ class _EngineCollector:
             "generated_tokens": ("tokens generated", m.generated_tokens_total),
             "iterations": ("engine iterations", m.iterations_total),
         }
-        for name, (doc, value) in counters.items():
-            yield CounterMetricFamily(f"jaxsched_engine_{name}", doc, value=value)
+        for family, table in ((GaugeMetricFamily, gauges), (CounterMetricFamily, counters)):
+            for name, (doc, value) in table.items():
+                yield family(f"jaxsched_engine_{name}", doc, value=value)
 
 
 async def _disconnected(request) -> None:
