@@ -103,7 +103,6 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxsched.engine.cache import BlockPool
@@ -113,7 +112,7 @@ from jaxsched.engine.runner import ModelRunner, SampleArgs
 from jaxsched.engine.tokenizer import ByteTokenizer
 from jaxsched.errors import JaxschedError
 from jaxsched.core.model import SimShape
-from jaxsched.policies import get_policy, make_params
+from jaxsched.policies import get_policy
 from jaxsched.policies.base import Policy, QueueView, SlotView
 from jaxsched.policies.decide import Decision, PolicyScheduler, decide
 
