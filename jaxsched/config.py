@@ -49,6 +49,7 @@ __all__ = [
     "load_profile",
     "format_validation",
     "split_d1",
+    "SplitCoefficients",
     "read_text",
     "short_repr",
     "check_numeric_ranges",
@@ -92,6 +93,21 @@ def split_d1(d1, d1_prefill, d1_context, required: bool = False):
     if required and (p is None or c is None):
         raise ValueError("d1 (or both d1_prefill and d1_context) is required")
     return p, c
+
+
+class SplitCoefficients(_Strict):
+    """A table that gives the iteration time's per-token coefficients, both required: its
+    ``d1_prefill`` and ``d1_context`` fields, or a single ``d1`` for both (:func:`split_d1`)."""
+
+    @model_validator(mode="after")
+    def _split(self):
+        split_d1(self.d1, self.d1_prefill, self.d1_context, required=True)
+        return self
+
+    @property
+    def coefficients(self) -> tuple[float, float]:
+        """``(d1_prefill, d1_context)``, a single ``d1`` giving both."""
+        return split_d1(self.d1, self.d1_prefill, self.d1_context, required=True)
 
 
 class ClassConfig(_Strict):
@@ -239,7 +255,7 @@ class Config(_Strict):
         return max(1, len(self.workload.classes))
 
 
-class HardwareProfile(_Strict):
+class HardwareProfile(SplitCoefficients):
     """A GPU + model pair. KV capacity in tokens:
 
     ``C = floor((gpu_memory_gib * 2**30 * memory_utilization - weight_bytes) / kv_bytes_per_token)``
@@ -272,16 +288,6 @@ class HardwareProfile(_Strict):
     time_unit: str = "s"
     note: str = ""
 
-    @model_validator(mode="after")
-    def _split(self):
-        split_d1(self.d1, self.d1_prefill, self.d1_context, required=True)
-        return self
-
-    @property
-    def coefficients(self) -> tuple[float, float]:
-        """``(d1_prefill, d1_context)``, a single ``d1`` giving both."""
-        return split_d1(self.d1, self.d1_prefill, self.d1_context, required=True)
-
     @property
     def kv_bytes_per_token(self) -> float:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * self.kv_bytes
@@ -298,7 +304,7 @@ class HardwareProfile(_Strict):
         return int(math.floor(free / self.kv_bytes_per_token))
 
 
-class SystemProfile(_Strict):
+class SystemProfile(SplitCoefficients):
     """A measured system (``jaxsched calibrate`` writes one): a profile TOML with a
     ``[system]`` table giving the KV capacity in tokens directly, the fitted ``d0, d1, d2`` and
     the fit's error. Other tables of the file (``[engine]``) are ignored here."""
@@ -319,16 +325,6 @@ class SystemProfile(_Strict):
     fit_rel_error: float | None = Field(default=None, ge=0)
     samples: int | None = Field(default=None, ge=0)
     note: str = ""
-
-    @model_validator(mode="after")
-    def _split(self):
-        split_d1(self.d1, self.d1_prefill, self.d1_context, required=True)
-        return self
-
-    @property
-    def coefficients(self) -> tuple[float, float]:
-        """``(d1_prefill, d1_context)``, a single ``d1`` giving both."""
-        return split_d1(self.d1, self.d1_prefill, self.d1_context, required=True)
 
     @property
     def gpu(self) -> str:

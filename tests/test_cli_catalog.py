@@ -71,11 +71,11 @@ def test_configs_lists_the_shipped_configs():
 
 
 def test_config_reference_is_up_to_date():
-    from jaxsched.tools.config_reference import render
+    from jaxsched.cli.catalog import config_reference as render
 
     committed = (ROOT / "docs" / "config-reference.md").read_text()
     assert committed == render(), ("docs/config-reference.md is stale: run "
-                                   "python -m jaxsched.tools.config_reference > docs/config-reference.md")
+                                   "python -m jaxsched.cli.catalog > docs/config-reference.md")
     from jaxsched.config import SystemConfig, WorkloadConfig
 
     for key in (*SystemConfig.model_fields, *WorkloadConfig.model_fields):

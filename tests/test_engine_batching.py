@@ -16,6 +16,7 @@ import pytest
 
 from jaxsched import testing as jt
 from jaxsched.engine import Engine, RequestError, SamplingParams
+from jaxsched.engine.calibrate import MeasuredCalls
 from jaxsched.engine.runner import compile_counts
 from jaxsched.engine.testing import (
     SIM_FIELDS,
@@ -258,7 +259,7 @@ def test_timing_repeats_change_nothing_but_the_timing():
     """Measurement mode reruns each iteration's model calls (same KV, same tokens) and keeps
     the fastest pass: outputs, records and evictions are those of a normal run."""
     engine = Engine(engine_cfg=SMALL, params=tiny_params())
-    engine.timing_repeats = 3
+    engine.time_calls = MeasuredCalls(engine, repeats=3)
     outs = engine.generate(PROMPTS[:4], GREEDY[:4])
     assert [o.token_ids for o in outs] == solo_outputs(PROMPTS[:4], GREEDY[:4])
     recs = list(engine.records)
@@ -273,16 +274,14 @@ def test_speed_probe_scales_the_compute_time_and_changes_no_output():
     reference x median(pass / probe)``: with the probe pinned at q, ``reference / q`` times
     the median pass, which is at least the fastest (``raw_compute_time``)."""
     engine = Engine(engine_cfg=SMALL, params=tiny_params())
-    engine.timing_repeats = 3
-    engine.speed_reference = 0.5
+    engine.time_calls = MeasuredCalls(engine, repeats=3, speed_reference=0.5)
     outs = engine.generate(PROMPTS[:4], GREEDY[:4])
     assert [o.token_ids for o in outs] == solo_outputs(PROMPTS[:4], GREEDY[:4])
     ran = [r for r in engine.records if r.model_calls]
     assert ran and all(r.probe_time > 0 and r.raw_compute_time > 0 for r in ran)
     engine = Engine(engine_cfg=SMALL, params=tiny_params())
-    engine.timing_repeats = 3
-    engine.speed_reference = 0.5
-    engine.time_probe = lambda: 0.25
+    engine.time_calls = measured = MeasuredCalls(engine, repeats=3, speed_reference=0.5)
+    measured.time_probe = lambda: 0.25
     engine.generate(PROMPTS[:2], GREEDY[:2])
     ran = [r for r in engine.records if r.model_calls]
     assert all(r.probe_time == 0.25 for r in ran)

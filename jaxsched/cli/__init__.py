@@ -11,6 +11,7 @@ goes wrong ends in one line on stderr and a conventional exit code:
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 from jaxsched.cli import signals
@@ -33,14 +34,16 @@ def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
     return flat if len(flat) <= limit else flat[:limit - 1] + "…"
 
 
-def _register_commands() -> None:
-    """Import every command module of this package (each registers its commands)."""
-    import importlib
-    import pkgutil
+COMMAND_MODULES = ("bench", "catalog", "reproduce", "serve", "simulate", "theory", "tune")
+"""The modules of this package that register commands on ``app`` when imported, in the
+order of ``jaxsched --help``; a new command module is one entry here (the other modules are
+helpers: app, signals, checks, sanity, tables)."""
 
-    for mod in pkgutil.iter_modules(__path__):
-        if mod.name not in ("app", "tables", "signals", "checks", "sanity"):
-            importlib.import_module(f"{__name__}.{mod.name}")
+
+def _register_commands() -> None:
+    """Import every command module (each registers its commands)."""
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__name__}.{name}")
 
 
 def _usage_line(exc) -> str:

@@ -10,21 +10,9 @@ from typing import Optional
 import typer
 
 from jaxsched.cli.app import bench_app
-from jaxsched.cli.checks import IMAGE_SUFFIXES, check_output_file
+from jaxsched.cli.checks import IMAGE_SUFFIXES, check_output_file, parse_int_list
 
 __all__ = ["sim", "scale"]
-
-
-def _sizes(text: str) -> tuple[int, ...]:
-    from jaxsched.errors import JaxschedError
-
-    try:
-        sizes = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise JaxschedError(f"--workloads {text!r}: expected comma-separated integers") from None
-    if not sizes or min(sizes) < 1:
-        raise JaxschedError(f"--workloads {text!r}: sizes must be >= 1")
-    return sizes
 
 
 @bench_app.command("sim")
@@ -46,7 +34,7 @@ def sim(
     err = Console(stderr=True)
     cfg = load_config(config or DEFAULT_CONFIG, set_)
     with err.status("benchmarking…") as status:
-        result = bench_sim(cfg, _sizes(workloads), reference_workloads,
+        result = bench_sim(cfg, parse_int_list(workloads, "--workloads"), reference_workloads,
                            progress=lambda msg: status.update(msg))
     if as_json:
         typer.echo(json.dumps(dataclasses.asdict(result)))
@@ -77,20 +65,6 @@ def sim(
         caption += "\ntight loop: n/a (greedy on a saturated workload only; e.g. tight-greedy)"
     table.caption = caption
     Console().print(table)
-
-
-def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
-    from jaxsched.errors import JaxschedError
-
-    if text is None:
-        return None
-    try:
-        values = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise JaxschedError(f"{flag} {text!r}: expected comma-separated integers") from None
-    if not values or min(values) < 1:
-        raise JaxschedError(f"{flag} {text!r}: values must be >= 1")
-    return values
 
 
 def _headline(text: str | None) -> tuple[int, int] | None:
@@ -141,8 +115,9 @@ def scale(
     path = str(config or DEFAULT_CONFIG)
     cfg = load_config(path, set_)
     budget = None if max_memory is None else parse_bytes(max_memory)
-    args = dict(workloads=_ints(workloads, "--workloads"), slots=_ints(slots, "--slots"),
-                horizons=_ints(horizons, "--horizons"), headline=_headline(headline))
+    sweeps = {"workloads": workloads, "slots": slots, "horizons": horizons}
+    args = {k: None if v is None else parse_int_list(v, f"--{k}") for k, v in sweeps.items()}
+    args["headline"] = _headline(headline)
     with err.status("benchmarking…") as status:
         result = bench_scale(cfg, path, list(set_), fixed_workloads=fixed_workloads,
                              shard_workloads=shard_workloads, forced_devices=forced_devices,

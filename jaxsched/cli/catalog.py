@@ -5,6 +5,10 @@ default, feasible range and meaning come from its :class:`~jaxsched.policies.bas
 paper from the factory's or its module's docstring. The config listing reads the shipped
 ``configs/`` (:data:`jaxsched.config.CONFIG_DIR`), which also works by bare name
 (``jaxsched simulate flow-control``).
+
+``python -m jaxsched.cli.catalog > docs/config-reference.md`` writes the config reference
+(:func:`config_reference`): the library's renderer, given the policy catalog and the tuners'
+``[tune]`` schema (the CLI may import ``tuning``; the library may not).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import typer
 
 from jaxsched.cli.app import app
 
-__all__ = ["policies", "configs", "policy_catalog", "config_catalog"]
+__all__ = ["policies", "configs", "policy_catalog", "config_catalog", "config_reference"]
 
 _CITATION = re.compile(r"\(([^()]*(?:\b(?:19|20)\d\d\b|arXiv \d{4}\.\d+)[^()]*)\)")
 
@@ -37,15 +41,6 @@ def _paper(factory) -> str:
             return " ".join(m.group(1).split())
     m = re.match(r"([A-Z][^,.]*\b(?:19|20)\d\d)\b", first)
     return m.group(1) if m else "-"
-
-
-def _bound(x) -> str:
-    if x is None:
-        return "inf"
-    x = float(x)
-    if x >= 2**20 and x == 2 ** round(math.log2(x)):
-        return f"2^{round(math.log2(x))}"
-    return f"{x:.6g}"
 
 
 def policy_catalog(name: str | None = None) -> list[dict]:
@@ -83,14 +78,6 @@ def _say(console, text: str, indent: int = 2) -> None:
                                 subsequent_indent=pad + "  "), markup=False, highlight=False)
 
 
-def _range(p: dict) -> str:
-    lo = "-inf" if p["low"] is None else _bound(p["low"])
-    kind = ", integer" if p["integer"] else ""
-    kind += ", per class" if p["per_class"] else ""
-    kind += ", log scale" if p["log"] else ""
-    return f"[{lo}, {_bound(p['high'])}]{kind}"
-
-
 def _default(v) -> str:
     if isinstance(v, float) and math.isfinite(v) and v == int(v) and abs(v) >= 1e6:
         return f"{v:.0e}"
@@ -106,6 +93,8 @@ def policies(
     from rich.console import Console
     from rich.markup import escape
 
+    from jaxsched.tools.config_reference import param_range
+
     cat = policy_catalog(name)
     if as_json:
         typer.echo(json.dumps(cat if name is None else cat[0], default=str))
@@ -118,7 +107,7 @@ def policies(
             opts = ", ".join(f"{k}={v!r}" for k, v in p["options"].items())
             _say(console, f"options (static [policy] keys): {opts}")
         for q in p["params"]:
-            _say(console, f"{q['name']} = {_default(q['default'])}  {_range(q)}")
+            _say(console, f"{q['name']} = {_default(q['default'])}  {param_range(q)}")
             if name is not None:
                 _say(console, q["doc"], indent=6)
         console.print()
@@ -183,3 +172,17 @@ def configs(
     _say(console, f"in {CONFIG_DIR}; run one by name, e.g. jaxsched simulate "
                   f"{cat[0]['name'] if cat else 'NAME'}; every key: docs/config-reference.md",
          indent=0)
+
+
+def config_reference() -> str:
+    """``docs/config-reference.md``: every config key, the ``[tune]`` table and the policies'
+    parameters (:func:`jaxsched.tools.config_reference.render`)."""
+    from jaxsched.tools.config_reference import TuneSchema, render
+    from tuning import settings as T
+
+    tune = TuneSchema(T.TuneSettings, (T.SpaceEntry, T.ConstraintSettings, T.ParetoSettings))
+    return render(policy_catalog(), tune)
+
+
+if __name__ == "__main__":  # python -m jaxsched.cli.catalog > docs/config-reference.md
+    print(config_reference(), end="")

@@ -94,5 +94,5 @@ def parse_int_list(text: str, option: str) -> tuple[int, ...]:
     except ValueError:
         raise JaxschedError(f"{option} {text!r}: expected comma-separated integers") from None
     if not values or min(values) < 1:
-        raise JaxschedError(f"{option} {text!r}: expected integers >= 1")
+        raise JaxschedError(f"{option} {text!r}: values must be >= 1")
     return values

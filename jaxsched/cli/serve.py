@@ -19,6 +19,21 @@ __all__ = ["serve", "calibrate", "compare_sim", "bench_engine", "resolve_policy"
 ENGINES = ("jaxsched", "vllm")
 """What ``calibrate`` and ``compare-sim`` drive (``--engine``)."""
 
+# The options calibrate and compare-sim share: which engine, and the vLLM engine's shape.
+ENGINE_OPTION = typer.Option("jaxsched", "--engine", help="jaxsched (its own engine) or vllm "
+                             "(vLLM in-process on --model DIR)")
+VLLM_OPTIONS = {
+    "block_size": typer.Option(None, "--block-size", help="vllm: KV block size (default 32)"),
+    "num_blocks": typer.Option(None, "--num-blocks", help="vllm: KV blocks "
+                               "requests can hold (default 64; vLLM is given one more, its "
+                               "null block)"),
+    "max_num_seqs": typer.Option(None, "--max-num-seqs", help="vllm: max_num_seqs (default 32)"),
+    "max_num_batched_tokens": typer.Option(None, "--max-num-batched-tokens",
+                                           help="vllm: token budget (default 2048)"),
+    "max_model_len": typer.Option(None, "--max-model-len", help="vllm: max_model_len "
+                                  "(default 512)"),
+}
+
 
 def resolve_policy(policy: Optional[str], with_doc: bool = False):
     """``(Policy, raw parameter values, num_classes)`` for ``--policy``: an exported policy
@@ -255,19 +270,12 @@ def calibrate(
     probe: bool = typer.Option(False, "--probe/--no-probe", help="scale every iteration's "
                                "time by a speed probe timed beside it (steadier on a shared "
                                "machine; compare-sim then does the same)"),
-    engine: str = typer.Option("jaxsched", "--engine", help="jaxsched (its own engine) or vllm "
-                               "(vLLM in-process on --model DIR)"),
-    block_size: Optional[int] = typer.Option(None, "--block-size", help="vllm: KV block size "
-                                             "(default 32)"),
-    num_blocks: Optional[int] = typer.Option(None, "--num-blocks", help="vllm: KV blocks "
-                                             "requests can hold (default 64; vLLM is given "
-                                             "one more, its null block)"),
-    max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", help="vllm: max_num_seqs "
-                                               "(default 32)"),
-    max_num_batched_tokens: Optional[int] = typer.Option(None, "--max-num-batched-tokens",
-                                                         help="vllm: token budget (default 2048)"),
-    max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help="vllm: "
-                                                "max_model_len (default 512)"),
+    engine: str = ENGINE_OPTION,
+    block_size: Optional[int] = VLLM_OPTIONS["block_size"],
+    num_blocks: Optional[int] = VLLM_OPTIONS["num_blocks"],
+    max_num_seqs: Optional[int] = VLLM_OPTIONS["max_num_seqs"],
+    max_num_batched_tokens: Optional[int] = VLLM_OPTIONS["max_num_batched_tokens"],
+    max_model_len: Optional[int] = VLLM_OPTIONS["max_model_len"],
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ):
@@ -382,19 +390,12 @@ def compare_sim(
     probe: Optional[bool] = typer.Option(None, "--probe/--no-probe", help="speed probe "
                                          "normalization (default: as the profile was "
                                          "calibrated, else off)"),
-    engine: str = typer.Option("jaxsched", "--engine", help="jaxsched (its own engine) or vllm "
-                               "(vLLM in-process on --model DIR)"),
-    block_size: Optional[int] = typer.Option(None, "--block-size", help="vllm: KV block size "
-                                             "(default 32)"),
-    num_blocks: Optional[int] = typer.Option(None, "--num-blocks", help="vllm: KV blocks "
-                                             "requests can hold (default 64; vLLM is given "
-                                             "one more, its null block)"),
-    max_num_seqs: Optional[int] = typer.Option(None, "--max-num-seqs", help="vllm: max_num_seqs "
-                                               "(default 32)"),
-    max_num_batched_tokens: Optional[int] = typer.Option(None, "--max-num-batched-tokens",
-                                                         help="vllm: token budget (default 2048)"),
-    max_model_len: Optional[int] = typer.Option(None, "--max-model-len", help="vllm: "
-                                                "max_model_len (default 512)"),
+    engine: str = ENGINE_OPTION,
+    block_size: Optional[int] = VLLM_OPTIONS["block_size"],
+    num_blocks: Optional[int] = VLLM_OPTIONS["num_blocks"],
+    max_num_seqs: Optional[int] = VLLM_OPTIONS["max_num_seqs"],
+    max_num_batched_tokens: Optional[int] = VLLM_OPTIONS["max_num_batched_tokens"],
+    max_model_len: Optional[int] = VLLM_OPTIONS["max_model_len"],
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ):
@@ -403,7 +404,7 @@ def compare_sim(
 
     from jaxsched.cli.sanity import comparison_warnings, warn
     from jaxsched.engine import compare as C
-    from jaxsched.engine.calibrate import TIMERS, open_engine, read_profile
+    from jaxsched.engine.calibrate import TIMERS, MeasuredCalls, open_engine, read_profile
     from jaxsched.policies import make_params
 
     err = Console(stderr=True)
@@ -458,11 +459,9 @@ def compare_sim(
         C.warm_up(open_engine(model, ec, pol, raw_params, seed), seed)
     clock = C.VirtualClock(TIMERS[timer])
     engine = open_engine(model, ec, pol, raw_params, seed, clock=clock)
-    if repeat_calls < 1:
-        raise JaxschedError(f"--repeat-calls {repeat_calls}: must be >= 1")
-    engine.timing_repeats = repeat_calls
     if reference is not None:  # checked by read_profile
-        engine.speed_reference = reference = float(reference)
+        reference = float(reference)
+    engine.time_calls = MeasuredCalls(engine, repeat_calls, reference)
     limit = ec.max_request_tokens
     if workload is not None:
         from jaxsched.config import load_config

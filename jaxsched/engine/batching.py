@@ -69,9 +69,10 @@ Differences from the simulator
   where the policy holds everything back.
 * Evicted requests always keep their tokens (``restart_on_evict = False``).
 * Iteration times are measured, not ``d0 + d1 (P + D) + d2 R``; the records
-  (:class:`IterationRecord`) are the data to fit ``d0, d1, d2`` on. With
-  ``Engine.timing_repeats = k > 1`` (calibration and ``compare-sim``) each iteration's model
-  calls run ``k`` times and ``compute_time`` is the fastest pass.
+  (:class:`IterationRecord`) are the data to fit ``d0, d1, d2`` on. ``Engine.time_calls``
+  runs and times an iteration's model calls (:func:`run_calls`: once); calibration and
+  ``compare-sim`` replace it by their measurement mode
+  (:class:`jaxsched.engine.calibrate.MeasuredCalls`), so :meth:`Engine.step` only serves.
 
 Given the same arrivals per iteration, the engine's admissions, evictions, memory and token
 counts equal the simulator's iteration by iteration (``tests/test_engine_batching.py``).
@@ -102,16 +103,16 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxsched.engine.cache import BlockPool
 from jaxsched.engine.config import TINY, EngineConfig, EngineConfigError, ModelConfig
+from jaxsched.engine.model import init_params
 from jaxsched.engine.runner import ModelRunner, SampleArgs
 from jaxsched.engine.tokenizer import ByteTokenizer
 from jaxsched.errors import JaxschedError
 from jaxsched.core.model import SimShape
-from jaxsched.policies import get_policy, make_params
+from jaxsched.policies import get_policy
 from jaxsched.policies.base import Policy, QueueView, SlotView
 from jaxsched.policies.decide import Decision, PolicyScheduler, decide
 
@@ -122,6 +123,10 @@ __all__ = [
     "RequestOutput",
     "IterationRecord",
     "EngineMetrics",
+    "Call",
+    "CallTiming",
+    "CallTimer",
+    "run_calls",
     "Decision",
     "decide",
     "PolicyScheduler",
@@ -271,6 +276,33 @@ class EngineMetrics:
     iteration_seconds: float  # the last iteration's duration
 
 
+Call = tuple[Callable[..., Any], tuple]
+"""A model call of an iteration: ``(fn, args)``; calling it again rewrites the same KV to the
+same slots and samples the same tokens (a measurement may repeat it)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CallTiming:
+    """How long an iteration's model calls took (the timing fields of :class:`IterationRecord`)."""
+
+    compute_time: float  # seconds of the calls (the measurement's figure)
+    raw_compute_time: float  # seconds of the calls before any speed normalization
+    probe_time: float = math.nan  # the speed probe's seconds beside them (if timed)
+    extra_time: float = 0.0  # seconds spent measuring (repeats, probes): not the iteration's
+
+
+CallTimer = Callable[[Sequence[Call]], tuple[list, CallTiming]]
+"""Runs the calls once each, in order, and returns ``(their results, CallTiming)``."""
+
+
+def run_calls(calls: Sequence[Call], clock: Callable[[], float]) -> tuple[list, CallTiming]:
+    """Serving: run each call once; ``compute_time`` is their time on ``clock``."""
+    t0 = clock()
+    results = [fn(*args) for fn, args in calls]
+    elapsed = clock() - t0
+    return results, CallTiming(elapsed, elapsed)
+
+
 # --------------------------------------------------------------------------- the engine
 
 
@@ -290,8 +322,6 @@ class Engine:
                  policy_params: Mapping[str, Any] | None = None,
                  policy_options: Mapping[str, Any] | None = None, tokenizer=None, seed: int = 0,
                  record_limit: int = 100_000, clock: Callable[[], float] = time.perf_counter):
-        from jaxsched.engine.model import init_params
-
         self.model_cfg = model_cfg
         self.engine_cfg = engine_cfg or EngineConfig()
         self.tokenizer = tokenizer or ByteTokenizer()
@@ -327,20 +357,10 @@ class Engine:
         self._recent: collections.deque = collections.deque()  # (end time, tokens)
         self._last_duration = 0.0
         self._memory = 0
-        self.timing_repeats = 1
-        """Measurement mode (calibration, ``compare-sim``): run each iteration's model calls
-        this many times (the repeats rewrite the same KV and sample the same tokens) and
-        record the fastest pass as ``compute_time``; the repeats are left out of
-        ``duration``. The minimum filters out other jobs' interference on a shared machine."""
-        self.speed_reference: float | None = None
-        """Speed normalization (calibration, ``compare-sim``; see
-        :mod:`jaxsched.engine.calibrate`): when set (seconds), every timing pass of an
-        iteration's model calls is followed by one run of the runner's speed probe, and the
-        iteration records ``compute_time = speed_reference x median_r(pass_r / probe_r)``: the
-        time the calls would take at the speed the probe had when ``speed_reference`` was
-        measured (``raw_compute_time`` keeps the fastest pass). Other jobs that slow this
-        process (sharing a core, caches, memory bandwidth) slow the adjacent probe alike and
-        drop out of the ratio."""
+        self.time_calls: CallTimer = functools.partial(run_calls, clock=self.now)
+        """Runs an iteration's model calls and times them: once, on the engine's clock, when
+        serving; calibration and ``compare-sim`` put their measurement mode here
+        (:class:`jaxsched.engine.calibrate.MeasuredCalls`: repeats, speed probe)."""
 
     # ---------------------------------------------------------------- requests
 
@@ -489,63 +509,34 @@ class Engine:
         memory = int(np.sum(dec.need))
         self._memory = memory
 
-        # 5. Execution.
-        t_compute = self.now()
-        prefill_tokens = context_tokens = model_calls = prefill_requests = 0
-        new_tokens: dict[int, int] = {}
-        decoders = []
-        calls: list[tuple[Callable, tuple]] = []  # the model calls, for timing repeats
-        for i, req in survivors:
-            c = int(dec.chunk[i])
-            if not dec.run[i]:
-                continue
-            if c > 0:
-                assert req.kv_len == req.cached
-                seq = req.prompt_ids + req.generated
-                args = (seq[req.kv_len: req.kv_len + c], req.kv_len, req.table,
-                        self._sample_args(req))
-                calls.append((self.runner.prefill, args))
-                tok = self.runner.prefill(*args)
-                prefill_tokens += c
-                model_calls += 1
-                prefill_requests += 1
-                req.kv_len += c
-                req.cached += c
-                if dec.token[i]:
-                    assert req.kv_len == len(seq)
-                    new_tokens[i] = tok
-            elif dec.token[i]:
-                decoders.append((i, req))
-        if decoders:
-            rows = []
-            for i, req in decoders:
-                assert req.kv_len == req.cached - 1 == req.prompt_len + len(req.generated) - 1
-                rows.append((req.generated[-1], req.kv_len, req.table, self._sample_args(req)))
-                context_tokens += req.cached
+        # 5. Execution: one call per prefill chunk, then one decode call for the decoders.
+        running = [(i, req) for i, req in survivors if dec.run[i]]
+        prefills = [(i, req, int(dec.chunk[i])) for i, req in running if dec.chunk[i] > 0]
+        decoders = [(i, req) for i, req in running if dec.chunk[i] <= 0 and dec.token[i]]
+        calls: list[Call] = []
+        for i, req, c in prefills:
+            assert req.kv_len == req.cached
+            seq = req.prompt_ids + req.generated
+            calls.append((self.runner.prefill, (seq[req.kv_len: req.kv_len + c], req.kv_len,
+                                                req.table, self._sample_args(req))))
+        rows = []
+        for i, req in decoders:
+            assert req.kv_len == req.cached - 1 == req.prompt_len + len(req.generated) - 1
+            rows.append((req.generated[-1], req.kv_len, req.table, self._sample_args(req)))
+        context_tokens = sum(req.cached for _, req in decoders)
+        if rows:
             calls.append((self.runner.decode, (rows,)))
-            toks = self.runner.decode(rows)
-            model_calls += 1
-            for (i, req), tok in zip(decoders, toks):
-                req.kv_len += 1
+        results, timing = self.time_calls(calls)
+        new_tokens: dict[int, int] = {}
+        for (i, req, c), tok in zip(prefills, results):
+            req.kv_len += c
+            req.cached += c
+            if dec.token[i]:
+                assert req.kv_len == req.prompt_len + len(req.generated)
                 new_tokens[i] = tok
-        passes = [self.now() - t_compute]
-        t_repeats = self.now()
-        normalize = self.speed_reference is not None and bool(calls)
-        probes = [self.time_probe()] if normalize else []
-        for _ in range(self.timing_repeats - 1 if calls else 0):
-            t0 = self.now()
-            for fn, args in calls:  # idempotent: the same KV to the same slots, same tokens
-                fn(*args)
-            passes.append(self.now() - t0)
-            if normalize:
-                probes.append(self.time_probe())
-        raw_compute_time = compute_time = min(passes)
-        probe_time = math.nan
-        if normalize:  # each pass against the probe right after it, median of the ratios
-            probe_time = min(probes)
-            compute_time = self.speed_reference * float(
-                np.median(np.asarray(passes) / np.asarray(probes)))
-        repeat_time = self.now() - t_repeats
+        for (i, req), tok in zip(decoders, results[-1] if rows else ()):
+            req.kv_len += 1
+            new_tokens[i] = tok
 
         # 6. Tokens, completions.
         now = self.now()
@@ -569,14 +560,15 @@ class Engine:
 
         end = self.now()
         record = IterationRecord(
-            index=self.iteration, start=t_start, duration=end - t_start - repeat_time,
-            compute_time=compute_time, prefill_tokens=prefill_tokens,
-            context_tokens=context_tokens, decode_tokens=len(new_tokens), memory=memory,
+            index=self.iteration, start=t_start, duration=end - t_start - timing.extra_time,
+            compute_time=timing.compute_time,
+            prefill_tokens=sum(c for _, _, c in prefills),
+            context_tokens=context_tokens,
+            decode_tokens=len(new_tokens), memory=memory,
             overflow=bool(dec.excess > 0), admitted=len(admitted), evicted=int(np.sum(dec.evict)),
             completed=completed, num_waiting=len(self.waiting), num_running=len(self.residents),
-            blocks_used=blocks_used, model_calls=model_calls,
-            prefill_requests=prefill_requests, probe_time=probe_time,
-            raw_compute_time=raw_compute_time)
+            blocks_used=blocks_used, model_calls=len(calls), prefill_requests=len(prefills),
+            probe_time=timing.probe_time, raw_compute_time=timing.raw_compute_time)
         self.records.append(record)
         self.iteration += 1
         self._counters["generated_tokens"] += len(new_tokens)
@@ -584,12 +576,6 @@ class Engine:
         self._last_duration = record.duration
         self._recent.append((end, len(new_tokens)))
         return record
-
-    def time_probe(self) -> float:
-        """Seconds of one run of the runner's speed probe on the engine's clock."""
-        t0 = self.now()
-        self.runner.probe()
-        return max(self.now() - t0, 1e-9)
 
     def _sample_args(self, req: Request) -> SampleArgs:
         sp = req.sampling

@@ -38,7 +38,7 @@ memory bandwidth): the engine's CPU time then moves by 20-25% between identical 
 2-core machine. With the probe, a reference ``s_ref`` is measured after warm-up (median of 15
 runs of :meth:`~jaxsched.engine.runner.ModelRunner.probe`, a decode call of padding rows), and
 every iteration's time is ``s_ref`` times the median over its timing passes of (pass time /
-the probe timed right after that pass) (``Engine.speed_reference``): ``d0, d1, d2`` are then in
+the probe timed right after that pass) (:class:`MeasuredCalls`): ``d0, d1, d2`` are then in
 seconds at the reference speed, and ``compare-sim`` scales its replay's iterations by the
 same reference (``[calibration] probe_reference_s``), so both see one steady machine.
 
@@ -63,16 +63,29 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import tomllib
 from pathlib import Path
 from typing import Any, Sequence
 
+import jax
 import numpy as np
 
 from jaxsched.config import split_d1
+from jaxsched.engine.batching import Call, CallTiming, Engine, SamplingParams
+from jaxsched.engine.build import resolve_model_config
+from jaxsched.engine.compare import (
+    poisson_requests,
+    replay_engine,
+    requests_from_config,
+    warm_up,
+)
+from jaxsched.engine.tokenizer import load_tokenizer
+from jaxsched.engine.weights import load_weights
 from jaxsched.errors import JaxschedError
 
 __all__ = [
     "TIMERS",
+    "MeasuredCalls",
     "CalibrationRow",
     "CalibrationResult",
     "open_engine",
@@ -94,6 +107,59 @@ __all__ = [
 
 TIMERS = {"wall": time.perf_counter, "cpu": time.process_time}
 """What ``compute_time`` is measured with (see the module docstring)."""
+
+
+class MeasuredCalls:
+    """Measurement mode for :attr:`Engine.time_calls <jaxsched.engine.batching.Engine>`
+    (calibration, ``compare-sim``): the iteration's model calls run ``repeats`` times (the
+    repeats rewrite the same KV and sample the same tokens) and the fastest pass is
+    ``compute_time``; the repeats are left out of the iteration's ``duration``. The minimum
+    filters out other jobs' interference on a shared machine.
+
+    Speed normalization (``speed_reference`` in seconds, see the module docstring): every
+    pass is followed by one run of the runner's speed probe, and ``compute_time =
+    speed_reference x median_r(pass_r / probe_r)``, the time the calls would take at the speed
+    the probe had when ``speed_reference`` was measured (``raw_compute_time`` keeps the fastest
+    pass). Other jobs that slow this process (sharing a core, caches, memory bandwidth) slow
+    the adjacent probe alike and drop out of the ratio."""
+
+    def __init__(self, engine: Engine, repeats: int = 1, speed_reference: float | None = None):
+        if repeats < 1:
+            raise JaxschedError(f"--repeat-calls {repeats}: must be >= 1")
+        self.engine = engine
+        self.repeats = int(repeats)
+        self.speed_reference = speed_reference
+
+    def time_probe(self) -> float:
+        """Seconds of one run of the runner's speed probe on the engine's clock."""
+        now = self.engine.now
+        t0 = now()
+        self.engine.runner.probe()
+        return max(now() - t0, 1e-9)
+
+    def __call__(self, calls: Sequence[Call]) -> tuple[list, CallTiming]:
+        now = self.engine.now
+        t0 = now()
+        results = [fn(*args) for fn, args in calls]
+        passes = [now() - t0]
+        if not calls:
+            return results, CallTiming(passes[0], passes[0])
+        t_extra = now()
+        normalize = self.speed_reference is not None
+        probes = [self.time_probe()] if normalize else []
+        for _ in range(self.repeats - 1):
+            t0 = now()
+            for fn, args in calls:
+                fn(*args)
+            passes.append(now() - t0)
+            if normalize:
+                probes.append(self.time_probe())
+        raw = min(passes)
+        if not normalize:
+            return results, CallTiming(raw, raw, extra_time=now() - t_extra)
+        ratios = np.asarray(passes) / np.asarray(probes)
+        compute = self.speed_reference * float(np.median(ratios))
+        return results, CallTiming(compute, raw, min(probes), now() - t_extra)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,13 +271,6 @@ def open_engine(model: str | Path | None = None, engine_cfg=None, policy="greedy
                 policy_params=None, seed: int = 0, clock=None):
     """An engine for ``--model``: None (the tiny model), a model TOML or name, or a folder with
     ``*.safetensors`` + ``config.json`` (and optionally ``tokenizer.json``)."""
-    import time
-
-    from jaxsched.engine.build import resolve_model_config
-    from jaxsched.engine.batching import Engine
-    from jaxsched.engine.tokenizer import load_tokenizer
-    from jaxsched.engine.weights import load_weights
-
     weights = None
     cfg_source = model
     if model is not None and Path(model).is_dir():
@@ -231,8 +290,6 @@ def open_engine(model: str | Path | None = None, engine_cfg=None, policy="greedy
 
 def device_description() -> str:
     """``"cpu (cpu)"``, ``"gpu (NVIDIA H100 ...)"``: the platform and kind of JAX's device 0."""
-    import jax
-
     d = jax.devices()[0]
     return f"{d.platform} ({getattr(d, 'device_kind', d.platform)})"
 
@@ -307,8 +364,6 @@ def fit_linear(columns: Sequence[Sequence[float]], times: Sequence[float]
 
 
 def _run_batch(engine, batch_size: int, prompt_len: int, output_len: int, rng) -> list:
-    from jaxsched.engine.batching import SamplingParams
-
     sp = SamplingParams(max_tokens=output_len, temperature=0.0, ignore_eos=True)
     start = len(engine.records)
     for _ in range(batch_size):
@@ -328,14 +383,13 @@ def calibrate(engine, batch_sizes: Sequence[int] = (1, 2, 4, 8),
     the grid; they are replayed on ``clock``, the
     :class:`~jaxsched.engine.compare.VirtualClock` the engine was built with. ``timer`` names
     what the clock measures (recorded in the result); ``timing_repeats`` sets the engine's
-    :attr:`~jaxsched.engine.batching.Engine.timing_repeats` (each iteration's model calls run
+    measurement (each iteration's model calls run
     that many times, the fastest pass is its time); ``probe`` normalizes every iteration's
-    time by the speed probe (module docstring).
+    time by the speed probe (module docstring). Both through :class:`MeasuredCalls`, which
+    this sets as the engine's ``time_calls``.
 
     Batch sizes above ``max_batch`` and prompt lengths that do not fit (``l + output_len``
     above the engine's per-request limit, or a batch above its capacity) are clipped."""
-    from jaxsched.engine.compare import replay_engine, warm_up
-
     ec = engine.engine_cfg
     limit = ec.max_request_tokens
     if timer not in TIMERS:
@@ -344,9 +398,7 @@ def calibrate(engine, batch_sizes: Sequence[int] = (1, 2, 4, 8),
         raise JaxschedError(f"--output-len {output_len}: must be in [1, {limit})")
     if serving is not None and clock is None:
         raise JaxschedError("serving runs need the engine's VirtualClock")
-    if timing_repeats < 1:
-        raise JaxschedError(f"--repeat-calls {timing_repeats}: must be >= 1")
-    engine.timing_repeats = int(timing_repeats)
+    measured = engine.time_calls = MeasuredCalls(engine, timing_repeats)
     grid = []
     for b in sorted(set(min(int(b), ec.max_batch) for b in batch_sizes)):
         per_req = min(limit, ec.capacity // b)
@@ -361,7 +413,7 @@ def calibrate(engine, batch_sizes: Sequence[int] = (1, 2, 4, 8),
             progress(f"compiling {i + 1}/{len(grid)} (batch {b}, prompt {l})")
         _run_batch(engine, b, l, min(2, output_len), rng)
     if probe:
-        engine.speed_reference = measure_probe(engine)
+        measured.speed_reference = measure_probe(measured)
     runs: dict[str, list] = {}
     for r in range(max(1, repeats)):
         for i, (b, l) in enumerate(grid):
@@ -416,14 +468,14 @@ def calibrate(engine, batch_sizes: Sequence[int] = (1, 2, 4, 8),
         block_size=int(ec.memory_block_size), single_d0=s0, single_d1=s1, single_d2=s2,
         single_rel_error=s_rel, single_mean_abs_rel_error=s_mar, base_d0=b0, base_d1=b1,
         base_rel_error=b_rel, base_mean_abs_rel_error=b_mar,
-        probe_reference=float(engine.speed_reference) if probe else math.nan)
+        probe_reference=float(measured.speed_reference) if probe else math.nan)
 
 
-def measure_probe(engine, samples: int = 15) -> float:
+def measure_probe(measured: MeasuredCalls, samples: int = 15) -> float:
     """The speed probe's reference time: the median of ``samples`` runs of the runner's probe
     on the engine's clock (a unit of time, the same for calibration and replay)."""
-    engine.runner.probe()  # compiled already by any decode; this keeps it out of the timings
-    return float(np.median([engine.time_probe() for _ in range(samples)]))
+    measured.engine.runner.probe()  # compiled already by any decode; kept out of the timings
+    return float(np.median([measured.time_probe() for _ in range(samples)]))
 
 
 def poisson_serving(num_requests: int = 48, loads: Sequence[float] = (0.1, 0.2, 0.4),
@@ -433,8 +485,6 @@ def poisson_serving(num_requests: int = 48, loads: Sequence[float] = (0.1, 0.2, 
     requests)."""
 
     def make(d0: float):
-        from jaxsched.engine.compare import poisson_requests
-
         return [(f"serve poisson {load:g}/d0",
                  poisson_requests(num_requests, load / d0, prompt_range, output_range,
                                   seed + 1 + j))
@@ -453,8 +503,6 @@ def workload_serving(cfg, max_request_tokens: int, num_requests: int = 48,
     config's seed, when it is 0)."""
 
     def make(d0: float):
-        from jaxsched.engine.compare import requests_from_config
-
         out = []
         for j, ts in enumerate(time_scales):
             wl = cfg.workload.model_copy(update={"seed": int(cfg.workload.seed) + seed + 1 + j})
@@ -518,8 +566,6 @@ def read_profile(path: str | Path) -> tuple[dict[str, Any], dict[str, Any], dict
     ``d2`` is 0 where the profile has none (profiles written before it existed);
     ``d1_prefill`` and ``d1_context`` are ``d1`` where only it is given (likewise; giving both
     kinds that differ is refused); a ``probe_reference_s`` must be positive."""
-    import tomllib
-
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())

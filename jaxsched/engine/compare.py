@@ -47,8 +47,15 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from jaxsched import api
+from jaxsched.core.model import SimShape, Workload, system_params
+from jaxsched.core.rollout import compiled_simulator
+from jaxsched.core.sim import SimParams
+from jaxsched.engine.batching import SamplingParams
 from jaxsched.errors import JaxschedError
 
 __all__ = [
@@ -161,8 +168,6 @@ def requests_from_config(cfg, max_request_tokens: int, d0_profile: float, num_re
                          max_output: int = 32, time_scale: float = 1.0,
                          num_classes: int = 1) -> list[ReplayRequest]:
     """Replica 0 of ``cfg``'s workload scaled to the engine (see the module docstring)."""
-    from jaxsched import api
-
     cfg1 = cfg.model_copy(update={"workload": cfg.workload.model_copy(update={"num_workloads": 1})})
     _, wl = api.build_workloads(cfg1)
     valid = np.asarray(wl.valid[0])
@@ -188,8 +193,6 @@ def warm_up(engine, seed: int = 0) -> None:
     """Compile what a replay will run (every prefill bucket, the decode step, the policy's
     decision) on a throwaway ``engine`` with the replay engine's model, shapes and policy, so
     that compilation time does not land on the replay's clock."""
-    from jaxsched.engine.batching import SamplingParams
-
     ec = engine.engine_cfg
     rs = np.random.RandomState(seed)
     sp = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
@@ -204,8 +207,6 @@ def warm_up(engine, seed: int = 0) -> None:
 def replay_engine(engine, clock: VirtualClock, requests: Sequence[ReplayRequest], seed: int = 0,
                   max_iterations: int = 200_000) -> dict[str, Any]:
     """Run ``requests`` through ``engine`` (built with ``clock=clock``) on the virtual clock."""
-    from jaxsched.engine.batching import SamplingParams
-
     rs = np.random.RandomState(seed)
     order = sorted(range(len(requests)), key=lambda i: requests[i].arrival)
     prompts = {i: [int(t) for t in rs.randint(0, 256, size=requests[i].prompt_len)]
@@ -272,13 +273,6 @@ def simulate_requests(requests: Sequence[ReplayRequest], policy, params, capacit
     ``tau = d0 + d1_prefill P + d1_context D + d2 R`` (each split coefficient ``d1`` unless
     given, as in :func:`jaxsched.core.model.system_params`) and memory in blocks of
     ``block_size``."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxsched.core.model import SimShape, Workload, system_params
-    from jaxsched.core.rollout import compiled_simulator
-    from jaxsched.core.sim import SimParams
-
     reqs = sorted(requests, key=lambda r: r.arrival)
     wl = Workload(
         arrival=jnp.asarray([[r.arrival for r in reqs]], jnp.float32),

@@ -151,8 +151,8 @@ class ModelRunner:
         Same shapes and work as every decode call (the decode cost does not depend on the rows'
         contents), and it changes nothing: padding rows write to the spare slot past the
         cache. Timed beside an iteration's calls, it measures how fast the machine runs *now*
-        (see ``Engine.speed_reference``). It is :meth:`decode` of no rows (which waits for
-        its tokens)."""
+        (see :class:`jaxsched.engine.calibrate.MeasuredCalls`). It is :meth:`decode` of no
+        rows (which waits for its tokens)."""
         self.decode([])
 
     def prefill(self, token_ids: Sequence[int], start: int, table: list[int],

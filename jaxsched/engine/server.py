@@ -55,6 +55,19 @@ import threading
 import time
 from typing import Any
 
+import uvicorn
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
 from jaxsched.engine.batching import Engine, RequestError, RequestOutput, SamplingParams
 from jaxsched.errors import JaxschedError
 
@@ -170,8 +183,6 @@ class EngineLoop:
 
 
 def _error(message: str, status: int = 400, param: str | None = None, code: str | None = None):
-    from starlette.responses import JSONResponse
-
     kind = "invalid_request_error" if status < 500 else "server_error"
     return JSONResponse({"error": {"message": message, "type": kind, "param": param,
                                    "code": code}}, status_code=status)
@@ -353,8 +364,6 @@ class _Metrics:
     time), HTTP responses by route and code, and per-request latency histograms."""
 
     def __init__(self, engine: Engine):
-        from prometheus_client import CollectorRegistry, Counter, Histogram
-
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_EngineCollector(engine))
         self.http = Counter("jaxsched_http_responses", "HTTP responses by route and status "
@@ -390,8 +399,6 @@ class _EngineCollector:
         self.engine = engine
 
     def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
         m = self.engine.metrics()
         gauges = {
             "queue_length": ("requests waiting to be admitted", m.queue_length),
@@ -405,8 +412,6 @@ class _EngineCollector:
                                   m.tokens_per_second),
             "iteration_seconds": ("duration of the last iteration", m.iteration_seconds),
         }
-        for name, (doc, value) in gauges.items():
-            yield GaugeMetricFamily(f"jaxsched_engine_{name}", doc, value=value)
         counters = {
             "evictions": ("evicted requests", m.evictions_total),
             "recomputed_tokens": ("cached tokens lost to evictions", m.recomputed_tokens_total),
@@ -416,8 +421,9 @@ class _EngineCollector:
             "generated_tokens": ("tokens generated", m.generated_tokens_total),
             "iterations": ("engine iterations", m.iterations_total),
         }
-        for name, (doc, value) in counters.items():
-            yield CounterMetricFamily(f"jaxsched_engine_{name}", doc, value=value)
+        for family, table in ((GaugeMetricFamily, gauges), (CounterMetricFamily, counters)):
+            for name, (doc, value) in table.items():
+                yield family(f"jaxsched_engine_{name}", doc, value=value)
 
 
 async def _disconnected(request) -> None:
@@ -430,11 +436,6 @@ async def _disconnected(request) -> None:
 
 def create_app(engine: Engine, model_name: str = "jaxsched-tiny", loop: EngineLoop | None = None):
     """The starlette app serving ``engine`` (its lifespan runs an :class:`EngineLoop`)."""
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-    from starlette.applications import Starlette
-    from starlette.responses import JSONResponse, Response, StreamingResponse
-    from starlette.routing import Route
-
     loop = loop or EngineLoop(engine)
     metrics_ = _Metrics(engine)
     ids = itertools.count()
@@ -621,6 +622,4 @@ def create_app(engine: Engine, model_name: str = "jaxsched-tiny", loop: EngineLo
 def serve(engine: Engine, host: str = "127.0.0.1", port: int = 8000,
           model_name: str = "jaxsched-tiny", log_level: str = "info") -> None:
     """Run the app with uvicorn until interrupted (loopback by default)."""
-    import uvicorn
-
     uvicorn.run(create_app(engine, model_name), host=host, port=port, log_level=log_level)

@@ -13,6 +13,7 @@ import time
 from typing import Any, Sequence
 
 import numpy as np
+import uvicorn
 
 from jaxsched.engine.batching import Engine, SamplingParams
 from jaxsched.engine.config import TINY, EngineConfig, ModelConfig
@@ -108,8 +109,6 @@ class LoopbackServer:
     manager yields the base URL and shuts the server (and the app's lifespan) down on exit."""
 
     def __init__(self, app, start_timeout: float = 30.0):
-        import uvicorn
-
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]

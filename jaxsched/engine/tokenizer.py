@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol, Sequence
 
+import tokenizers
+
 from jaxsched.errors import JaxschedError
 
 __all__ = ["Tokenizer", "ByteTokenizer", "HFTokenizer", "load_tokenizer", "TokenizerError"]
@@ -61,13 +63,11 @@ class HFTokenizer:
 
     def __init__(self, path: str | Path, eos_token: str | None = None,
                  bos_token: str | None = None):
-        from tokenizers import Tokenizer as _Tok
-
         path = Path(path)
         if path.is_dir():
             path = path / "tokenizer.json"
         try:
-            self._tok = _Tok.from_file(str(path))
+            self._tok = tokenizers.Tokenizer.from_file(str(path))
         except Exception as err:  # tokenizers raises plain Exceptions
             msg = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise TokenizerError(f"{path}: cannot load tokenizer: {msg}") from None

@@ -37,6 +37,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 from jaxsched.engine.config import ModelConfig
 from jaxsched.engine.model import init_params
@@ -184,8 +187,6 @@ def _checkpoint_files(path: Path) -> list[Path]:
 
 def load_safetensors(path: str | Path, cfg: ModelConfig) -> dict:
     """Flax parameters from a Hugging Face Llama safetensors checkpoint (file or folder)."""
-    from safetensors import SafetensorError, safe_open
-
     tensors: dict[str, Any] = {}
     for file in _checkpoint_files(Path(path)):
         try:
@@ -203,8 +204,6 @@ def load_safetensors(path: str | Path, cfg: ModelConfig) -> dict:
 
 
 def _read(file: Path, name: str) -> np.ndarray:
-    from safetensors import safe_open
-
     with safe_open(str(file), framework="numpy") as f:
         return f.get_tensor(name)
 
@@ -212,8 +211,6 @@ def _read(file: Path, name: str) -> np.ndarray:
 def save_safetensors(params, cfg: ModelConfig, path: str | Path, dtype=None) -> Path:
     """Write a Hugging Face layout checkpoint. ``path``: a ``.safetensors`` file, or a folder
     (then ``model.safetensors`` and ``config.json`` are written in it). Returns the file."""
-    from safetensors.numpy import save_file
-
     path = Path(path)
     if path.suffix != ".safetensors":
         path.mkdir(parents=True, exist_ok=True)
@@ -225,8 +222,6 @@ def save_safetensors(params, cfg: ModelConfig, path: str | Path, dtype=None) -> 
 
 def save_orbax(params, cfg: ModelConfig, path: str | Path) -> Path:
     """Save the parameter pytree (orbax) and ``model_config.json`` to the folder ``path``."""
-    import orbax.checkpoint as ocp
-
     path = Path(path).absolute()
     path.mkdir(parents=True, exist_ok=True)
     ckptr = ocp.StandardCheckpointer()
@@ -239,8 +234,6 @@ def save_orbax(params, cfg: ModelConfig, path: str | Path) -> Path:
 def load_orbax(path: str | Path, cfg: ModelConfig | None = None) -> tuple[dict, ModelConfig]:
     """Restore ``(params, config)`` saved by :func:`save_orbax`; with ``cfg`` given, the saved
     config must equal it."""
-    import orbax.checkpoint as ocp
-
     path = Path(path).absolute()
     try:
         saved = ModelConfig.from_dict(json.loads((path / "model_config.json").read_text()))

@@ -43,10 +43,17 @@ from typing import Any, Literal, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from jaxsched import __version__, api
-from jaxsched.config import Config, config_from_dict, read_text, split_d1, workload_digest
+from jaxsched.config import (
+    Config,
+    SplitCoefficients,
+    config_from_dict,
+    read_text,
+    split_d1,
+    workload_digest,
+)
 from jaxsched.errors import JaxschedError
 from jaxsched.core.metrics import DERIVED_METRICS, METRIC_KEYS, add_derived, aggregate, measured_time
 from jaxsched.policies import get_policy, make_params, policy_options
@@ -94,7 +101,7 @@ class PolicySection(_Strict):
     params: dict[str, float | list[float]]
 
 
-class SystemSection(_Strict):
+class SystemSection(SplitCoefficients):
     """The system profile the policy was tuned for."""
 
     capacity: float = Field(gt=0, description="C: KV-cache tokens")
@@ -114,16 +121,6 @@ class SystemSection(_Strict):
     restart_on_evict: bool
     num_classes: int = Field(ge=1)
     hardware: str | None = Field(default=None, description="model on GPU, from the hardware profile")
-
-    @model_validator(mode="after")
-    def _split(self):
-        split_d1(self.d1, self.d1_prefill, self.d1_context, required=True)
-        return self
-
-    @property
-    def coefficients(self) -> tuple[float, float]:
-        """``(d1_prefill, d1_context)``; a file with only ``d1`` gives it for both."""
-        return split_d1(self.d1, self.d1_prefill, self.d1_context, required=True)
 
 
 class WorkloadSection(_Strict):

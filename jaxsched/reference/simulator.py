@@ -62,6 +62,7 @@ from jaxsched.reference.policies.base import (
     block_tokens,
     usable_capacity,
 )
+from jaxsched.reference.policies.registry import REFERENCE_POLICIES, reference_policy
 
 if TYPE_CHECKING:  # only for annotations: any object with the same fields will do
     from jaxsched.core.model import SimShape
@@ -593,8 +594,6 @@ def reference_for(policy_name: str, params: dict | None = None,
     ``jaxsched.reference.policies.reference_policy(policy_name, params, **options)``; ``params`` are
     plain numbers (lists for per-class parameters). Raises ``KeyError`` naming the policy if it
     has no twin."""
-    from jaxsched.reference.policies import REFERENCE_POLICIES, reference_policy
-
     if policy_name not in REFERENCE_POLICIES:
         raise KeyError(f"policy {policy_name!r} has no reference twin in jaxsched.reference.policies; "
                        f"twins: {', '.join(sorted(REFERENCE_POLICIES)) or 'none'}")

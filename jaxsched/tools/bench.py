@@ -19,6 +19,8 @@ import numpy as np
 
 from jaxsched import api
 from jaxsched.config import Config
+from jaxsched.reference.policies import REFERENCE_POLICIES
+from jaxsched.reference.simulator import reference_for, simulate_reference
 
 __all__ = ["SimBenchRow", "SimBench", "bench_sim", "plain_params", "tight_greedy"]
 
@@ -116,9 +118,6 @@ def _tight_applies(cfg: Config, exp) -> bool:
 def bench_sim(cfg: Config, batch_sizes=(1, 64, 1024), reference_workloads: int = 2,
               repeats: int = 2, progress: Callable[[str], None] | None = None) -> SimBench:
     """Time the JAX batch at each size and the reference on the first workloads."""
-    from jaxsched.reference.simulator import reference_for, simulate_reference
-    from jaxsched.reference.policies import REFERENCE_POLICIES
-
     say = progress or (lambda msg: None)
     biggest = max(batch_sizes)
     big_cfg = cfg.model_copy(update={"workload": cfg.workload.model_copy(update={"num_workloads": biggest})})

@@ -1,10 +1,12 @@
-"""The config reference (``docs/config-reference.md``), generated from the pydantic schemas.
+"""The config reference (``docs/config-reference.md``), rendered from the pydantic schemas.
 
 Every key of every table, with its type, default, constraint and description, read from the
-models of :mod:`jaxsched.config` and :mod:`tuning.settings` (the ``[tune]`` table), and the
-policies' parameters from the registry. Regenerate after changing a schema::
+models of :mod:`jaxsched.config`, and from what the caller hands in: the policies' parameters
+(:func:`jaxsched.cli.catalog.policy_catalog`) and the tuners' ``[tune]`` schema (the library
+never imports ``tuning``; the CLI, which may, passes its models). Regenerate after changing a
+schema::
 
-    python -m jaxsched.tools.config_reference > docs/config-reference.md
+    python -m jaxsched.cli.catalog > docs/config-reference.md
 
 ``tests/test_cli_catalog.py`` fails while the committed file differs from the output.
 """
@@ -12,11 +14,23 @@ policies' parameters from the registry. Regenerate after changing a schema::
 from __future__ import annotations
 
 import inspect
+import math
+import types
 import typing
+from typing import Sequence
 
 from pydantic import BaseModel
 
-__all__ = ["render", "main"]
+from jaxsched import config as C
+
+__all__ = ["TuneSchema", "param_range", "render"]
+
+
+class TuneSchema(typing.NamedTuple):
+    """The ``[tune]`` table's model and the models of its sub-tables, by the tuners."""
+
+    settings: type[BaseModel]
+    parts: Sequence[type[BaseModel]] = ()
 
 
 def _type(annotation) -> str:
@@ -24,7 +38,7 @@ def _type(annotation) -> str:
     args = typing.get_args(annotation)
     if origin is typing.Literal:
         return " \\| ".join(f'`"{a}"`' if isinstance(a, str) else f"`{a}`" for a in args)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, getattr(types, "UnionType", None)):
         parts = [_type(a) for a in args if a is not type(None)]
         return " or ".join(parts) + (" (optional)" if type(None) in args else "")
     if origin in (list, tuple):
@@ -80,15 +94,31 @@ def _doc(model) -> str:
     return " ".join(doc.split("\n\n", 1)[0].split())
 
 
-def render() -> str:
-    """The whole reference as markdown."""
-    from jaxsched import config as C
-    from jaxsched.cli.catalog import _range, policy_catalog
+def _bound(x) -> str:
+    if x is None:
+        return "inf"
+    x = float(x)
+    if x >= 2**20 and x == 2 ** round(math.log2(x)):
+        return f"2^{round(math.log2(x))}"
+    return f"{x:.6g}"
 
+
+def param_range(p: dict) -> str:
+    """``[low, high]`` of a policy parameter (a ``policy_catalog`` entry) and its kind."""
+    lo = "-inf" if p["low"] is None else _bound(p["low"])
+    kind = ", integer" if p["integer"] else ""
+    kind += ", per class" if p["per_class"] else ""
+    kind += ", log scale" if p["log"] else ""
+    return f"[{lo}, {_bound(p['high'])}]{kind}"
+
+
+def render(policies: Sequence[dict], tune: TuneSchema | None = None) -> str:
+    """The whole reference as markdown: the config's tables, ``tune``'s (when given), the
+    profiles and ``policies`` (``policy_catalog()`` entries)."""
     parts = [
         "# Config reference",
         "",
-        "Generated from the pydantic schemas by `python -m jaxsched.tools.config_reference` "
+        "Generated from the pydantic schemas by `python -m jaxsched.cli.catalog` "
         "(do not edit by hand). A config is a TOML file with the tables below; "
         "`--set section.key=value` overrides any key from the command line, e.g. "
         "`--set workload.classes.0.rate=2`. Unknown keys, wrong types and values out of "
@@ -112,18 +142,12 @@ def render() -> str:
     ]
     for title, model, prefix, text in sections:
         parts += [f"## {title}", "", text, "", *_table(model, prefix), ""]
-    try:
-        from tuning import settings as T
-    except ImportError:  # pragma: no cover - the tuning package ships with jaxsched
-        T = None
-    if T is not None:
-        parts += ["## [tune]", "", _doc(T.TuneSettings) or
+    if tune is not None:
+        parts += ["## [tune]", "", _doc(tune.settings) or
                   "Settings of `jaxsched tune` (read by the tuners).", "",
-                  *_table(T.TuneSettings, "tune."), ""]
-        for sub in ("SpaceEntry", "ConstraintSettings", "ParetoSettings"):
-            model = getattr(T, sub, None)
-            if model is not None:
-                parts += [f"### {sub}", "", _doc(model), "", *_table(model, ""), ""]
+                  *_table(tune.settings, "tune."), ""]
+        for model in tune.parts:
+            parts += [f"### {model.__name__}", "", _doc(model), "", *_table(model, ""), ""]
     parts += ["## Profiles", "",
               "`system.profile` names a TOML file (relative to the config, or a shipped "
               "`configs/hardware/` name) of one of these two kinds.", ""]
@@ -132,7 +156,7 @@ def render() -> str:
     parts += ["## Policy parameters", "",
               "Keys of `[policy]` by policy: static options (changing one recompiles) and "
               "tunable parameters (traced: no recompilation between values).", ""]
-    for p in policy_catalog():
+    for p in policies:
         parts += [f"### `{p['name']}`", "", f"{p['summary']} Paper: {p['paper']}.", ""]
         if p["options"]:
             opts = ", ".join(f"`{k} = {v!r}`" for k, v in p["options"].items())
@@ -140,14 +164,6 @@ def render() -> str:
         parts += ["| parameter | default | range | meaning |", "|---|---|---|---|"]
         for q in p["params"]:
             doc = q["doc"].replace("|", "\\|")
-            parts.append(f"| `{q['name']}` | `{q['default']}` | {_range(q)} | {doc} |")
+            parts.append(f"| `{q['name']}` | `{q['default']}` | {param_range(q)} | {doc} |")
         parts.append("")
     return "\n".join(parts).rstrip() + "\n"
-
-
-def main() -> None:
-    print(render(), end="")
-
-
-if __name__ == "__main__":
-    main()

@@ -8,11 +8,12 @@ import numpy as np
 
 from jaxsched.core import metrics as M
 
-__all__ = ["plot_simulation", "histogram_cdf", "time_unit", "line_style", "mark_warmup",
+__all__ = ["pyplot", "plot_simulation", "histogram_cdf", "time_unit", "line_style", "mark_warmup",
            "log_time_axis", "cdf_or_note", "no_completion_note"]
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the headless Agg backend (imported on first use: about 1 s)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,7 +86,7 @@ def no_completion_note(ax) -> None:
 def plot_simulation(result, out: str | Path, max_lines: int = 4) -> Path:
     """Memory over time for the first workloads (warm-up shaded, capacity C dashed) and the
     latency CDF of all of them after the warm-up."""
-    plt = _pyplot()
+    plt = pyplot()
     exp = result.experiment
     cfg = exp.config
     unit = time_unit(cfg)

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import argparse
 import collections
 import gzip
 import importlib.util
@@ -29,6 +30,7 @@ import numpy as np
 
 from jaxsched import api
 from jaxsched.running import chunked
+from jaxsched.core import metrics, sim
 from jaxsched.core import rollout as R
 from jaxsched.running import sharding as S
 from jaxsched.config import DEFAULT_CONFIG, load_config
@@ -110,8 +112,6 @@ def hlo_census(exp, keys, wl) -> dict[str, int]:
 
 def sim_variant(replacements: tuple[tuple[str, str], ...], name: str = "jaxsched._sim_variant"):
     """A fresh copy of :mod:`jaxsched.core.sim` with source lines replaced (for A/B runs)."""
-    import jaxsched.core.sim as sim
-
     source = Path(sim.__file__).read_text()
     for old, new in replacements:
         if source.count(old) != 1:
@@ -150,8 +150,6 @@ def _variant_rollout(mod, exp):
 def ab_search_block(exp, keys, wl, repeats: int = 5) -> dict:
     """Best-of-``repeats`` seconds of the whole rollout, window search block ``W + 2B``
     (before) vs ``2W`` (after), alternating; asserts identical results."""
-    import jaxsched.core.sim as sim
-
     before = sim_variant((_BEFORE_SEARCH_BLOCK,))
     fns = {}
     for label, mod in (("before", before), ("after", sim)):
@@ -176,9 +174,6 @@ def sim_from_file(path, name: str = "jaxsched._sim_before"):
 
 def _scan_steps(mod, exp):
     """``rollout(key, workload, params) -> final carry``: ``lax.scan`` of ``mod.step``."""
-    from jaxsched.core import metrics
-    from jaxsched.core import sim
-
     def rollout(key, workload, params):
         carry = (sim.initial_state(exp.shape, workload), exp.policy.init(params.policy, exp.shape),
                  metrics.init_accumulators(exp.shape.relax != "hard"))
@@ -195,8 +190,6 @@ def ab_step(exp, keys, wl, before, repeats: int = 5) -> dict:
     """Best-of-``repeats`` seconds of the whole rollout with ``before.step`` vs this
     :func:`jaxsched.core.sim.step`, compiled and timed alternately in this process; asserts that
     the final states, policy states and accumulators are identical."""
-    import jaxsched.core.sim as sim
-
     fns = {}
     for label, mod in (("before", before), ("after", sim)):
         f = jax.jit(jax.vmap(_scan_steps(mod, exp), in_axes=(0, 0, None)))
@@ -237,8 +230,6 @@ def ab_donation(exp, keys, wl, repeats: int = 5) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(prog="python -m jaxsched.tools.profiling", description=__doc__)
     parser.add_argument("--workloads", type=int, default=256)
     parser.add_argument("--horizon", type=int, default=200)

@@ -26,6 +26,16 @@ from jaxsched import api, theory
 from jaxsched.config import CONFIG_DIR, Config, config_from_dict, load_config
 from jaxsched.errors import JaxschedError
 from jaxsched.core.metrics import histogram_floor
+from jaxsched.tools.plots import (
+    cdf_or_note,
+    histogram_cdf,
+    line_style,
+    log_time_axis,
+    mark_warmup,
+    no_completion_note,
+    pyplot,
+    time_unit,
+)
 
 __all__ = ["REPRODUCTIONS", "WAIT_LABELS", "Contender", "PolicyRow", "Reproduction", "reproduce"]
 
@@ -167,37 +177,18 @@ _STUDIES = {
             Contender("mc_benchmark", {"name": "mc_benchmark"}),
         ],
     ),
-    "wait-low": dict(
-        config="wait-low",
+    **{name: dict(
+        config=name,
         bound=_wait_bound,
         bound_note="fluid throughput sum_j lambda_j l'_j (tokens per second)",
         contenders=_wait_contenders(),
         findings=_wait_findings,
-    ),
-    "wait-high": dict(
-        config="wait-high",
-        bound=_wait_bound,
-        bound_note="fluid throughput sum_j lambda_j l'_j (tokens per second)",
-        contenders=_wait_contenders(),
-        findings=_wait_findings,
-    ),
+    ) for name in ("wait-low", "wait-high")},
 }
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _policy_study(name: str, out: Path, scale: float, say: Callable[[str], None],
                   only: tuple[str, ...] = ()) -> Reproduction:
-    from jaxsched.tools.plots import (cdf_or_note, histogram_cdf, line_style, log_time_axis,
-                                mark_warmup, no_completion_note, time_unit)
-
     study = _STUDIES[name]
     base = _scaled(load_config(CONFIG_DIR / f"{study['config']}.toml"), scale)
     bound, bound_key = study["bound"](base)
@@ -224,7 +215,7 @@ def _policy_study(name: str, out: Path, scale: float, say: Callable[[str], None]
         label = c.label + "".join(f", {k} {_short(v)}" for k, v in fitted.items())
         rows.append([label] + [m[k] for k in TABLE_KEYS] + [ratio])
         traces[c.label] = (res.trace.time[0], res.trace.memory[0], res.latency_hist.sum(axis=0))
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_mem, ax_cdf) = plt.subplots(1, 2, figsize=(13, 4.5))
     lo = float(histogram_floor(base.d0, min(base.d1_prefill, base.d1_context)))
     unit = time_unit(base)
@@ -319,7 +310,7 @@ def _congestion(out: Path, scale: float, say: Callable[[str], None]) -> Reproduc
         rows.append([f"2 classes, {label}", thr, pred.fixed_point, float("nan"),
                      thr / pred.fixed_point, float(res.summary["evictions"]),
                      osc.period, osc.relative_amplitude, osc.oscillating])
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     rs = [h[0] for h in homo]
     axes[0].plot(rs, [h[1] for h in homo], "o-", label="simulated greedy")

@@ -29,13 +29,17 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import jax
 import numpy as np
 
 from jaxsched import api
-from jaxsched.config import Config
+from jaxsched.config import Config, load_config
+from jaxsched.core import rollout, sim
+from jaxsched.errors import JaxschedError
+from jaxsched.tools.plots import pyplot
 
 __all__ = [
     "ScalePoint",
@@ -157,16 +161,13 @@ def step_bytes(max_batch: int, queue_size: int) -> int:
 
 def xla_step_bytes(exp, keys, workloads, backend_devices) -> float:
     """XLA's ``bytes accessed`` of one compiled step over the batch, per workload."""
-    from jaxsched.core.rollout import init
-    from jaxsched.core.sim import step
-
     dev = backend_devices[0]
     keys, workloads, params = jax.device_put((keys, workloads, exp.params), dev)
-    init = jax.vmap(functools.partial(init, exp.policy, exp.shape), in_axes=(0, None))
+    init = jax.vmap(functools.partial(rollout.init, exp.policy, exp.shape), in_axes=(0, None))
     carry = jax.eval_shape(init, workloads, params)
 
     def one(key, wl, p, c):
-        return step(exp.policy, exp.shape, key, wl, p, c)[0]
+        return sim.step(exp.policy, exp.shape, key, wl, p, c)[0]
 
     f = jax.jit(jax.vmap(one, in_axes=(0, 0, None, 0)))
     cost = f.lower(keys, workloads, params, carry).compile().cost_analysis()
@@ -239,8 +240,6 @@ def forced_host_efficiency(config_path: str, overrides: list[str], workloads: in
                           capture_output=True, text=True)
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["(no output)"]
-        from jaxsched.errors import JaxschedError
-
         raise JaxschedError(f"forced-host sharding run failed: {tail[0]}")
     return [ShardPoint(**d) for d in json.loads(proc.stdout.strip().splitlines()[-1])]
 
@@ -323,9 +322,7 @@ def bench_scale(cfg: Config, config_path: str, overrides: list[str], workloads=N
 def plot_scale(result: ScaleBench, out) -> str:
     """Log-log PNG: throughput vs workloads (per backend, with its roofline), vs slots, vs
     horizon; sharding efficiency."""
-    from jaxsched.tools.plots import _pyplot
-
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 4, figsize=(19, 4.2))
     for backend in sorted({p.backend for p in result.points}):
         pts = [p for p in result.points if p.backend == backend]
@@ -370,8 +367,6 @@ def plot_scale(result: ScaleBench, out) -> str:
         axes[3].set_title(title, fontsize=9)
         axes[3].grid(alpha=0.3)
     fig.tight_layout()
-    from pathlib import Path
-
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
@@ -391,8 +386,6 @@ def _fixed_workloads(pts: list[ScalePoint]) -> int:
 
 
 def _child(arg: str) -> None:
-    from jaxsched.config import load_config
-
     a = json.loads(arg)
     cfg = load_config(a["config"], a["overrides"])
     pts = sharding_efficiency(cfg, jax.devices("cpu"), a["workloads"], a["repeats"])

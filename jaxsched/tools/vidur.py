@@ -38,6 +38,7 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxsched.engine.calibrate import fit_split_tau, fit_tau
 from jaxsched.errors import JaxschedError
 
 __all__ = [
@@ -168,8 +169,6 @@ def iteration_samples(mlp, attention, num_layers: int) -> list[IterationSample]:
 
 def fit_profile(samples: Sequence[IterationSample]) -> ProfileFit:
     """Non-negative least squares of the split ``tau`` and of the single-``d1`` one."""
-    from jaxsched.engine.calibrate import fit_split_tau, fit_tau
-
     if not any(s.kind == "prefill" for s in samples) or not any(s.kind == "decode"
                                                                   for s in samples):
         raise JaxschedError("the fit needs decode and prefill samples")

@@ -1,17 +1,8 @@
-"""Plain-Python twins of the registered policies (for the reference simulator's tests)."""
+"""Plain-Python twins of the registered policies (for the reference simulator's tests); the
+table of twins is :mod:`jaxsched.reference.policies.registry`."""
 
-import importlib as _importlib
-import pkgutil as _pkgutil
-
-from jaxsched.reference.policies.base import (
-    REFERENCE_POLICIES,
-    RefPolicy,
-    RefResident,
-    RefView,
-    RefWaiting,
-    reference_policy,
-    register_reference,
-)
+from jaxsched.reference.policies.base import RefPolicy, RefResident, RefView, RefWaiting
+from jaxsched.reference.policies.registry import REFERENCE_POLICIES, reference_policy
 
 __all__ = [
     "REFERENCE_POLICIES",
@@ -20,10 +11,4 @@ __all__ = [
     "RefView",
     "RefWaiting",
     "reference_policy",
-    "register_reference",
 ]
-
-
-for _mod in _pkgutil.iter_modules(__path__):
-    if _mod.name != "base":
-        _importlib.import_module(f"{__name__}.{_mod.name}")

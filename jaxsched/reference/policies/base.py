@@ -17,9 +17,7 @@ __all__ = [
     "RefResident",
     "RefView",
     "RefPolicy",
-    "REFERENCE_POLICIES",
-    "register_reference",
-    "reference_policy",
+    "admit_prefix",
     "evict_in_order",
     "block_tokens",
     "usable_capacity",
@@ -80,8 +78,11 @@ class RefView:
 
 
 class RefPolicy:
-    """Base class: admit nothing, run every resident with its whole prefill, evict nothing
-    (the simulator then evicts newest first until memory fits)."""
+    """Base class: admit nothing, run every resident with its whole prefill, evict in the
+    order ``eviction`` names (:func:`evict_in_order`), or nothing when it is None (the
+    simulator then evicts newest first until memory fits)."""
+
+    eviction: str | None = None
 
     def admit(self, view: RefView) -> list[bool]:
         return [False] * len(view.queue)
@@ -91,25 +92,21 @@ class RefPolicy:
         return [(True, None) for _ in view.residents]
 
     def evict(self, view: RefView, need: list[int]) -> list[bool]:
-        return [False] * len(view.residents)
+        if self.eviction is None:
+            return [False] * len(view.residents)
+        return evict_in_order(self.eviction, view, need)
 
 
-REFERENCE_POLICIES: dict[str, Callable[..., RefPolicy]] = {}
-
-
-def register_reference(name: str):
-    """Decorator: ``factory(params: dict, **options) -> RefPolicy`` under ``name``."""
-
-    def deco(factory):
-        REFERENCE_POLICIES[name] = factory
-        return factory
-
-    return deco
-
-
-def reference_policy(name: str, params: dict, **options) -> RefPolicy:
-    """Build the twin of policy ``name``; ``params`` are plain numbers (or lists per class)."""
-    return REFERENCE_POLICIES[name](params, **options)
+def admit_prefix(queue: list[RefWaiting], admits: Callable[[RefWaiting], bool]) -> list[bool]:
+    """First come, first served with head-of-line blocking: ``admits(w)`` is asked for each
+    waiting request in queue order (it books what the admission takes when it says yes)
+    until the first no; nothing behind that request is admitted."""
+    out = [False] * len(queue)
+    for i, w in enumerate(queue):
+        if not admits(w):
+            break
+        out[i] = True
+    return out
 
 
 def evict_in_order(order: str, view: RefView, need: list[int]) -> list[bool]:

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from jaxsched.reference.policies.base import RefPolicy, RefView, evict_in_order, register_reference
+from jaxsched.reference.policies.base import RefPolicy, RefView, admit_prefix
 
 __all__ = [
     "RefFlowControlKnown",
@@ -37,7 +37,6 @@ def _credit_step(credit: np.float32, budget: np.float32) -> tuple[int, np.float3
     return int(whole), f32(avail - whole)
 
 
-@register_reference("flow_control_known")
 class RefFlowControlKnown(RefPolicy):
     """Per class k: activate the min(floor(c_k + b_k), waiting) oldest class-k requests of the
     window; every class's credit advances every iteration."""
@@ -66,11 +65,7 @@ class RefFlowControlKnown(RefPolicy):
                 out.append(False)
         return out
 
-    def evict(self, view: RefView, need: list[int]) -> list[bool]:
-        return evict_in_order(self.eviction, view, need)
 
-
-@register_reference("flow_control")
 class RefFlowControl(RefPolicy):
     """Activate the first min(B_t, waiting) of the window, no memory check; evict LIFO."""
 
@@ -94,11 +89,7 @@ class RefFlowControl(RefPolicy):
             n = self.draws[view.iteration]
         return [i < n for i in range(len(view.queue))]
 
-    def evict(self, view: RefView, need: list[int]) -> list[bool]:
-        return evict_in_order(self.eviction, view, need)
 
-
-@register_reference("alpha_protection")
 class RefAlphaProtection(RefPolicy):
     """FCFS while residents' and new requests' memory of this iteration stays within
     (1 - alpha) C; on overflow evict every resident."""
@@ -109,16 +100,16 @@ class RefAlphaProtection(RefPolicy):
     def admit(self, view: RefView) -> list[bool]:
         limit = f32(f32(1.0) - self.alpha) * f32(view.capacity)
         total = sum(view.mem(r.prompt + r.generated + 1) for r in view.residents)
-        out = []
-        blocked = False
-        for w in view.queue:
-            if not blocked and f32(total + view.mem(w.prompt + w.kept + 1)) <= limit:
-                total += view.mem(w.prompt + w.kept + 1)
-                out.append(True)
-            else:
-                blocked = True
-                out.append(False)
-        return out
+
+        def admits(w) -> bool:
+            nonlocal total
+            need = view.mem(w.prompt + w.kept + 1)
+            if f32(total + need) > limit:
+                return False
+            total += need
+            return True
+
+        return admit_prefix(view.queue, admits)
 
     def evict(self, view: RefView, need: list[int]) -> list[bool]:
         return [view.excess > 0] * len(view.residents)
@@ -180,21 +171,15 @@ class _RefFutureMemory(RefPolicy):
             return int(self.max_batch)
         return getattr(view, "max_batch", None)
 
-    def evict(self, view: RefView, need: list[int]) -> list[bool]:
-        return evict_in_order(self.eviction, view, need)
 
-
-@register_reference("mc_sf")
 class RefMCSF(_RefFutureMemory):
     shortest_first = True
 
 
-@register_reference("mc_benchmark")
 class RefMCBenchmark(_RefFutureMemory):
     shortest_first = False
 
 
-@register_reference("reserve_full")
 class RefReserveFull(RefPolicy):
     """FCFS while the reservations l + max(min(o, max_new_tokens), s + 1) of residents and new
     requests fit in C."""
@@ -209,17 +194,13 @@ class RefReserveFull(RefPolicy):
     def admit(self, view: RefView) -> list[bool]:
         total = sum(view.mem(self._reserve(r.prompt, r.generated, r.output))
                     for r in view.residents)
-        out = []
-        blocked = False
-        for w in view.queue:
-            need = view.mem(self._reserve(w.prompt, w.kept, w.output))
-            if not blocked and f32(total + need) <= f32(view.capacity):
-                total += need
-                out.append(True)
-            else:
-                blocked = True
-                out.append(False)
-        return out
 
-    def evict(self, view: RefView, need: list[int]) -> list[bool]:
-        return evict_in_order(self.eviction, view, need)
+        def admits(w) -> bool:
+            nonlocal total
+            need = view.mem(self._reserve(w.prompt, w.kept, w.output))
+            if f32(total + need) > f32(view.capacity):
+                return False
+            total += need
+            return True
+
+        return admit_prefix(view.queue, admits)

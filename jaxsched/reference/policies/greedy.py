@@ -3,12 +3,11 @@ leave free after their growth, optional ``max_num_seqs``; evict in the chosen or
 
 from __future__ import annotations
 
-from jaxsched.reference.policies.base import RefPolicy, RefView, evict_in_order, register_reference
+from jaxsched.reference.policies.base import RefPolicy, RefView, admit_prefix
 
 __all__ = ["RefGreedy"]
 
 
-@register_reference("greedy")
 class RefGreedy(RefPolicy):
     def __init__(self, params: dict, eviction: str = "newest"):
         self.max_num_seqs = params.get("max_num_seqs", 1e9)
@@ -18,18 +17,13 @@ class RefGreedy(RefPolicy):
         used = sum(view.mem(r.prompt + r.generated + 1) for r in view.residents)
         free = view.capacity - used
         seats = self.max_num_seqs - len(view.residents)
-        out = []
-        blocked = False
-        for w in view.queue:
-            need = view.mem(w.prompt + w.kept + 1)
-            if not blocked and need <= free and seats >= 1:
-                out.append(True)
-                free -= need
-                seats -= 1
-            else:
-                blocked = True
-                out.append(False)
-        return out
 
-    def evict(self, view: RefView, need: list[int]) -> list[bool]:
-        return evict_in_order(self.eviction, view, need)
+        def admits(w) -> bool:
+            nonlocal free, seats
+            need = view.mem(w.prompt + w.kept + 1)
+            if need > free or seats < 1:
+                return False
+            free, seats = free - need, seats - 1
+            return True
+
+        return admit_prefix(view.queue, admits)

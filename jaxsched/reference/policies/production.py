@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxsched.reference.policies.base import RefPolicy, RefView, evict_in_order, register_reference
+from jaxsched.reference.policies.base import RefPolicy, RefView, admit_prefix, evict_in_order
 
 __all__ = ["RefVllm", "RefSarathi", "RefSglang", "ref_budget_plan"]
 
@@ -66,33 +66,26 @@ class _Budgeted(RefPolicy):
     def plan(self, view: RefView):
         return ref_budget_plan(view, self.budget)[0]
 
-    def evict(self, view: RefView, need: list[int]) -> list[bool]:
-        return evict_in_order(self.eviction, view, need)
-
     def admit(self, view: RefView) -> list[bool]:
         _, need_old, left = ref_budget_plan(view, self.budget)
         seats = self.max_num_seqs - len(view.residents)
-        out, blocked, before = [], False, 0
+        before = 0
         used = self._used_start(view, need_old)
-        for w in view.queue:
+
+        def admits(w) -> bool:
+            nonlocal used, seats, before
             p = w.prompt + w.kept
-            first = max(0, min(p, left - before))
-            ok = not blocked and before < left and seats >= 1
-            if ok:
-                used_after = used + view.mem(self._mem(p, first))
-                ok = self._mem_ok(view, used_after)
-            if ok:
-                out.append(True)
-                used = used_after
-                seats -= 1
-                before += p
-            else:
-                blocked = True
-                out.append(False)
-        return out
+            if before >= left or seats < 1:
+                return False
+            used_after = used + view.mem(self._mem(p, max(0, min(p, left - before))))
+            if not self._mem_ok(view, used_after):
+                return False
+            used, seats, before = used_after, seats - 1, before + p
+            return True
+
+        return admit_prefix(view.queue, admits)
 
 
-@register_reference("vllm")
 class RefVllm(_Budgeted):
     budget_key = "max_num_batched_tokens"
 
@@ -106,20 +99,18 @@ class RefVllm(_Budgeted):
         # v0: whole prompts while their sum stays within the budget (a longer one alone)
         seats = self.max_num_seqs - len(view.residents)
         used = self._used_start(view, None)
-        out, blocked, before = [], False, 0
-        for w in view.queue:
+        before = 0
+
+        def admits(w) -> bool:
+            nonlocal used, seats, before
             p = w.prompt + w.kept
-            ok = (not blocked and (before + p <= self.budget or before == 0) and seats >= 1
-                  and self._mem_ok(view, used + view.mem(p + 1)))
-            if ok:
-                out.append(True)
-                used += view.mem(p + 1)
-                seats -= 1
-                before += p
-            else:
-                blocked = True
-                out.append(False)
-        return out
+            if not ((before + p <= self.budget or before == 0) and seats >= 1
+                    and self._mem_ok(view, used + view.mem(p + 1))):
+                return False
+            used, seats, before = used + view.mem(p + 1), seats - 1, before + p
+            return True
+
+        return admit_prefix(view.queue, admits)
 
     def plan(self, view: RefView):
         if self.scheduler == "v1":
@@ -139,7 +130,6 @@ class RefVllm(_Budgeted):
         return bool(cap - f32(used) >= f32(self.params["watermark"]) * cap)
 
 
-@register_reference("sarathi")
 class RefSarathi(_Budgeted):
     budget_key = "chunk_size"
 
@@ -153,7 +143,6 @@ class RefSarathi(_Budgeted):
         return bool(f32(used) <= f32(view.capacity))
 
 
-@register_reference("sglang")
 class RefSglang(RefPolicy):
     def __init__(self, params: dict, eviction: str = "fewest_generated"):
         self.init = f32(params["new_token_ratio_init"])
@@ -177,18 +166,17 @@ class RefSglang(RefPolicy):
         grow = sum(max(self.cap - r.generated, 0) for r in view.residents)
         used = sum(view.mem(r.prompt + r.generated + 1) for r in view.residents)
         cap = f32(view.capacity)
-        out, blocked = [], False
-        for w in view.queue:
+
+        def admits(w) -> bool:
+            nonlocal grow, used
             g2 = grow + max(self.cap - w.kept, 0)
             u2 = used + view.mem(w.prompt + w.kept + 1)
-            ok = not blocked and bool(f32(self.ratio * f32(g2)) <= f32(cap - f32(u2)))
-            if ok:
-                out.append(True)
-                grow, used = g2, u2
-            else:
-                blocked = True
-                out.append(False)
-        return out
+            if not bool(f32(self.ratio * f32(g2)) <= f32(cap - f32(u2))):
+                return False
+            grow, used = g2, u2
+            return True
+
+        return admit_prefix(view.queue, admits)
 
     def evict(self, view: RefView, need: list[int]) -> list[bool]:
         n = len(view.residents)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxsched.reference.policies.base import RefPolicy, RefView, evict_in_order, register_reference
+from jaxsched.reference.policies.base import RefPolicy, RefView
 
 __all__ = ["RefWait", "RefNestedWait"]
 
@@ -54,7 +54,6 @@ def _stage_cap(view: RefView, group: list[int], cap: list[int]) -> list[bool]:
     return out
 
 
-@register_reference("wait")
 class RefWait(RefPolicy):
     def __init__(self, params: dict, eviction: str = "newest", mode: str = "advance",
                  max_batch: int | None = None):
@@ -94,11 +93,7 @@ class RefWait(RefPolicy):
             run = [ok and r.cls in entered for ok, r in zip(run, res)]
         return [(ok, None) for ok in run]
 
-    def evict(self, view: RefView, need: list[int]) -> list[bool]:
-        return evict_in_order(self.eviction, view, need)
 
-
-@register_reference("nested_wait")
 class RefNestedWait(RefPolicy):
     def __init__(self, params: dict, eviction: str = "newest", max_batch: int | None = None):
         self.max_batch = max_batch
@@ -147,6 +142,3 @@ class RefNestedWait(RefPolicy):
             runs_seg.append(not stopped)
         cap = _stage_cap(view, [0] * len(res), [self.n[s] for s in seg])
         return [(ok and runs_seg[s], None) for ok, s in zip(cap, seg)]
-
-    def evict(self, view: RefView, need: list[int]) -> list[bool]:
-        return evict_in_order(self.eviction, view, need)
