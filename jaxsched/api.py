@@ -21,7 +21,7 @@ import numpy as np
 from jaxsched.core import metrics as M
 from jaxsched.config import Config
 from jaxsched.errors import JaxschedError
-from jaxsched.core.model import SimShape, Workload, system_params
+from jaxsched.core.model import BYTES_PER_REQUEST, SimShape, Workload, memory_time, system_params
 from jaxsched.policies import Policy, get_policy, make_params
 from jaxsched.core.sim import SimParams
 from jaxsched.running.stream import STREAM_KINDS
@@ -40,7 +40,6 @@ __all__ = [
 
 # Refuse a workload (one replica) whose request arrays alone would exceed this many bytes.
 _MAX_WORKLOAD_BYTES = 6 * 2**30
-_BYTES_PER_REQUEST = 4 * 4 + 1 + 4 + 4 + 1 + 1  # workload arrays + per-request state
 STREAM_AUTO_BYTES = 2**20
 """``stream=None`` (auto) streams a workload kind that supports it when one replica's full
 request arrays would exceed this many bytes and the window is at most half of them."""
@@ -180,10 +179,10 @@ def _duration_and_size(cfg: Config, trace=None) -> tuple[float, int]:
         peak = _class_arrays(cfg)[2] * max(b.high_factor, b.low_factor)
         n = poisson_num_requests(peak, duration)
     elif wl.kind == "saturated":
+        from jaxsched.workloads.generators import saturated_num_requests
+
         prompt, output, _, _ = _class_arrays(cfg)
-        w = prompt * output + (output + output.astype(np.int64) ** 2) / 2
-        n = wl.horizon * cfg.capacity / float(np.min(w)) + 2 * cfg.capacity / (np.min(prompt) + 1)
-        n = int(math.ceil(n)) + 64
+        n = saturated_num_requests(prompt, output, cfg.capacity, wl.horizon)
     else:
         span = float(trace.arrival[-1] - trace.arrival[0]) * wl.time_scale
         span = max(span, 1e-9)
@@ -196,7 +195,7 @@ def _duration_and_size(cfg: Config, trace=None) -> tuple[float, int]:
 
 
 def _check_size(cfg: Config, n: int) -> None:
-    total = n * _BYTES_PER_REQUEST  # one replica: batches larger than memory are streamed
+    total = n * BYTES_PER_REQUEST  # one replica: batches larger than memory are streamed
     if total > _MAX_WORKLOAD_BYTES:
         raise JaxschedError(
             f"{cfg.source}: workload: one replica of {n} requests would need "
@@ -299,8 +298,6 @@ def _tau_and_rate(cfg: Config, trace=None) -> float:
     prompt, output, rate, _ = _class_arrays(cfg)
     kind = cfg.workload.kind
     if kind == "saturated":
-        from jaxsched.workloads.generators import memory_time
-
         return cfg.capacity / float(np.min(memory_time(prompt, output)))
     if kind == "trace":
         from jaxsched.workloads.generators import trace_period
@@ -381,7 +378,7 @@ def run_experiment(exp: Experiment, keys=None, workloads: Workload | None = None
     if stream is None:
         stream = False
         if workloads is None and kind in STREAM_KINDS \
-                and exp.num_requests * _BYTES_PER_REQUEST > STREAM_AUTO_BYTES:
+                and exp.num_requests * BYTES_PER_REQUEST > STREAM_AUTO_BYTES:
             spec, sp = stream_setup(exp, chunk, window)
             stream = 2 * spec.window <= exp.num_requests
     if stream:

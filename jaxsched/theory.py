@@ -65,6 +65,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
+from jaxsched.core.model import memory_time  # w = l o + (o + o^2)/2, the model's (re-exported)
 from jaxsched.errors import JaxschedError
 
 __all__ = [
@@ -190,18 +191,6 @@ def _tup(a) -> tuple:
 # --------------------------------------------------------------------------------------------
 # raw formulas (numpy or jax.numpy; no validation)
 # --------------------------------------------------------------------------------------------
-
-
-def memory_time(prompt_len, output_len):
-    """Memory-time of one request in the slotted model: ``w = l o + (o + o^2)/2``.
-
-    Dong & Cao 2026 (arXiv 2604.11001), Sec. 3 ("minimum KV workload"); equal to the
-    congestion paper's ``C_k = l1 (l0 + (l1 + 1)/2)`` (arXiv 2606.15555): the sum over the
-    ``o`` token-generating iterations of the held memory ``l + j``, ``j = 1..o``.
-    Elementwise; numpy or ``jax.numpy``.
-    """
-    l, o = _arr(prompt_len), _arr(output_len)
-    return l * o + (o + o * o) / 2
 
 
 def wait_memory_time(prompt_len, output_len):

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsched.errors import JaxschedError
-from jaxsched.core.model import Workload
+from jaxsched.core.model import Workload, memory_time
 
 __all__ = [
     "poisson",
@@ -135,17 +135,6 @@ def _poisson_bound(mean: float) -> int:
     return int(math.ceil(mean + 8.0 * math.sqrt(mean) + 16.0))
 
 
-def memory_time(prompt_len, output_len) -> np.ndarray:
-    """Memory-time of one request of each class, ``w_k = l_k o_k + (o_k + o_k^2) / 2``.
-
-    A request that generates its j-th token holds ``l + j`` tokens in that iteration, so it
-    occupies ``sum_{j=1..o} (l + j)`` token-iterations at least (numpy, float64).
-    """
-    l = np.asarray(prompt_len, np.float64)
-    o = np.asarray(output_len, np.float64)
-    return l * o + (o + o * o) / 2.0
-
-
 # --------------------------------------------------------------------------------------------
 # Poisson
 
@@ -212,7 +201,7 @@ def saturated_num_requests(prompt_len, output_len, capacity, horizon, weight=Non
     the requests completed in H iterations number at most ``H C / min_k w_k``; at most
     ``C / (min_k l_k + 1)`` are resident at any time. The bound is
 
-        N = ceil(H C / min_k w_k + 2 C / (min_k l_k + 1) + 64) + queue_size
+        N = ceil(H C / min_k w_k + 2 C / (min_k l_k + 1)) + 64 + queue_size
 
     with the minima over classes of positive weight (all classes when ``weight`` is None);
     ``queue_size`` (the policy's look-ahead window) keeps that window full to the end.
@@ -226,8 +215,8 @@ def saturated_num_requests(prompt_len, output_len, capacity, horizon, weight=Non
         l, o = l[keep], o[keep]
     w_min = float(memory_time(l, o).min())
     c = float(capacity)
-    bound = float(horizon) * c / w_min + 2.0 * c / (float(l.min()) + 1.0) + 64.0
-    return int(math.ceil(bound)) + int(queue_size)
+    bound = float(horizon) * c / w_min + 2.0 * c / (float(l.min()) + 1.0)
+    return int(math.ceil(bound)) + 64 + int(queue_size)
 
 
 # --------------------------------------------------------------------------------------------
