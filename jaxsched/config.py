@@ -32,6 +32,8 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from jaxsched.workloads import traces
+from jaxsched.workloads.bursty import BurstyConfig  # the bursty kind's table (re-exported)
+from jaxsched.workloads.registry import KINDS
 from jaxsched.errors import JaxschedError
 
 __all__ = [
@@ -103,16 +105,6 @@ class ClassConfig(_Strict):
     weight: float = Field(default=1.0, gt=0, description="class share (saturated)")
 
 
-class BurstyConfig(_Strict):
-    """Two-state Markov-modulated Poisson arrivals: every class's rate is multiplied by
-    ``high_factor`` or ``low_factor``; sojourn times are exponential with the given means."""
-
-    high_factor: float = Field(default=2.0, gt=0, description="rate multiplier in the high state")
-    low_factor: float = Field(default=0.5, ge=0, description="rate multiplier in the low state")
-    mean_high: float = Field(default=50.0, gt=0, description="mean sojourn in the high state")
-    mean_low: float = Field(default=50.0, gt=0, description="mean sojourn in the low state")
-
-
 class SystemConfig(_Strict):
     capacity: float | None = Field(default=None, gt=0, description="C: KV tokens")
     profile: str | None = Field(default=None, description="hardware profile TOML")
@@ -136,7 +128,7 @@ class SystemConfig(_Strict):
 
 
 class WorkloadConfig(_Strict):
-    kind: Literal["poisson", "saturated", "bursty", "trace"] = Field(
+    kind: Literal[tuple(KINDS)] = Field(  # type: ignore[valid-type]
         description="arrivals: Poisson per class, an infinite backlog (saturated), "
                     "Markov-modulated Poisson (bursty), or a replayed trace")
     horizon: int = Field(gt=0, description="iterations per rollout")
@@ -161,16 +153,7 @@ class WorkloadConfig(_Strict):
     def _kind_fields(self):
         if self.warmup >= self.horizon:
             raise ValueError(f"warmup ({self.warmup}) must be smaller than horizon ({self.horizon})")
-        if self.kind == "trace":
-            if not self.path:
-                raise ValueError("path is required when kind = 'trace'")
-            if self.format is None:
-                raise ValueError("format (azure | mooncake) is required when kind = 'trace'")
-        else:
-            if not self.classes:
-                raise ValueError(f"at least one [[workload.classes]] is required for kind = '{self.kind}'")
-            if self.kind in ("poisson", "bursty") and sum(c.rate for c in self.classes) <= 0:
-                raise ValueError(f"kind = '{self.kind}' needs a positive rate in some class")
+        KINDS[self.kind].check_config(self)
         return self
 
 

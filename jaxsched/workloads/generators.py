@@ -333,7 +333,7 @@ def _period_jax(t):
     return jnp.where(span > 0, span + span / (n - 1), 1.0)
 
 
-def _trace_arrays(trace_arrival, trace_prompt, trace_output, class_bounds):
+def _trace_arrays(trace_arrival, trace_prompt, trace_output, class_bounds, cls=None):
     t = jnp.asarray(trace_arrival, jnp.float32)
     p = jnp.asarray(trace_prompt, jnp.int32)
     o = jnp.asarray(trace_output, jnp.int32)
@@ -343,7 +343,9 @@ def _trace_arrays(trace_arrival, trace_prompt, trace_output, class_bounds):
         raise JaxschedError(
             f"trace arrays differ in shape: arrival {t.shape}, prompt {p.shape}, output {o.shape}"
         )
-    if class_bounds is None:
+    if cls is not None:
+        c = jnp.asarray(cls, jnp.int32).reshape(t.shape)
+    elif class_bounds is None:
         c = jnp.zeros(t.shape, jnp.int32)
     else:
         b = jnp.asarray(class_bounds, jnp.int32).reshape(-1)
@@ -352,7 +354,7 @@ def _trace_arrays(trace_arrival, trace_prompt, trace_output, class_bounds):
 
 
 def trace_window(trace_arrival, trace_prompt, trace_output, offset, duration, time_scale,
-                 num_requests: int, class_bounds=None) -> Workload:
+                 num_requests: int, class_bounds=None, cls=None) -> Workload:
     """The requests of a cyclic trace in the window ``[offset, offset + duration / time_scale)``.
 
     Trace times (seconds, shifted so the first request is at 0) are repeated with period
@@ -363,10 +365,11 @@ def trace_window(trace_arrival, trace_prompt, trace_output, offset, duration, ti
     units (1000 when d0, d1 are in ms; < 1 compresses the trace, i.e. more load). Lengths are
     the trace's. Classes: 0 for all, or with ``class_bounds`` ``b_0 < b_1 < ...`` (K-1,)
     the class of a request is the number of bounds below its output length
-    (``o <= b_0`` -> 0, ``b_0 < o <= b_1`` -> 1, ...). Deterministic; see :func:`trace_replay`.
+    (``o <= b_0`` -> 0, ``b_0 < o <= b_1`` -> 1, ...), or ``cls`` (T,) gives each request's.
+    Deterministic; see :func:`trace_replay`.
     """
     n = _static_count(num_requests, "num_requests")
-    t, p, o, c = _trace_arrays(trace_arrival, trace_prompt, trace_output, class_bounds)
+    t, p, o, c = _trace_arrays(trace_arrival, trace_prompt, trace_output, class_bounds, cls)
     size = t.shape[0]
     period = _period_jax(t)
     offset = jnp.asarray(offset, jnp.float32)
@@ -381,7 +384,8 @@ def trace_window(trace_arrival, trace_prompt, trace_output, offset, duration, ti
 
 
 def trace_replay(key, trace_arrival, trace_prompt, trace_output, duration, time_scale,
-                 num_requests: int, random_offset: bool = True, class_bounds=None) -> Workload:
+                 num_requests: int, random_offset: bool = True, class_bounds=None,
+                 cls=None) -> Workload:
     """A window of ``duration`` simulator units of a recorded trace, at a random offset.
 
     The offset is ``U * P`` with ``U ~ Uniform[0, 1)`` drawn from ``key`` and P the trace's
@@ -397,7 +401,7 @@ def trace_replay(key, trace_arrival, trace_prompt, trace_output, duration, time_
     else:
         offset = 0.0
     return trace_window(trace_arrival, trace_prompt, trace_output, offset, duration,
-                        time_scale, num_requests, class_bounds)
+                        time_scale, num_requests, class_bounds, cls)
 
 
 def trace_num_requests(trace_arrival, duration, time_scale) -> int:
