@@ -20,9 +20,10 @@ from jaxsched.core import metrics as M
 from jaxsched.config import Config
 from jaxsched.errors import JaxschedError
 from jaxsched.core.model import BYTES_PER_REQUEST, SimShape, Workload, system_params
-from jaxsched.policies import Policy, get_policy, make_params
+from jaxsched.policies import Policy, get_policy, make_params, policy_options
 from jaxsched.core.sim import SimParams
-from jaxsched.running.stream import STREAM_KINDS
+from jaxsched.running import stream as ST
+from jaxsched.running.chunked import choose_chunk, run_chunked
 from jaxsched.workloads.kind import WorkloadKind, config_classes
 from jaxsched.workloads.registry import kind_class
 
@@ -177,8 +178,6 @@ def build_workloads(cfg: Config, num_requests: int | None = None, duration: floa
 def build_experiment(cfg: Config, record_trace: bool = False) -> Experiment:
     """Shape, policy and params for a config (policy options/params validated)."""
     settings = cfg.policy.settings()
-    from jaxsched.policies import policy_options
-
     options = {k: v for k, v in settings.items() if k in policy_options(cfg.policy.name)}
     values = {k: v for k, v in settings.items() if k not in options}
     policy = get_policy(cfg.policy.name, **options)
@@ -216,14 +215,11 @@ def stream_setup(exp: Experiment, chunk: int | None = None, window: int | None =
     blocks) or chosen from the arrivals per chunk (:func:`jaxsched.running.stream.choose_window`).
     Padding follows the full-array generators: arrivals at or after the duration, and for
     ``saturated`` (or with ``workload.max_requests``) stream indices ``>= N``."""
-    from jaxsched.running import stream as ST
-    from jaxsched.running.chunked import choose_chunk
-
     cfg = exp.config
     wl = cfg.workload
-    if wl.kind not in STREAM_KINDS:
+    if wl.kind not in ST.STREAM_KINDS:
         raise JaxschedError(f"--stream: workload kind {wl.kind!r} cannot be streamed "
-                            f"(streams: {', '.join(STREAM_KINDS)})")
+                            f"(streams: {', '.join(ST.STREAM_KINDS)})")
     c = choose_chunk(exp.shape.horizon, chunk)
     rate = exp.kind.arrivals_per_iteration(_tau_bound(cfg))
     block, blocks = ST.choose_window(exp.shape, c, rate, window)
@@ -254,8 +250,6 @@ def run_experiment(exp: Experiment, keys=None, workloads: Workload | None = None
     again with full arrays (``SimulationResult.stream_note`` says so). An explicit
     ``stream=True`` raises :class:`jaxsched.running.stream.WindowTooSmall` instead.
     """
-    from jaxsched.running.chunked import run_chunked
-
     params = exp.params if params is None else params
     kind = exp.config.workload.kind
     spec = sp = None
@@ -264,7 +258,7 @@ def run_experiment(exp: Experiment, keys=None, workloads: Workload | None = None
     auto = stream is None
     if stream is None:
         stream = False
-        if workloads is None and kind in STREAM_KINDS \
+        if workloads is None and kind in ST.STREAM_KINDS \
                 and exp.num_requests * BYTES_PER_REQUEST > STREAM_AUTO_BYTES:
             spec, sp = stream_setup(exp, chunk, window)
             stream = 2 * spec.window <= exp.num_requests
@@ -293,15 +287,13 @@ def run_experiment(exp: Experiment, keys=None, workloads: Workload | None = None
             return keys[lo:hi], jax.tree.map(lambda x: x[lo:hi], workloads)
     n_req = int(jax.tree.leaves(workloads)[0].shape[-1]) if workloads is not None \
         else exp.num_requests
-    from jaxsched.running.stream import WindowTooSmall
-
     try:
         res, stats = run_chunked(exp.policy, exp.shape, params, num, get_batch, n_req,
                                  batched_params=batched_params, devices=devices, chunk=chunk,
                                  max_memory=max_memory, progress=progress,
                                  stream=spec if stream else None,
                                  stream_params=sp if stream else None)
-    except WindowTooSmall as err:
+    except ST.WindowTooSmall as err:
         if not (auto and stream):
             raise
         # Chosen automatically: run again with full arrays rather than fail.

@@ -394,7 +394,7 @@ def check_memory_fits_int32(cfg: "Config") -> None:
                             f"(memory is summed in int32; at most {INT32_MAX})")
     classes = cfg.workload.classes
     longest = max((c.prompt_len + c.output_len for c in classes), default=0)
-    if cfg.workload.kind == "trace" or not classes:
+    if not KINDS[cfg.workload.kind].class_lengths or not classes:
         longest = cap
     worst = cfg.system.max_batch * longest
     if worst > INT32_MAX:

@@ -167,3 +167,23 @@ def test_automatic_streaming_and_its_fallback(monkeypatch):
     assert "ran again with full request arrays" in heavy.stream_note
     assert "\n" not in heavy.stream_note and "--window" in heavy.stream_note
     assert heavy.summary == full.summary
+
+
+def test_a_trace_config_streams_the_requests_of_its_full_arrays():
+    """The API streams a trace config (a trace has no classes); from the first request (no
+    random offset) its stream's first blocks are the full arrays' first requests."""
+    from jaxsched import api
+    from jaxsched.config import CONFIG_DIR, load_config
+
+    cfg = load_config(CONFIG_DIR / "azure-code.toml",
+                      ["workload.random_offset=false", "workload.num_workloads=1",
+                       "workload.horizon=300", "workload.warmup=0"])
+    exp = api.build_experiment(cfg)
+    spec, sp = api.stream_setup(exp, chunk=100)
+    streamed = ST.materialize(jax.random.key(0), spec, sp, 2)
+    _, full = api.build_workloads(cfg, exp.num_requests, exp.duration)
+    n = min(2 * spec.block, exp.num_requests)
+    assert n >= 64 and np.asarray(full.valid[0, :n]).sum() > 32
+    for name in ("arrival", "prompt", "output", "cls", "valid"):
+        np.testing.assert_array_equal(np.asarray(getattr(streamed, name))[:n],
+                                      np.asarray(getattr(full, name))[0, :n], err_msg=name)

@@ -58,7 +58,7 @@ class BurstyState:
     sojourn: jax.Array  # () int32, index of the current sojourn
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # numpy fields: compared by identity
 class Bursty(Poisson):
     """Poisson classes whose rates are all multiplied by the hidden state's factor."""
 

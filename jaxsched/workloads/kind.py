@@ -44,6 +44,7 @@ class WorkloadKind(abc.ABC):
     name: ClassVar[str]  # the config's workload.kind
     backlog: ClassVar[bool] = False  # every request has arrived at time 0 (saturated)
     uses_rates: ClassVar[bool] = False  # the classes' rates are its arrival rates
+    class_lengths: ClassVar[bool] = True  # request lengths are the classes' (else its own)
 
     @classmethod
     def check_config(cls, wl) -> None:

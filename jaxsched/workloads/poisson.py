@@ -22,7 +22,7 @@ from jaxsched.workloads.kind import ClassMix, WorkloadKind, class_mix, config_cl
 __all__ = ["Poisson"]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # numpy fields: compared by identity
 class Poisson(WorkloadKind):
     """Class k: prompt ``prompt_len[k]``, output ``output_len[k]``, arrivals at ``rate[k]``."""
 

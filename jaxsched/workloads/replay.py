@@ -82,7 +82,7 @@ def _max_in_window(times: np.ndarray, span: float, window: float) -> int:
     return int(np.max(ends - np.arange(len(t))))
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # numpy fields: compared by identity
 class TraceReplay(WorkloadKind):
     """A trace's requests (arrival in trace seconds) replayed at ``time_scale``."""
 
@@ -94,6 +94,7 @@ class TraceReplay(WorkloadKind):
     cls: np.ndarray | None = None  # (T,) int classes (None: all 0)
 
     name = "trace"
+    class_lengths = False
 
     @classmethod
     def check_config(cls, wl) -> None:

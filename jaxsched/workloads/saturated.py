@@ -23,7 +23,7 @@ from jaxsched.workloads.kind import ClassMix, WorkloadKind, class_mix, config_cl
 __all__ = ["Saturated"]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # numpy fields: compared by identity
 class Saturated(WorkloadKind):
     """A backlog of class-``weight`` mixed requests, sized for ``horizon`` iterations of a
     system of ``capacity`` tokens."""
