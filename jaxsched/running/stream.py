@@ -32,7 +32,8 @@ float arithmetic on them, to an ulp; ``tests/test_stream.py``).
 
 Exactness. The window is exact while every arrived request from ``head`` on is in it:
 before each iteration, with ``a`` the window's arrived count, ``a < R`` (``poisson``,
-``bursty``, ``trace``). For ``saturated`` every request has arrived at time 0; the
+``bursty``, ``trace``). For a backlog kind (``WorkloadKind.backlog``: ``saturated``) every
+request has arrived at time 0; the
 ``outside = max(total - base - R, 0)`` requests beyond the window are counted in
 ``num_waiting`` from the start (and count as arrived when they enter the window), and the
 window is exact while it holds the look-ahead, ``num_waiting - outside >= queue_size`` (or

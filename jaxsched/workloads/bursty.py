@@ -109,8 +109,7 @@ class Bursty(Poisson):
 
     @staticmethod
     def stream_block(key, bkey, nb: int, sp: BurstyStream, st: BurstyState, idx, time):
-        k_gap, k_cls = jax.random.split(bkey)
-        prompt, output, cls = iid_classes(k_cls, sp.mix, nb)
+        k_gap, prompt, output, cls = iid_classes(bkey, sp.mix, nb)
         e = jax.random.exponential(k_gap, (nb,), jnp.float32)
         rel, st = _bursty_times(jax.random.fold_in(key, 2), sp, st, jnp.cumsum(e))
         return time + rel, prompt, output, cls, st

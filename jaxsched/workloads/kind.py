@@ -126,9 +126,11 @@ def start_keys(key):
     return jax.random.split(jax.random.fold_in(key, 0), 3)
 
 
-def iid_classes(key, mix: ClassMix, n: int):
-    """``(prompt, output, cls)`` of ``n`` requests whose classes are i.i.d. with
-    ``P(class = k) = share_k / sum_j share_j`` (shares clipped at 0)."""
+def iid_classes(bkey, mix: ClassMix, n: int):
+    """``(gap key, prompt, output, cls)`` of a block of ``n`` requests (block key ``bkey``)
+    whose classes are i.i.d. with ``P(class = k) = share_k / sum_j share_j`` (shares clipped
+    at 0); the gap key is the block's other key, for its arrival times."""
+    k_gap, k_cls = jax.random.split(bkey)
     logits = jnp.log(jnp.maximum(mix.share, 0.0))  # share 0 -> -inf: never drawn
-    cls = jax.random.categorical(key, logits, shape=(n,)).astype(jnp.int32)
-    return mix.prompt_len[cls], mix.output_len[cls], cls
+    cls = jax.random.categorical(k_cls, logits, shape=(n,)).astype(jnp.int32)
+    return k_gap, mix.prompt_len[cls], mix.output_len[cls], cls

@@ -66,8 +66,7 @@ class Poisson(WorkloadKind):
 
     @staticmethod
     def stream_block(key, bkey, nb: int, sp: ClassMix, st, idx, time):
-        k_gap, k_cls = jax.random.split(bkey)
-        prompt, output, cls = iid_classes(k_cls, sp, nb)
+        k_gap, prompt, output, cls = iid_classes(bkey, sp, nb)
         e = jax.random.exponential(k_gap, (nb,), jnp.float32)
         total = jnp.sum(jnp.maximum(sp.share, 0.0))
         rel = jnp.where(total > 0, jnp.cumsum(e / jnp.where(total > 0, total, 1.0)), jnp.inf)

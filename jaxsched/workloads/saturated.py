@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -57,6 +56,5 @@ class Saturated(WorkloadKind):
 
     @staticmethod
     def stream_block(key, bkey, nb: int, sp: ClassMix, st, idx, time):
-        _, k_cls = jax.random.split(bkey)
-        prompt, output, cls = iid_classes(k_cls, sp, nb)
+        _, prompt, output, cls = iid_classes(bkey, sp, nb)
         return jnp.zeros((nb,), jnp.float32), prompt, output, cls, st
