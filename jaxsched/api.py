@@ -10,8 +10,6 @@ metrics.
 from __future__ import annotations
 
 import dataclasses
-import math
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -21,10 +19,13 @@ import numpy as np
 from jaxsched.core import metrics as M
 from jaxsched.config import Config
 from jaxsched.errors import JaxschedError
-from jaxsched.core.model import SimShape, Workload, system_params
-from jaxsched.policies import Policy, get_policy, make_params
+from jaxsched.core.model import BYTES_PER_REQUEST, SimShape, Workload, system_params
+from jaxsched.policies import Policy, get_policy, make_params, policy_options
 from jaxsched.core.sim import SimParams
-from jaxsched.running.stream import STREAM_KINDS
+from jaxsched.running import stream as ST
+from jaxsched.running.chunked import choose_chunk, run_chunked
+from jaxsched.workloads.kind import WorkloadKind, config_classes
+from jaxsched.workloads.registry import kind_class
 
 __all__ = [
     "Experiment",
@@ -32,6 +33,7 @@ __all__ = [
     "build_experiment",
     "build_workloads",
     "workload_context",
+    "workload_kind",
     "stream_setup",
     "STREAM_AUTO_BYTES",
     "run",
@@ -40,7 +42,6 @@ __all__ = [
 
 # Refuse a workload (one replica) whose request arrays alone would exceed this many bytes.
 _MAX_WORKLOAD_BYTES = 6 * 2**30
-_BYTES_PER_REQUEST = 4 * 4 + 1 + 4 + 4 + 1 + 1  # workload arrays + per-request state
 STREAM_AUTO_BYTES = 2**20
 """``stream=None`` (auto) streams a workload kind that supports it when one replica's full
 request arrays would exceed this many bytes and the window is at most half of them."""
@@ -56,6 +57,7 @@ class Experiment:
     params: SimParams
     duration: float  # span of arrival times (simulator time units)
     num_requests: int  # N: padded requests per replica
+    kind: WorkloadKind  # the workload kind with its parameters (a trace: loaded)
 
 
 @dataclasses.dataclass
@@ -93,16 +95,6 @@ class SimulationResult:
         return out
 
 
-def _class_arrays(cfg: Config):
-    cl = cfg.workload.classes
-    return (
-        np.array([c.prompt_len for c in cl], np.int32),
-        np.array([c.output_len for c in cl], np.int32),
-        np.array([c.rate for c in cl], np.float32),
-        np.array([c.weight for c in cl], np.float32),
-    )
-
-
 def _tau_bound(cfg: Config) -> float:
     """Longest possible iteration: prefill plus context tokens never exceed C, prefilling
     requests never exceed ``min(max_batch, C)``."""
@@ -110,47 +102,12 @@ def _tau_bound(cfg: Config) -> float:
             + cfg.d2 * min(cfg.system.max_batch, cfg.capacity))
 
 
-def _load_trace(cfg: Config):
-    from jaxsched.workloads import traces
-
-    wl = cfg.workload
-    path = Path(wl.path)
-    if not path.is_file():
-        base = Path(cfg.source).parent
-        if (base / wl.path).is_file():
-            path = base / wl.path
-        else:
-            try:
-                path = traces.shipped_trace_path(wl.path)
-            except (KeyError, FileNotFoundError, JaxschedError):
-                raise JaxschedError(f"{cfg.source}: workload.path: no trace file {wl.path!r}") from None
-    trace = traces.load_trace(str(path), wl.format)
-    too_long = np.asarray(trace.prompt) + np.asarray(trace.output) > cfg.capacity
-    if np.any(too_long):
-        i = int(np.argmax(too_long))
-        line = int(trace.line[i]) if getattr(trace, "line", None) is not None else i + 1
-        raise JaxschedError(
-            f"{path} line {line}: prompt + output = {int(trace.prompt[i] + trace.output[i])} "
-            f"tokens exceeds system.capacity = {cfg.capacity:g} (the request could never complete)"
-        )
-    return trace
-
-
-def _max_in_window(times: np.ndarray, span: float, window: float) -> int:
-    """Most trace requests in any window of length ``window`` (cyclic over ``span``)."""
-    t = np.sort(times)
-    reps = int(math.ceil(window / max(span, 1e-12))) + 1
-    ext = np.concatenate([t + r * span for r in range(reps + 1)])
-    ends = np.searchsorted(ext, ext[: len(t)] + window, side="left")
-    return int(np.max(ends - np.arange(len(t))))
-
-
 def workload_context(cfg: Config) -> dict:
     """System and workload facts for a policy's ``fit_defaults`` and for the theory module.
     ``d1`` is the theory's single coefficient, None when ``d1_prefill`` and ``d1_context``
     differ (a theory fit then refuses, see ``Config.d1``)."""
-    prompt, output, rate, weight = _class_arrays(cfg)
-    rates = None if cfg.workload.kind in ("saturated", "trace") else rate.tolist()
+    prompt, output, rate, weight = config_classes(cfg)
+    rates = rate.tolist() if kind_class(cfg.workload.kind).uses_rates else None
     single = cfg.d1_prefill == cfg.d1_context
     return {
         "capacity": cfg.capacity,
@@ -166,29 +123,16 @@ def workload_context(cfg: Config) -> dict:
     }
 
 
-def _duration_and_size(cfg: Config, trace=None) -> tuple[float, int]:
+def workload_kind(cfg: Config) -> WorkloadKind:
+    """The config's workload kind with its parameters (:mod:`jaxsched.workloads.registry`;
+    a trace is loaded here)."""
+    return kind_class(cfg.workload.kind).from_config(cfg)
+
+
+def _duration_and_size(cfg: Config, kind: WorkloadKind) -> tuple[float, int]:
     wl = cfg.workload
     duration = wl.duration or wl.horizon * _tau_bound(cfg)
-    if wl.kind == "poisson":
-        from jaxsched.workloads.generators import poisson_num_requests
-
-        n = poisson_num_requests(_class_arrays(cfg)[2], duration)
-    elif wl.kind == "bursty":
-        from jaxsched.workloads.generators import poisson_num_requests
-
-        b = wl.bursty or _default_bursty()
-        peak = _class_arrays(cfg)[2] * max(b.high_factor, b.low_factor)
-        n = poisson_num_requests(peak, duration)
-    elif wl.kind == "saturated":
-        prompt, output, _, _ = _class_arrays(cfg)
-        w = prompt * output + (output + output.astype(np.int64) ** 2) / 2
-        n = wl.horizon * cfg.capacity / float(np.min(w)) + 2 * cfg.capacity / (np.min(prompt) + 1)
-        n = int(math.ceil(n)) + 64
-    else:
-        span = float(trace.arrival[-1] - trace.arrival[0]) * wl.time_scale
-        span = max(span, 1e-9)
-        n = _max_in_window(np.asarray(trace.arrival) * wl.time_scale, span, duration) + 1
-    n = int(n)
+    n = int(kind.num_requests(duration))
     if wl.max_requests is not None:
         n = min(n, wl.max_requests)
     n = max(n, 1)
@@ -196,19 +140,13 @@ def _duration_and_size(cfg: Config, trace=None) -> tuple[float, int]:
 
 
 def _check_size(cfg: Config, n: int) -> None:
-    total = n * _BYTES_PER_REQUEST  # one replica: batches larger than memory are streamed
+    total = n * BYTES_PER_REQUEST  # one replica: batches larger than memory are streamed
     if total > _MAX_WORKLOAD_BYTES:
         raise JaxschedError(
             f"{cfg.source}: workload: one replica of {n} requests would need "
             f"{total / 2**30:.1f} GiB; set workload.duration or workload.max_requests, or "
             "stream it (--stream)"
         )
-
-
-def _default_bursty():
-    from jaxsched.config import BurstyConfig
-
-    return BurstyConfig()
 
 
 def _derived_keys(keys):
@@ -219,39 +157,20 @@ def _derived_keys(keys):
 
 
 def build_workloads(cfg: Config, num_requests: int | None = None, duration: float | None = None,
-                    keys=None) -> tuple[jax.Array, Workload]:
+                    keys=None, kind: WorkloadKind | None = None) -> tuple[jax.Array, Workload]:
     """``(rollout keys (W,), workload batch (W, N))`` for the config; each replica has its own
-    key (derived from ``workload.seed``)."""
-    from jaxsched.workloads import generators as wlmod
-
+    key (derived from ``workload.seed``). ``kind``: the config's :func:`workload_kind`, when
+    already built."""
     wl = cfg.workload
-    trace = _load_trace(cfg) if wl.kind == "trace" else None
+    kind = workload_kind(cfg) if kind is None else kind
     if num_requests is None or duration is None:
-        duration, num_requests = _duration_and_size(cfg, trace)
+        duration, num_requests = _duration_and_size(cfg, kind)
     if keys is None:
         keys = jax.random.split(jax.random.key(wl.seed), wl.num_workloads)
     roll_keys, gen_keys = _derived_keys(keys)
-    prompt, output, rate, weight = (jnp.asarray(a) for a in _class_arrays(cfg)) if wl.classes else (None,) * 4
     n = int(num_requests)
     _check_size(cfg, n)
-    if wl.kind == "poisson":
-        fn = lambda k: wlmod.poisson(k, prompt, output, rate, duration, n)  # noqa: E731
-    elif wl.kind == "saturated":
-        fn = lambda k: wlmod.saturated(k, prompt, output, weight, n)  # noqa: E731
-    elif wl.kind == "bursty":
-        b = wl.bursty or _default_bursty()
-        fn = lambda k: wlmod.bursty(  # noqa: E731
-            k, prompt, output, rate, duration, n,
-            high_factor=b.high_factor, low_factor=b.low_factor,
-            mean_high=b.mean_high, mean_low=b.mean_low,
-        )
-    else:
-        ta = jnp.asarray(np.asarray(trace.arrival, np.float64) - float(trace.arrival[0]), jnp.float32)
-        tp = jnp.asarray(trace.prompt, jnp.int32)
-        to = jnp.asarray(trace.output, jnp.int32)
-        fn = lambda k: wlmod.trace_replay(  # noqa: E731
-            k, ta, tp, to, duration, wl.time_scale, n, random_offset=wl.random_offset
-        )
+    fn = lambda k: kind.draw(k, duration, n)  # noqa: E731
     workloads = jax.jit(jax.vmap(fn))(gen_keys)
     return roll_keys, workloads
 
@@ -259,8 +178,6 @@ def build_workloads(cfg: Config, num_requests: int | None = None, duration: floa
 def build_experiment(cfg: Config, record_trace: bool = False) -> Experiment:
     """Shape, policy and params for a config (policy options/params validated)."""
     settings = cfg.policy.settings()
-    from jaxsched.policies import policy_options
-
     options = {k: v for k, v in settings.items() if k in policy_options(cfg.policy.name)}
     values = {k: v for k, v in settings.items() if k not in options}
     policy = get_policy(cfg.policy.name, **options)
@@ -286,32 +203,10 @@ def build_experiment(cfg: Config, record_trace: bool = False) -> Experiment:
                              block_size=cfg.block_size),
         policy=pparams,
     )
-    trace = _load_trace(cfg) if cfg.workload.kind == "trace" else None
+    kind = workload_kind(cfg)
     # Checked against the size limit when full arrays are built (a streamed run needs none).
-    duration, n = _duration_and_size(cfg, trace)
-    return Experiment(cfg, shape, policy, params, duration, n)
-
-
-def _tau_and_rate(cfg: Config, trace=None) -> float:
-    """A bound on arrivals per iteration: total rate x longest iteration (trace: its
-    requests per period, scaled; saturated: ``C / min_k w_k``, the most completions per
-    iteration by Little's law)."""
-    prompt, output, rate, _ = _class_arrays(cfg)
-    kind = cfg.workload.kind
-    if kind == "saturated":
-        from jaxsched.workloads.generators import memory_time
-
-        return cfg.capacity / float(np.min(memory_time(prompt, output)))
-    if kind == "trace":
-        from jaxsched.workloads.generators import trace_period
-
-        per_time = len(trace.arrival) / (trace_period(trace.arrival) * cfg.workload.time_scale)
-    else:
-        per_time = float(np.sum(np.maximum(rate, 0.0)))
-        if kind == "bursty":
-            b = cfg.workload.bursty or _default_bursty()
-            per_time *= max(b.high_factor, b.low_factor)
-    return per_time * _tau_bound(cfg)
+    duration, n = _duration_and_size(cfg, kind)
+    return Experiment(cfg, shape, policy, params, duration, n, kind)
 
 
 def stream_setup(exp: Experiment, chunk: int | None = None, window: int | None = None):
@@ -320,32 +215,17 @@ def stream_setup(exp: Experiment, chunk: int | None = None, window: int | None =
     blocks) or chosen from the arrivals per chunk (:func:`jaxsched.running.stream.choose_window`).
     Padding follows the full-array generators: arrivals at or after the duration, and for
     ``saturated`` (or with ``workload.max_requests``) stream indices ``>= N``."""
-    from jaxsched.running import stream as ST
-    from jaxsched.running.chunked import choose_chunk
-
     cfg = exp.config
     wl = cfg.workload
-    if wl.kind not in STREAM_KINDS:
+    if wl.kind not in ST.STREAM_KINDS:
         raise JaxschedError(f"--stream: workload kind {wl.kind!r} cannot be streamed "
-                            f"(streams: {', '.join(STREAM_KINDS)})")
-    trace = _load_trace(cfg) if wl.kind == "trace" else None
+                            f"(streams: {', '.join(ST.STREAM_KINDS)})")
     c = choose_chunk(exp.shape.horizon, chunk)
-    block, blocks = ST.choose_window(exp.shape, c, _tau_and_rate(cfg, trace), window)
+    rate = exp.kind.arrivals_per_iteration(_tau_bound(cfg))
+    block, blocks = ST.choose_window(exp.shape, c, rate, window)
     spec = ST.StreamSpec(wl.kind, block, blocks, random_offset=bool(wl.random_offset))
-    prompt, output, rate, weight = _class_arrays(cfg)
-    b = wl.bursty or _default_bursty()
-    total = exp.num_requests if (wl.kind == "saturated" or wl.max_requests is not None) \
-        else None
-    tr = None
-    if trace is not None:
-        tr = (np.asarray(trace.arrival, np.float64) - float(trace.arrival[0]),
-              np.asarray(trace.prompt), np.asarray(trace.output),
-              np.zeros(len(trace.arrival), np.int32))
-    sp = ST.stream_params(prompt, output, weight if wl.kind == "saturated" else rate,
-                          duration=exp.duration, total=total, high_factor=b.high_factor,
-                          low_factor=b.low_factor, mean_high=b.mean_high, mean_low=b.mean_low,
-                          trace=tr, time_scale=wl.time_scale)
-    return spec, sp
+    total = exp.num_requests if (exp.kind.backlog or wl.max_requests is not None) else None
+    return spec, ST.stream_params(exp.kind, duration=exp.duration, total=total)
 
 
 def run_experiment(exp: Experiment, keys=None, workloads: Workload | None = None,
@@ -370,8 +250,6 @@ def run_experiment(exp: Experiment, keys=None, workloads: Workload | None = None
     again with full arrays (``SimulationResult.stream_note`` says so). An explicit
     ``stream=True`` raises :class:`jaxsched.running.stream.WindowTooSmall` instead.
     """
-    from jaxsched.running.chunked import run_chunked
-
     params = exp.params if params is None else params
     kind = exp.config.workload.kind
     spec = sp = None
@@ -380,8 +258,8 @@ def run_experiment(exp: Experiment, keys=None, workloads: Workload | None = None
     auto = stream is None
     if stream is None:
         stream = False
-        if workloads is None and kind in STREAM_KINDS \
-                and exp.num_requests * _BYTES_PER_REQUEST > STREAM_AUTO_BYTES:
+        if workloads is None and kind in ST.STREAM_KINDS \
+                and exp.num_requests * BYTES_PER_REQUEST > STREAM_AUTO_BYTES:
             spec, sp = stream_setup(exp, chunk, window)
             stream = 2 * spec.window <= exp.num_requests
     if stream:
@@ -400,7 +278,8 @@ def run_experiment(exp: Experiment, keys=None, workloads: Workload | None = None
         def get_batch(lo, hi):  # built per streamed batch: the whole batch never exists at once
             if stream:  # rollout keys and stream keys, derived as build_workloads does
                 return _derived_keys(base[lo:hi])
-            return build_workloads(exp.config, exp.num_requests, exp.duration, base[lo:hi])
+            return build_workloads(exp.config, exp.num_requests, exp.duration, base[lo:hi],
+                                   exp.kind)
     else:
         num = int(jax.tree.leaves(workloads)[0].shape[0])
 
@@ -408,15 +287,13 @@ def run_experiment(exp: Experiment, keys=None, workloads: Workload | None = None
             return keys[lo:hi], jax.tree.map(lambda x: x[lo:hi], workloads)
     n_req = int(jax.tree.leaves(workloads)[0].shape[-1]) if workloads is not None \
         else exp.num_requests
-    from jaxsched.running.stream import WindowTooSmall
-
     try:
         res, stats = run_chunked(exp.policy, exp.shape, params, num, get_batch, n_req,
                                  batched_params=batched_params, devices=devices, chunk=chunk,
                                  max_memory=max_memory, progress=progress,
                                  stream=spec if stream else None,
                                  stream_params=sp if stream else None)
-    except WindowTooSmall as err:
+    except ST.WindowTooSmall as err:
         if not (auto and stream):
             raise
         # Chosen automatically: run again with full arrays rather than fail.
@@ -430,7 +307,7 @@ def run_experiment(exp: Experiment, keys=None, workloads: Workload | None = None
     trace = jax.tree.map(np.asarray, res.trace) if res.trace is not None else None
     hist = np.asarray(res.latency_hist) if res.latency_hist is not None else None
     ended = 0.0
-    if exp.config.workload.kind in ("poisson", "bursty", "trace"):
+    if not exp.kind.backlog:
         ended = float(np.mean(np.asarray(res.final_time) > exp.duration))
     return SimulationResult(
         experiment=exp,

@@ -32,6 +32,8 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from jaxsched.workloads import traces
+from jaxsched.workloads.bursty import BurstyConfig  # the bursty kind's table (re-exported)
+from jaxsched.workloads.registry import KINDS
 from jaxsched.errors import JaxschedError
 
 __all__ = [
@@ -119,16 +121,6 @@ class ClassConfig(_Strict):
     weight: float = Field(default=1.0, gt=0, description="class share (saturated)")
 
 
-class BurstyConfig(_Strict):
-    """Two-state Markov-modulated Poisson arrivals: every class's rate is multiplied by
-    ``high_factor`` or ``low_factor``; sojourn times are exponential with the given means."""
-
-    high_factor: float = Field(default=2.0, gt=0, description="rate multiplier in the high state")
-    low_factor: float = Field(default=0.5, ge=0, description="rate multiplier in the low state")
-    mean_high: float = Field(default=50.0, gt=0, description="mean sojourn in the high state")
-    mean_low: float = Field(default=50.0, gt=0, description="mean sojourn in the low state")
-
-
 class SystemConfig(_Strict):
     capacity: float | None = Field(default=None, gt=0, description="C: KV tokens")
     profile: str | None = Field(default=None, description="hardware profile TOML")
@@ -152,7 +144,7 @@ class SystemConfig(_Strict):
 
 
 class WorkloadConfig(_Strict):
-    kind: Literal["poisson", "saturated", "bursty", "trace"] = Field(
+    kind: Literal[tuple(KINDS)] = Field(  # type: ignore[valid-type]
         description="arrivals: Poisson per class, an infinite backlog (saturated), "
                     "Markov-modulated Poisson (bursty), or a replayed trace")
     horizon: int = Field(gt=0, description="iterations per rollout")
@@ -177,16 +169,7 @@ class WorkloadConfig(_Strict):
     def _kind_fields(self):
         if self.warmup >= self.horizon:
             raise ValueError(f"warmup ({self.warmup}) must be smaller than horizon ({self.horizon})")
-        if self.kind == "trace":
-            if not self.path:
-                raise ValueError("path is required when kind = 'trace'")
-            if self.format is None:
-                raise ValueError("format (azure | mooncake) is required when kind = 'trace'")
-        else:
-            if not self.classes:
-                raise ValueError(f"at least one [[workload.classes]] is required for kind = '{self.kind}'")
-            if self.kind in ("poisson", "bursty") and sum(c.rate for c in self.classes) <= 0:
-                raise ValueError(f"kind = '{self.kind}' needs a positive rate in some class")
+        KINDS[self.kind].check_config(self)
         return self
 
 
@@ -407,7 +390,7 @@ def check_memory_fits_int32(cfg: "Config") -> None:
                             f"(memory is summed in int32; at most {INT32_MAX})")
     classes = cfg.workload.classes
     longest = max((c.prompt_len + c.output_len for c in classes), default=0)
-    if cfg.workload.kind == "trace" or not classes:
+    if not KINDS[cfg.workload.kind].class_lengths or not classes:
         longest = cap
     worst = cfg.system.max_batch * longest
     if worst > INT32_MAX:

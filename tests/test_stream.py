@@ -17,6 +17,10 @@ from jaxsched import testing as jt
 from jaxsched.errors import JaxschedError
 from jaxsched.core.model import SimShape, Workload
 from jaxsched.policies import get_policy, make_params
+from jaxsched.workloads.bursty import Bursty
+from jaxsched.workloads.poisson import Poisson
+from jaxsched.workloads.replay import TraceReplay
+from jaxsched.workloads.saturated import Saturated
 
 SHAPE = SimShape(max_batch=4, queue_size=6, horizon=400, num_classes=2, record_trace=True)
 CHUNK = 25  # 16 chunks: the window slides 16 times
@@ -35,10 +39,16 @@ def _fast_compile():
 
 
 def _stream_params(kind, scale=1.0):
-    rate = [0.12 * scale, 0.08 * scale]
-    return ST.stream_params([3, 5], [4, 7], rate, total=500 if kind == "saturated" else None,
-                            high_factor=2.0, low_factor=0.25, mean_high=20.0, mean_low=30.0,
-                            trace=_TRACE if kind == "trace" else None, time_scale=1.0 / scale)
+    rate = np.array([0.12 * scale, 0.08 * scale], np.float32)
+    lengths = (np.array([3, 5]), np.array([4, 7]))
+    made = {
+        "poisson": lambda: Poisson(*lengths, rate),
+        "saturated": lambda: Saturated(*lengths, rate, capacity=20.0, horizon=SHAPE.horizon),
+        "bursty": lambda: Bursty(*lengths, rate, high_factor=2.0, low_factor=0.25,
+                                 mean_high=20.0, mean_low=30.0),
+        "trace": lambda: TraceReplay(*_TRACE[:3], time_scale=1.0 / scale, cls=_TRACE[3]),
+    }
+    return ST.stream_params(made[kind](), total=500 if kind == "saturated" else None)
 
 
 def _params(policy, capacity=20.0):
@@ -157,3 +167,23 @@ def test_automatic_streaming_and_its_fallback(monkeypatch):
     assert "ran again with full request arrays" in heavy.stream_note
     assert "\n" not in heavy.stream_note and "--window" in heavy.stream_note
     assert heavy.summary == full.summary
+
+
+def test_a_trace_config_streams_the_requests_of_its_full_arrays():
+    """The API streams a trace config (a trace has no classes); from the first request (no
+    random offset) its stream's first blocks are the full arrays' first requests."""
+    from jaxsched import api
+    from jaxsched.config import CONFIG_DIR, load_config
+
+    cfg = load_config(CONFIG_DIR / "azure-code.toml",
+                      ["workload.random_offset=false", "workload.num_workloads=1",
+                       "workload.horizon=300", "workload.warmup=0"])
+    exp = api.build_experiment(cfg)
+    spec, sp = api.stream_setup(exp, chunk=100)
+    streamed = ST.materialize(jax.random.key(0), spec, sp, 2)
+    _, full = api.build_workloads(cfg, exp.num_requests, exp.duration)
+    n = min(2 * spec.block, exp.num_requests)
+    assert n >= 64 and np.asarray(full.valid[0, :n]).sum() > 32
+    for name in ("arrival", "prompt", "output", "cls", "valid"):
+        np.testing.assert_array_equal(np.asarray(getattr(streamed, name))[:n],
+                                      np.asarray(getattr(full, name))[0, :n], err_msg=name)

@@ -43,11 +43,12 @@ def theory(
     from jaxsched.cli.tables import print_table
     from jaxsched.config import DEFAULT_CONFIG, load_config
     from jaxsched.errors import JaxschedError
+    from jaxsched.workloads.registry import kind_class
 
     cfg = load_config(config or DEFAULT_CONFIG, set_)
-    if cfg.workload.kind == "trace":
+    if not kind_class(cfg.workload.kind).class_lengths:
         raise JaxschedError(f"{cfg.source}: workload.kind: the theory needs request classes, "
-                            "not a trace")
+                            f"not a {cfg.workload.kind}")
     ctx = api.workload_context(cfg)
     ctx["d1"] = cfg.d1  # the theory's single d1: refused in one line if the profile splits it
     kwargs = {}

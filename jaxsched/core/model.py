@@ -91,6 +91,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 __all__ = [
@@ -105,6 +106,10 @@ __all__ = [
     "blocks_for",
     "block_tokens",
     "usable_capacity",
+    "memory_time",
+    "WORKLOAD_BYTES_PER_REQUEST",
+    "STATE_BYTES_PER_REQUEST",
+    "BYTES_PER_REQUEST",
     "BIG_CHUNK",
 ]
 
@@ -210,6 +215,21 @@ def usable_capacity(capacity, block_size):
     return jnp.where(block_size > 1, floored, capacity)
 
 
+def memory_time(prompt_len, output_len):
+    """Memory-time of one request, ``w = l o + (o + o^2) / 2`` token-iterations.
+
+    In the iteration where a request generates its ``j``-th token it holds ``l + j`` tokens
+    (step 4 above, ``b = 1``), so over its ``o`` token-generating iterations it occupies
+    ``sum_{j=1..o} (l + j)`` at least: Dong & Cao 2026 (arXiv 2604.11001) Sec. 3's minimum KV
+    workload, the congestion paper's ``C_k = l1 (l0 + (l1 + 1)/2)`` (arXiv 2606.15555).
+    Elementwise; a ``jax`` array passes through (traceable, differentiable), anything else
+    becomes float64 numpy (no int32 overflow of ``o^2``).
+    """
+    l, o = (x if isinstance(x, jax.Array) else np.asarray(x, np.float64)
+            for x in (prompt_len, output_len))
+    return l * o + (o + o * o) / 2
+
+
 @struct.dataclass
 class Workload:
     """One replica's requests sorted by arrival, padded to N with ``valid = False``."""
@@ -265,3 +285,17 @@ class SimState:
     num_completed: jax.Array  # () int32, since iteration 0
     slots: SlotState
     requests: RequestState
+
+
+WORKLOAD_BYTES_PER_REQUEST = 4 + 4 + 4 + 4 + 1
+"""Device bytes of one request's :class:`Workload` arrays: arrival (float32), prompt, output,
+cls (int32) and valid (bool): 17."""
+
+STATE_BYTES_PER_REQUEST = 1 + 4 + 1
+"""Device bytes of one request's :class:`RequestState`: taken (bool), kept (int32) and
+first_done (bool): 6."""
+
+BYTES_PER_REQUEST = WORKLOAD_BYTES_PER_REQUEST + STATE_BYTES_PER_REQUEST
+"""Device bytes a request costs a rollout with full request arrays (its workload arrays and
+its bookkeeping): 23. The per-request part of every memory estimate (the size check of a
+workload, automatic streaming, :func:`jaxsched.tools.scaling.step_bytes`)."""

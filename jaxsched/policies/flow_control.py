@@ -42,6 +42,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxsched.core.model import memory_time  # w = l o + (o + o^2) / 2 (re-exported)
 from jaxsched.policies.base import (
     check_eviction,
     Decision,
@@ -56,7 +57,6 @@ from jaxsched.policies.base import (
     run_all,
 )
 from jaxsched.policies.serving import ServerHints, Unexpressed
-from jaxsched.theory import memory_time  # w = l o + (o + o^2) / 2 (re-exported)
 
 __all__ = [
     "CreditState",

@@ -23,10 +23,11 @@ workload's request arrays ``O(N)``, and the trace of one chunk when recorded. Wh
 batch does not fit the budget (``max_memory`` bytes per device, or :func:`auto_budget`), it is
 streamed through in fixed-size batches (the last one padded with dummy workloads, so one
 compilation serves all). With full request arrays ``N``, the number of requests per workload,
-is sized from ``horizon x arrival rate``, so they (about 23 bytes per request) grow with the
-horizon. Streamed workloads (``stream``, :mod:`jaxsched.running.stream`) replace them by a sliding
-window of ``R`` requests generated on the device block by block and carried between chunks
-(indices relative to its base; slid after every chunk): then nothing on the device depends
+is sized from ``horizon x arrival rate``, so they (with the per-request state,
+:data:`~jaxsched.core.model.BYTES_PER_REQUEST` per request) grow with the horizon. Streamed
+workloads (``stream``, :mod:`jaxsched.running.stream`) replace them by a sliding window of
+``R`` requests generated on the device block by block and carried between chunks (indices
+relative to its base; slid after every chunk): then nothing on the device depends
 on the horizon, and the result is exactly the simulator's on the materialized stream.
 """
 
@@ -51,7 +52,7 @@ from jaxsched.core import rollout as R
 from jaxsched.running import sharding as S
 from jaxsched.running import stream as ST
 from jaxsched.errors import JaxschedError
-from jaxsched.core.model import SimShape, Workload
+from jaxsched.core.model import WORKLOAD_BYTES_PER_REQUEST, SimShape, Workload
 from jaxsched.policies.base import Policy
 from jaxsched.core.sim import RolloutResult, SimParams, StepOutput
 
@@ -72,7 +73,6 @@ __all__ = [
 DEFAULT_CHUNK = 1000
 """Iterations per ``advance`` call when none is given (a divisor of H near it if one exists)."""
 
-_WORKLOAD_BYTES_PER_REQUEST = 4 + 4 + 4 + 4 + 1  # arrival, prompt, output, cls, valid
 _STEP_TEMP_FACTOR = 2  # the scan's carry in and out (measured: see rollout_bytes)
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
@@ -160,7 +160,8 @@ def rollout_bytes(policy: Policy, shape: SimShape, num_requests: int, params: Si
     """Estimated device bytes of one rollout (one workload, one parameter set).
 
     ``2 x carry + workload + one chunk of trace``: the carry (exact, from its shapes) twice for
-    the scan's input and output, the request arrays (17 bytes per request) and, when recorded,
+    the scan's input and output, the request arrays
+    (:data:`~jaxsched.core.model.WORKLOAD_BYTES_PER_REQUEST` per request) and, when recorded,
     ``chunk`` :class:`StepOutput` records. The factor 2 bounds XLA's own buffer assignment of
     the chunk call (``compiled.memory_analysis()``; checked in ``tests/test_chunked.py``).
     With a ``stream`` the requests are its window's ``R`` (``num_requests`` is ignored) and
@@ -178,7 +179,7 @@ def rollout_bytes(policy: Policy, shape: SimShape, num_requests: int, params: Si
     if shape.record_trace:
         trace = chunk * 4 * len(dataclasses.fields(StepOutput))  # () int32/float32 fields
     return (_STEP_TEMP_FACTOR * (_nbytes(carry) + (0 if stream is None else _nbytes(wl) + 64))
-            + (0 if stream is not None else num_requests * _WORKLOAD_BYTES_PER_REQUEST)
+            + (0 if stream is not None else num_requests * WORKLOAD_BYTES_PER_REQUEST)
             + 8 + trace)
 
 

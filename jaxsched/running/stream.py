@@ -16,21 +16,11 @@ completed; a resident may be evicted and rejoin the queue at its index, hence ``
 
 Streams. Block ``b`` of a workload is generated on the device from ``(key, b, state)``
 (:func:`stream_block`; ``fold_in(key, b)`` and a small carried :class:`StreamState`), so the
-whole workload never exists. Kinds:
-
-* ``poisson``: the merged process of independent per-class Poisson processes, i.e. one
-  Poisson process of rate ``Lambda = sum_k max(rate_k, 0)`` with i.i.d. classes,
-  ``P(class = k) = rate_k / Lambda``: ``a_i = a_{i-1} + E_i / Lambda``, ``E_i ~ Exp(1)``,
-  ``a_{-1}`` = the carried last arrival of the previous block (0 at the start).
-* ``saturated``: ``total`` requests at time 0, classes i.i.d. by weight.
-* ``bursty``: the two-state MMPP of :func:`jaxsched.workloads.generators.bursty` by time change: the
-  unit-rate points ``y_i = sum_{j <= i} E_j`` are mapped through the inverse of the
-  cumulative intensity ``Lambda f_{s(t)}``, one sojourn at a time (a ``while_loop`` over the
-  sojourns a block spans); the phase, the time left in the current sojourn and the sojourn
-  counter are carried. Starts in the stationary law, like the full-array generator.
-* ``trace``: consecutive requests of the cyclically unrolled trace of
-  :func:`jaxsched.workloads.generators.trace_window` (copy m of request j at ``t_j + m P - offset``),
-  block b starting at unrolled index ``first + b x block``.
+whole workload never exists. Each workload kind (:mod:`jaxsched.workloads.registry`) draws
+its own blocks (``stream_block`` of :mod:`jaxsched.workloads.poisson`, ``.saturated``,
+``.bursty``, ``.replay``, where their laws are written) from its own traced parameters and
+carried state; this module holds what every kind shares: the block keys and indices, the
+padding, and the window.
 
 Every kind keeps the padding conventions of :mod:`jaxsched.workloads.generators`: arrivals at or after
 ``duration`` and indices ``>= total`` are padding (``valid = False``, ``arrival = +inf``,
@@ -42,7 +32,8 @@ float arithmetic on them, to an ulp; ``tests/test_stream.py``).
 
 Exactness. The window is exact while every arrived request from ``head`` on is in it:
 before each iteration, with ``a`` the window's arrived count, ``a < R`` (``poisson``,
-``bursty``, ``trace``). For ``saturated`` every request has arrived at time 0; the
+``bursty``, ``trace``). For a backlog kind (``WorkloadKind.backlog``: ``saturated``) every
+request has arrived at time 0; the
 ``outside = max(total - base - R, 0)`` requests beyond the window are counted in
 ``num_waiting`` from the start (and count as arrived when they enter the window), and the
 window is exact while it holds the look-ahead, ``num_waiting - outside >= queue_size`` (or
@@ -54,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +54,9 @@ from flax import struct
 
 from jaxsched.errors import JaxschedError
 from jaxsched.core.model import RequestState, SimShape, SimState, Workload
-from jaxsched.workloads.generators import padded, trace_period
+from jaxsched.workloads.generators import padded
+from jaxsched.workloads.kind import WorkloadKind
+from jaxsched.workloads.registry import KINDS, kind_class
 
 __all__ = [
     "STREAM_KINDS",
@@ -83,7 +77,7 @@ __all__ = [
     "WindowTooSmall",
 ]
 
-STREAM_KINDS = ("poisson", "saturated", "bursty", "trace")
+STREAM_KINDS = tuple(KINDS)
 
 _NO_LIMIT = 2**31 - 1
 
@@ -118,21 +112,9 @@ class StreamSpec:
 class StreamParams:
     """Traced parameters of a stream, shared by every workload of a run."""
 
-    prompt_len: jax.Array  # (K,) int32, per-class prompt length
-    output_len: jax.Array  # (K,) int32, per-class output length
-    rate: jax.Array  # (K,) float32, arrivals per unit time (saturated: class weights)
     duration: jax.Array  # () float32, arrivals at or after it are padding
     total: jax.Array  # () int32, stream indices >= total are padding
-    high_factor: jax.Array  # () float32, bursty
-    low_factor: jax.Array  # () float32, bursty
-    mean_high: jax.Array  # () float32, bursty: mean high sojourn
-    mean_low: jax.Array  # () float32, bursty: mean low sojourn
-    trace_arrival: jax.Array  # (T,) float32 trace seconds from the first request
-    trace_prompt: jax.Array  # (T,) int32
-    trace_output: jax.Array  # (T,) int32
-    trace_cls: jax.Array  # (T,) int32
-    trace_period: jax.Array  # () float32, P of jaxsched.workloads.generators.trace_period (1 without)
-    time_scale: jax.Array  # () float32, simulator units per trace second
+    kind: Any  # the kind's own traced parameters (its ``stream_params()``)
 
 
 @struct.dataclass
@@ -141,11 +123,7 @@ class StreamState:
 
     block: jax.Array  # () int32, index of the next block
     time: jax.Array  # () float32, last arrival generated (0 at the start)
-    high: jax.Array  # () bool, bursty: current phase
-    remaining: jax.Array  # () float32, bursty: time left in the sojourn after ``time``
-    sojourn: jax.Array  # () int32, bursty: index of the current sojourn
-    first: jax.Array  # () int32, trace: unrolled index of the stream's first request
-    offset: jax.Array  # () float32, trace: window offset in trace seconds
+    kind: Any  # the kind's own carried state (bursty: the phase; trace: the offset)
 
 
 @struct.dataclass
@@ -158,134 +136,33 @@ class Window:
     lost: jax.Array  # () int32, iterations the window could not hold exactly
 
 
-def stream_params(prompt_len, output_len, rate, duration=math.inf, total=None,
-                  high_factor=1.0, low_factor=1.0, mean_high=1.0, mean_low=1.0,
-                  trace=None, time_scale=1.0) -> StreamParams:
-    """Build :class:`StreamParams`; ``trace`` is ``(arrival, prompt, output, cls)`` arrays
-    (arrival in seconds; shifted here so the first request is at 0)."""
-    prompt_len = jnp.asarray(prompt_len, jnp.int32).reshape(-1)
-    output_len = jnp.asarray(output_len, jnp.int32).reshape(-1)
-    rate = jnp.asarray(rate, jnp.float32).reshape(-1)
-    if not prompt_len.shape == output_len.shape == rate.shape or prompt_len.shape[0] < 1:
-        raise JaxschedError(f"stream: prompt_len {prompt_len.shape}, output_len "
-                            f"{output_len.shape}, rate {rate.shape}: give one per class")
-    if trace is None:
-        ta, tp, to, tc = (jnp.zeros((1,), jnp.float32),) + (jnp.ones((1,), jnp.int32),) * 2 \
-            + (jnp.zeros((1,), jnp.int32),)
-        period = 1.0
-    else:
-        ta = jnp.asarray(trace[0], jnp.float32)
-        ta = ta - ta[0]
-        tp, to, tc = (jnp.asarray(x, jnp.int32) for x in trace[1:])
-        period = trace_period(trace[0])
-    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+def stream_params(kind: WorkloadKind, duration=math.inf, total=None) -> StreamParams:
+    """:class:`StreamParams` of a workload kind (its parameters), padding arrivals at or after
+    ``duration`` and stream indices ``>= total`` (None: no limit)."""
     total = _NO_LIMIT if total is None else min(int(total), _NO_LIMIT)
-    return StreamParams(prompt_len=prompt_len, output_len=output_len, rate=rate,
-                        duration=f32(duration), total=jnp.asarray(total, jnp.int32),
-                        high_factor=f32(high_factor), low_factor=f32(low_factor),
-                        mean_high=f32(mean_high), mean_low=f32(mean_low), trace_arrival=ta,
-                        trace_prompt=tp, trace_output=to, trace_cls=tc,
-                        trace_period=f32(period), time_scale=f32(time_scale))
+    return StreamParams(duration=jnp.asarray(duration, jnp.float32),
+                        total=jnp.asarray(total, jnp.int32), kind=kind.stream_params())
 
 
 def stream_start(key, spec: StreamSpec, sp: StreamParams) -> StreamState:
-    """The state before block 0 (bursty: stationary phase and residual sojourn; trace:
-    the offset ``U x P`` or 0)."""
-    k_start = jax.random.fold_in(key, 0)
-    k_phase, k_rem, k_off = jax.random.split(k_start, 3)
-    pi_high = sp.mean_high / (sp.mean_high + sp.mean_low)
-    high = jax.random.uniform(k_phase) < pi_high
-    rem = jax.random.exponential(k_rem, (), jnp.float32) * jnp.where(high, sp.mean_high,
-                                                                     sp.mean_low)
-    if spec.kind == "trace" and spec.random_offset:
-        offset = jax.random.uniform(k_off, (), jnp.float32) * sp.trace_period
-    else:
-        offset = jnp.zeros((), jnp.float32)
-    first = jnp.searchsorted(sp.trace_arrival, offset, side="left").astype(jnp.int32)
-    zi = jnp.zeros((), jnp.int32)
-    return StreamState(block=zi, time=jnp.zeros((), jnp.float32), high=high, remaining=rem,
-                       sojourn=zi, first=first, offset=offset)
-
-
-def _bursty_times(key, sp: StreamParams, st: StreamState, y):
-    """Times after ``st.time`` of the unit-rate points ``y`` (ascending) under the MMPP
-    intensity ``Lambda f_s``; returns (relative times, new phase, remaining, sojourn).
-    Sojourn j's length is ``Exp(1) x mean`` from ``fold_in(key, j)`` (``key``: the
-    stream's sojourn key, so sojourns do not depend on block boundaries)."""
-    lam = jnp.sum(jnp.maximum(sp.rate, 0.0))
-    lam_h, lam_l = lam * sp.high_factor, lam * sp.low_factor
-    last = y[-1]
-
-    def rate_of(high):
-        return jnp.where(high, lam_h, lam_l)
-
-    def assign(t, mass0, time0, high):
-        r = rate_of(high)
-        safe = jnp.where(r > 0, r, 1.0)
-        return jnp.where((y >= mass0) & (r > 0), time0 + (y - mass0) / safe, t)
-
-    def more(c):
-        _, mass0, _, high, rem, _ = c
-        return mass0 + rem * rate_of(high) <= last
-
-    def next_sojourn(c):
-        t, mass0, time0, high, rem, j = c
-        t = assign(t, mass0, time0, high)
-        mass1 = mass0 + rem * rate_of(high)
-        j = j + 1
-        high = ~high
-        length = jax.random.exponential(jax.random.fold_in(key, j), (), jnp.float32)
-        length = length * jnp.where(high, sp.mean_high, sp.mean_low)
-        return t, mass1, time0 + rem, high, length, j
-
-    start = (jnp.full(y.shape, jnp.inf, jnp.float32), jnp.zeros((), jnp.float32),
-             jnp.zeros((), jnp.float32), st.high, st.remaining, st.sojourn)
-    ok = jnp.maximum(lam_h, lam_l) > 0
-    t, mass0, time0, high, rem, j = jax.lax.while_loop(
-        lambda c: ok & more(c), next_sojourn, start)
-    t = assign(t, mass0, time0, high)
-    r = jnp.where(rate_of(high) > 0, rate_of(high), 1.0)
-    rem = jnp.maximum(rem - (last - mass0) / r, 0.0)
-    t = jax.lax.cummax(jnp.where(ok, t, jnp.inf))  # float rounding at sojourn ends
-    return t, high, rem, j
+    """The state before block 0 (the kind's own: e.g. bursty's stationary phase, the trace's
+    offset)."""
+    return StreamState(block=jnp.zeros((), jnp.int32), time=jnp.zeros((), jnp.float32),
+                       kind=kind_class(spec.kind).stream_start(key, spec, sp.kind))
 
 
 def stream_block(key, spec: StreamSpec, sp: StreamParams, st: StreamState):
-    """``(Workload (block,), next state)``: block ``st.block`` of the stream (equations in
-    the module docstring)."""
+    """``(Workload (block,), next state)``: block ``st.block`` of the stream, drawn by the
+    kind from the block key ``fold_in(fold_in(key, 1), b)``; padded where the arrival is at or
+    after ``duration`` or the index at or after ``total``."""
     nb = spec.block
     bkey = jax.random.fold_in(jax.random.fold_in(key, 1), st.block)
-    k_gap, k_cls = jax.random.split(bkey)
     idx = st.block * nb + jnp.arange(nb, dtype=jnp.int32)
-    high, rem, soj = st.high, st.remaining, st.sojourn
-    if spec.kind == "trace":
-        size = sp.trace_arrival.shape[0]
-        k = st.first + idx
-        j, cycle = k % size, k // size
-        rel = (sp.trace_arrival[j] - st.offset) + cycle.astype(jnp.float32) * sp.trace_period
-        t = jax.lax.cummax(jnp.maximum(jnp.maximum(rel, 0.0) * sp.time_scale, st.time))
-        prompt, output, cls = sp.trace_prompt[j], sp.trace_output[j], sp.trace_cls[j]
-    else:
-        lam = jnp.maximum(sp.rate, 0.0)
-        logits = jnp.log(lam)  # rate (weight) 0 -> -inf: never drawn
-        cls = jax.random.categorical(k_cls, logits, shape=(nb,)).astype(jnp.int32)
-        prompt, output = sp.prompt_len[cls], sp.output_len[cls]
-        if spec.kind == "saturated":
-            t = jnp.zeros((nb,), jnp.float32)
-        else:
-            e = jax.random.exponential(k_gap, (nb,), jnp.float32)
-            total = jnp.sum(lam)
-            if spec.kind == "poisson":
-                rel = jnp.where(total > 0, jnp.cumsum(e / jnp.where(total > 0, total, 1.0)),
-                                jnp.inf)
-            else:
-                rel, high, rem, soj = _bursty_times(jax.random.fold_in(key, 2), sp, st,
-                                                     jnp.cumsum(e))
-            t = st.time + rel
+    t, prompt, output, cls, kst = kind_class(spec.kind).stream_block(key, bkey, nb, sp.kind,
+                                                                     st.kind, idx, st.time)
     valid = (t < sp.duration) & (idx < sp.total)
     wl = padded(t, prompt, output, cls, valid)
-    new = st.replace(block=st.block + 1, time=t[-1], high=high, remaining=rem, sojourn=soj)
-    return wl, new
+    return wl, st.replace(block=st.block + 1, time=t[-1], kind=kst)
 
 
 def _blocks(key, spec: StreamSpec, sp: StreamParams, st: StreamState, count: int):
@@ -313,7 +190,7 @@ def init_window(key, spec: StreamSpec, sp: StreamParams) -> Window:
 def outside(spec: StreamSpec, sp: StreamParams, base) -> jax.Array:
     """Arrived requests beyond the window that ``num_waiting`` already counts: for
     ``saturated`` ``max(total - base - R, 0)``, else 0."""
-    if spec.kind != "saturated":
+    if not kind_class(spec.kind).backlog:
         return jnp.zeros((), jnp.int32)
     return jnp.maximum(sp.total - base - spec.window, 0).astype(jnp.int32)
 
@@ -322,7 +199,7 @@ def window_short(spec: StreamSpec, sp: StreamParams, shape: SimShape, window: Wi
                  state: SimState) -> jax.Array:
     """() bool: the next iteration (from ``state``) would not be exact on this window."""
     arrived = jnp.searchsorted(window.workload.arrival, state.time, side="right")
-    if spec.kind != "saturated":
+    if not kind_class(spec.kind).backlog:
         return arrived >= spec.window
     out = outside(spec, sp, window.base)
     waiting = state.num_waiting + (arrived - state.arrived) - out

@@ -38,6 +38,7 @@ import numpy as np
 from jaxsched import api
 from jaxsched.config import Config, load_config
 from jaxsched.core import rollout, sim
+from jaxsched.core.model import BYTES_PER_REQUEST
 from jaxsched.errors import JaxschedError
 from jaxsched.tools.plots import pyplot
 
@@ -149,14 +150,15 @@ def step_bytes(max_batch: int, queue_size: int) -> int:
 
     * the slot state, read and written: ``2 x B x 29`` (six int32 fields, arrival float32,
       first_done bool);
-    * the window: ``W`` gathered requests x 23 bytes (arrival, prompt, output, cls, kept,
-      taken, first_done) and a search block of ``2W`` taken flags;
+    * the window: ``W`` gathered requests x
+      :data:`~jaxsched.core.model.BYTES_PER_REQUEST` (a request's workload arrays and its
+      bookkeeping) and a search block of ``2W`` taken flags;
     * per-request bookkeeping written at admission and eviction: ``2 x B x 6`` bytes;
     * histogram bins (latency and TTFT, read-modify-write): ``2 x 2 x B x 4``;
     * scalars (state, accumulators): about 100 bytes.
     """
     b, w = max_batch, queue_size
-    return 2 * b * 29 + w * 23 + 2 * w + 2 * b * 6 + 2 * 2 * b * 4 + 100
+    return 2 * b * 29 + w * BYTES_PER_REQUEST + 2 * w + 2 * b * 6 + 2 * 2 * b * 4 + 100
 
 
 def xla_step_bytes(exp, keys, workloads, backend_devices) -> float:

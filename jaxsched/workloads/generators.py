@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxsched.errors import JaxschedError
-from jaxsched.core.model import Workload
+from jaxsched.core.model import Workload, memory_time
 
 __all__ = [
     "poisson",
@@ -135,17 +135,6 @@ def _poisson_bound(mean: float) -> int:
     return int(math.ceil(mean + 8.0 * math.sqrt(mean) + 16.0))
 
 
-def memory_time(prompt_len, output_len) -> np.ndarray:
-    """Memory-time of one request of each class, ``w_k = l_k o_k + (o_k + o_k^2) / 2``.
-
-    A request that generates its j-th token holds ``l + j`` tokens in that iteration, so it
-    occupies ``sum_{j=1..o} (l + j)`` token-iterations at least (numpy, float64).
-    """
-    l = np.asarray(prompt_len, np.float64)
-    o = np.asarray(output_len, np.float64)
-    return l * o + (o + o * o) / 2.0
-
-
 # --------------------------------------------------------------------------------------------
 # Poisson
 
@@ -212,7 +201,7 @@ def saturated_num_requests(prompt_len, output_len, capacity, horizon, weight=Non
     the requests completed in H iterations number at most ``H C / min_k w_k``; at most
     ``C / (min_k l_k + 1)`` are resident at any time. The bound is
 
-        N = ceil(H C / min_k w_k + 2 C / (min_k l_k + 1) + 64) + queue_size
+        N = ceil(H C / min_k w_k + 2 C / (min_k l_k + 1)) + 64 + queue_size
 
     with the minima over classes of positive weight (all classes when ``weight`` is None);
     ``queue_size`` (the policy's look-ahead window) keeps that window full to the end.
@@ -226,8 +215,8 @@ def saturated_num_requests(prompt_len, output_len, capacity, horizon, weight=Non
         l, o = l[keep], o[keep]
     w_min = float(memory_time(l, o).min())
     c = float(capacity)
-    bound = float(horizon) * c / w_min + 2.0 * c / (float(l.min()) + 1.0) + 64.0
-    return int(math.ceil(bound)) + int(queue_size)
+    bound = float(horizon) * c / w_min + 2.0 * c / (float(l.min()) + 1.0)
+    return int(math.ceil(bound)) + 64 + int(queue_size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -344,7 +333,7 @@ def _period_jax(t):
     return jnp.where(span > 0, span + span / (n - 1), 1.0)
 
 
-def _trace_arrays(trace_arrival, trace_prompt, trace_output, class_bounds):
+def _trace_arrays(trace_arrival, trace_prompt, trace_output, class_bounds, cls=None):
     t = jnp.asarray(trace_arrival, jnp.float32)
     p = jnp.asarray(trace_prompt, jnp.int32)
     o = jnp.asarray(trace_output, jnp.int32)
@@ -354,7 +343,9 @@ def _trace_arrays(trace_arrival, trace_prompt, trace_output, class_bounds):
         raise JaxschedError(
             f"trace arrays differ in shape: arrival {t.shape}, prompt {p.shape}, output {o.shape}"
         )
-    if class_bounds is None:
+    if cls is not None:
+        c = jnp.asarray(cls, jnp.int32).reshape(t.shape)
+    elif class_bounds is None:
         c = jnp.zeros(t.shape, jnp.int32)
     else:
         b = jnp.asarray(class_bounds, jnp.int32).reshape(-1)
@@ -363,7 +354,7 @@ def _trace_arrays(trace_arrival, trace_prompt, trace_output, class_bounds):
 
 
 def trace_window(trace_arrival, trace_prompt, trace_output, offset, duration, time_scale,
-                 num_requests: int, class_bounds=None) -> Workload:
+                 num_requests: int, class_bounds=None, cls=None) -> Workload:
     """The requests of a cyclic trace in the window ``[offset, offset + duration / time_scale)``.
 
     Trace times (seconds, shifted so the first request is at 0) are repeated with period
@@ -374,10 +365,11 @@ def trace_window(trace_arrival, trace_prompt, trace_output, offset, duration, ti
     units (1000 when d0, d1 are in ms; < 1 compresses the trace, i.e. more load). Lengths are
     the trace's. Classes: 0 for all, or with ``class_bounds`` ``b_0 < b_1 < ...`` (K-1,)
     the class of a request is the number of bounds below its output length
-    (``o <= b_0`` -> 0, ``b_0 < o <= b_1`` -> 1, ...). Deterministic; see :func:`trace_replay`.
+    (``o <= b_0`` -> 0, ``b_0 < o <= b_1`` -> 1, ...), or ``cls`` (T,) gives each request's.
+    Deterministic; see :func:`trace_replay`.
     """
     n = _static_count(num_requests, "num_requests")
-    t, p, o, c = _trace_arrays(trace_arrival, trace_prompt, trace_output, class_bounds)
+    t, p, o, c = _trace_arrays(trace_arrival, trace_prompt, trace_output, class_bounds, cls)
     size = t.shape[0]
     period = _period_jax(t)
     offset = jnp.asarray(offset, jnp.float32)
@@ -392,7 +384,8 @@ def trace_window(trace_arrival, trace_prompt, trace_output, offset, duration, ti
 
 
 def trace_replay(key, trace_arrival, trace_prompt, trace_output, duration, time_scale,
-                 num_requests: int, random_offset: bool = True, class_bounds=None) -> Workload:
+                 num_requests: int, random_offset: bool = True, class_bounds=None,
+                 cls=None) -> Workload:
     """A window of ``duration`` simulator units of a recorded trace, at a random offset.
 
     The offset is ``U * P`` with ``U ~ Uniform[0, 1)`` drawn from ``key`` and P the trace's
@@ -408,7 +401,7 @@ def trace_replay(key, trace_arrival, trace_prompt, trace_output, duration, time_
     else:
         offset = 0.0
     return trace_window(trace_arrival, trace_prompt, trace_output, offset, duration,
-                        time_scale, num_requests, class_bounds)
+                        time_scale, num_requests, class_bounds, cls)
 
 
 def trace_num_requests(trace_arrival, duration, time_scale) -> int:
