@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from jaxsched import api
 from jaxsched.config import load_config
-from tuning import optuna_search as osr
+from tuning.tune_job import prepare
 from tuning.gradient_search import (_compile_update, _initial_points, _optimizer,
                                     gradient_settings, remat_segment)
 from tuning.settings import tune_settings
@@ -35,7 +35,7 @@ __all__ = ["measure", "main"]
 
 def measure(cfg, remat: int | None = None, run: bool = False) -> dict:
     """Figures of one compiled descent step of the config's gradient tuner (see module)."""
-    job = osr.prepare(cfg, tune_settings(cfg.tune, cfg.source))
+    job = prepare(cfg, tune_settings(cfg.tune, cfg.source))
     gs = gradient_settings(job.settings.gradient, cfg.source)
     if remat is not None:
         gs = gs.model_copy(update={"remat": remat})

@@ -42,15 +42,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from jaxsched.config import format_validation
 from jaxsched.errors import JaxschedError
 from tuning.objectives import Objective, add_derived, aggregate, measured_time
-from tuning.optuna_search import (
-    BatchEvaluator,
-    TuneJob,
-    _jsonable,
-    _open_study,
-    _worker_id,
-    open_storage,
-    redact_url,
-)
+from jaxsched.core.metrics import jsonable
+from tuning.batch_evaluator import BatchEvaluator
+from tuning.study_storage import open_storage, open_study, redact_url
+from tuning.tune_bench import bench_loop
+from tuning.tune_job import TuneJob, prepare
+from tuning.worker_liveness import worker_id
 
 __all__ = [
     "GradientSettings",
@@ -202,7 +199,7 @@ class GradientOutcome:
             "study": self.study_name,
             "storage": self.storage,
             "best": {"point": self.best_point, "score": self.scores[self.best_index],
-                     "metrics": {k: _jsonable(v) for k, v in self.results[self.best_index].items()}},
+                     "metrics": {k: jsonable(v) for k, v in self.results[self.best_index].items()}},
             "baseline_score": self.baseline_score,
             "scores": self.scores,
             "points": self.points,
@@ -447,9 +444,9 @@ def record_trials(job: TuneJob, store, name: str, objective: Objective, baseline
     import optuna
     from optuna.trial import TrialState
 
-    study = _open_study(job, store, name, None)
+    study = open_study(job, store, name, None)
     if study.user_attrs.get("baseline_metrics") is None:
-        study.set_user_attr("baseline_metrics", {k: _jsonable(v) for k, v in baseline.items()})
+        study.set_user_attr("baseline_metrics", {k: jsonable(v) for k, v in baseline.items()})
     run_id = json.dumps({"settings": gs.model_dump(), "seed": seed}, sort_keys=True)
     existing = [t.number for t in study.get_trials(deepcopy=False)
                 if t.user_attrs.get("gradient_run") == run_id]
@@ -457,9 +454,9 @@ def record_trials(job: TuneJob, store, name: str, objective: Objective, baseline
         return existing
     dists = job.space.distributions()
     numbers = []
-    worker = _worker_id()
+    worker = worker_id()
     for i, (point, metrics) in enumerate(zip(points, results)):
-        attrs = {"metrics": {k: _jsonable(v) for k, v in metrics.items()}, "worker": worker,
+        attrs = {"metrics": {k: jsonable(v) for k, v in metrics.items()}, "worker": worker,
                  "sampler": "gradient", "gradient_run": run_id, "restart": i}
         reason = objective.nonfinite_reason(metrics)
         if reason is not None:
@@ -519,8 +516,6 @@ def tune_command(cfg, settings, *, trials=None, storage=None, study=None, seed=N
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from tuning import optuna_search as osr
-
     gs = gradient_settings(settings.gradient, cfg.source)
     update = {}
     if steps is not None:
@@ -530,7 +525,7 @@ def tune_command(cfg, settings, *, trials=None, storage=None, study=None, seed=N
     if update:
         gs = gs.model_copy(update=update)
     seed = settings.seed if seed is None else seed
-    job = osr.prepare(cfg, settings, num_workloads=workloads)
+    job = prepare(cfg, settings, num_workloads=workloads)
     name = study or settings.study or f"{job.default_study_name}-gradient"
     ckpt = checkpoint_dir if checkpoint_dir is not None else Path("out") / "tune" / name / "checkpoints"
     err = Console(stderr=True)
@@ -616,15 +611,13 @@ def bench_gradient_vs_optuna(cfg, *, optuna_trials: int = 64, batch: int = 16,
     """Wall time (compilation excluded, reported apart) for each tuner to first reach
     ``target`` in the hard simulator on the same config, workloads and objective.
 
-    Optuna: batched ask/simulate/tell (:class:`tuning.optuna_search.BatchEvaluator`), the best
+    Optuna: batched ask/simulate/tell (:class:`tuning.batch_evaluator.BatchEvaluator`), the best
     value after every batch. Gradient: the descent's time up to step s plus the hard
     evaluation a run of s steps ends with (its last ``candidates`` iterates, one timed call
     each); the best hard value of the iterates up to step s. ``target`` defaults to the best
     value either reached, less 2% of its magnitude.
     """
     import jax
-
-    from tuning.optuna_search import _bench_loop, prepare
 
     say = progress or (lambda msg: None)
     job = prepare(cfg, num_workloads=num_workloads)
@@ -660,7 +653,7 @@ def bench_gradient_vs_optuna(cfg, *, optuna_trials: int = 64, batch: int = 16,
         curve.append((seconds, done, best))
 
     sampler_name = sampler or job.settings.resolved_sampler
-    _bench_loop(job, ev, optuna_trials, sampler_name, seed, objective=objective,
+    bench_loop(job, ev, optuna_trials, sampler_name, seed, objective=objective,
                 on_batch=track)
     obest = curve[-1][2] if curve else -math.inf
 

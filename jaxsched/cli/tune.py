@@ -124,10 +124,12 @@ def _tune_optuna(cfg, settings, err, *, trials, batch, storage, study, sampler, 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from jaxsched.cli.tables import print_table
-    from tuning import optuna_search as osr
+    from tuning.optuna_loop import run_optuna
+    from tuning.study_storage import load_study, open_storage
+    from tuning.tune_job import prepare
 
-    job = osr.prepare(cfg, settings, objective_kind=objective, num_workloads=workloads)
-    store = osr.open_storage(storage or settings.storage)
+    job = prepare(cfg, settings, objective_kind=objective, num_workloads=workloads)
+    store = open_storage(storage or settings.storage)
     target = trials or settings.trials
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[best]}"), TextColumn("{task.fields[rate]}"),
@@ -151,14 +153,16 @@ def _tune_optuna(cfg, settings, err, *, trials, batch, storage, study, sampler, 
                        rate=f"{p.trials_per_second:.2f} trials/s evaluating",
                        description=f"tuning {job.experiment.policy.name}")
 
-        outcome = osr.run_optuna(job, trials=target, batch=batch, storage=store,
-                                 study_name=study, sampler=sampler, seed=seed,
-                                 progress=progress, status=status)
+        outcome = run_optuna(job, trials=target, batch=batch, storage=store,
+                             study_name=study, sampler=sampler, seed=seed,
+                             progress=progress, status=status)
         bar.update(task, completed=min(outcome.evaluated, target), description="done")
     if not no_plots:
-        st = osr.load_study(store, outcome.study_name)
+        from tuning.study_plots import save_plots  # matplotlib: only when drawing
+
+        st = load_study(store, outcome.study_name)
         out_dir = plots or Path("out") / "tune" / outcome.study_name
-        outcome.plots, outcome.plot_notes = osr.save_plots(st, outcome.objective, out_dir)
+        outcome.plots, outcome.plot_notes = save_plots(st, outcome.objective, out_dir)
     if as_json:
         from jaxsched.cli.tables import run_info
 
@@ -325,7 +329,7 @@ def bench_tune_command(
     from rich.table import Table
 
     from jaxsched.config import DEFAULT_CONFIG, load_config
-    from tuning.optuna_search import bench_tune
+    from tuning.tune_bench import bench_tune
 
     err = Console(stderr=True)
     cfg = load_config(config or DEFAULT_CONFIG, set_)
