@@ -40,10 +40,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from jaxsched.config import format_validation
-from jaxsched.errors import JaxschedError
-from tuning.objectives import Objective, add_derived, aggregate, measured_time
 from jaxsched.core.metrics import jsonable
+from jaxsched.errors import JaxschedError
 from tuning.batch_evaluator import BatchEvaluator
+from tuning.nested_remat import DEFAULT_LEAF, balanced_plan, compiled_relaxed_simulator
+from tuning.objectives import Objective, add_derived, aggregate, measured_time
 from tuning.study_storage import open_storage, open_study, redact_url
 from tuning.tune_bench import bench_loop
 from tuning.tune_job import TuneJob, prepare
@@ -81,9 +82,10 @@ class GradientSettings(BaseModel):
     checkpoint_every: int = Field(10, ge=1, description="steps between orbax checkpoints")
     candidates: int = Field(8, ge=1, description="last iterates of each restart evaluated in "
                                                  "the hard simulator")
-    remat: int | None = Field(None, ge=0, description="iterations per segment of the relaxed "
-                              "scan recomputed in the backward pass (jax.checkpoint; 0: keep "
-                              "every iteration's residuals; default: remat_segment)")
+    remat: int | None = Field(None, ge=0, description="iterations per leaf segment of the "
+                              "relaxed scan recomputed in the backward pass (two-level "
+                              "jax.checkpoint, tuning.nested_remat; 0: keep every iteration's "
+                              "residuals; default: remat_segment)")
 
 
 def gradient_settings(raw: Mapping[str, Any] | None, source: str = "<config>") -> GradientSettings:
@@ -97,20 +99,12 @@ def gradient_settings(raw: Mapping[str, Any] | None, source: str = "<config>") -
 # ------------------------------------------------------------------------------------------
 # The relaxed objective.
 
-_RESIDUAL_BYTES_PER_SLOT = 27
-"""Bytes reverse mode keeps per slot and iteration of the relaxed step (XLA's buffer
-assignment of the descent step, 1024 slots, 1000 iterations, plain scan: 1.75 GB / 64 rollouts;
-README, Benchmarks)."""
-
-
-def remat_segment(horizon: int, num_requests: int, max_batch: int) -> int:
-    """Iterations per rematerialized segment: ``S = sqrt(H c / r)`` minimizes the backward
-    pass's ``(H / S) c + S r``, with ``c`` a carry's bytes (6 per request: taken, kept,
-    first_done; 36 per slot) and ``r`` one iteration's residuals (27 per slot)."""
-    c = 6 * num_requests + 36 * max_batch
-    r = _RESIDUAL_BYTES_PER_SLOT * max_batch
-    return int(min(horizon, max(1, round(math.sqrt(horizon * c / r)))))
-
+def remat_segment(horizon: int) -> int:
+    """Iterations per leaf segment by default: a fixed chunk
+    (:data:`tuning.nested_remat.DEFAULT_LEAF`), so that the backward pass's memory is that
+    chunk's residuals plus a few compact carries, whatever the horizon
+    (:mod:`tuning.nested_remat`)."""
+    return int(min(horizon, DEFAULT_LEAF))
 
 
 class RelaxedObjective:
@@ -123,8 +117,6 @@ class RelaxedObjective:
         import jax
         import jax.numpy as jnp
 
-        from jaxsched.core.rollout import compiled_simulator
-
         exp = job.experiment
         self.job, self.objective, self.penalty = job, objective, penalty
         self.keys, self.workloads = keys, workloads
@@ -132,10 +124,11 @@ class RelaxedObjective:
         self.restarts = restarts
         self._system = jax.tree.map(lambda x: jnp.broadcast_to(x, (restarts,) + x.shape),
                                     exp.params.system)
-        seg = remat if remat is not None else remat_segment(
-            exp.shape.horizon, int(workloads.arrival.shape[-1]), exp.shape.max_batch)
-        self._fn = compiled_simulator(exp.policy, self.shape, batched_params=True,
-                                      remat=seg or None)
+        leaf = remat if remat is not None else remat_segment(exp.shape.horizon)
+        self.plan = balanced_plan(exp.shape.horizon, leaf) if leaf else None
+        # kept < output: the boundary carries hold it in the narrowest type of the longest output
+        bounds = (("kept", int(np.max(np.asarray(workloads.output), initial=0))),)
+        self._fn = compiled_relaxed_simulator(exp.policy, self.shape, self.plan, bounds)
         cfg = job.config
         self._time = (cfg.workload.horizon, cfg.workload.warmup, float(cfg.d0),
                       max(cfg.d1_prefill, cfg.d1_context))
