@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxsched.export.policy_file import policy_file as ex
+from jaxsched.export import policy_file as ex
 from jaxsched.cli import main
 from jaxsched.config import config_snapshot, load_config
 from jaxsched.errors import JaxschedError

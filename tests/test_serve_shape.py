@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from jaxsched.export.policy_file import policy_file as ex
+from jaxsched.export import policy_file as ex
 
 ENTRY = "import sys; from jaxsched.cli import main; sys.exit(main(sys.argv[1:]))"
 

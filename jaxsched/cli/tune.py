@@ -216,7 +216,7 @@ def export(
     """Write a tuned trial as a versioned policy config, or as vLLM/SGLang flags (--to)."""
     from rich.console import Console
 
-    from jaxsched.export.policy_file import policy_file as ex
+    from jaxsched.export import policy_file as ex
     from jaxsched.cli.checks import check_existing_sqlite, check_output_file
     from jaxsched.export.server_flags import SERVERS, server_config
 
