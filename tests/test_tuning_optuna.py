@@ -293,3 +293,19 @@ def test_bench_tune_measures_both_ways(tmp_path):
     assert r.max_relative_difference < 1e-6
     assert r.batched_seconds > 0 and r.single_seconds > 0
     assert math.isclose(r.speedup, r.single_seconds / r.batched_seconds)
+
+
+def test_bench_tune_reports_the_target_size_measured_or_projected(tmp_path):
+    cfg = load_config(write_config(tmp_path))  # 3 workloads x 120 iterations
+    r = bench_tune(cfg, trials=4, batch=4, single=False, target=(8, 6, 120))
+    assert r.single_seconds is None and r.speedup is None and r.projected
+    assert math.isclose(r.target_seconds, r.batched_compile_seconds + 4 * r.batched_seconds)
+    same = bench_tune(cfg, trials=4, batch=4, single=False, target=(4, 3, 120))
+    assert not same.projected
+    assert math.isclose(same.target_seconds, same.batched_compile_seconds + same.batched_seconds)
+
+
+def test_bench_tune_size_must_be_three_integers(capsys):
+    assert main(["bench", "tune", "--size", "200x64"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --size '200x64': expected TRIALSxWORKLOADSxITERATIONS, e.g. 200x64x2000"

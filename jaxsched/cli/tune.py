@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -322,15 +323,26 @@ def bench_tune_command(
     steps: Optional[int] = typer.Option(None, min=1, help="--gradient: descent steps"),
     target: Optional[float] = typer.Option(None, help="--gradient: objective value to reach "
                                            "(default: the best either reached, less 2%)"),
+    single: bool = typer.Option(True, "--single/--no-single",
+                                help="also run the trials one per call (and compare the metrics)"),
+    size: str = typer.Option("200x64x2000", "--size", help="TRIALSxWORKLOADSxITERATIONS of the "
+                             "tuning run whose wall time is reported (projected from this run "
+                             "when it is smaller)"),
 ):
-    """Optuna trials/s with K trials per vmapped call vs one trial per call (or, with
-    --gradient, time to reach an objective value: gradient search vs Optuna)."""
+    """Optuna trials/s with K trials per vmapped call vs one trial per call, and the wall time
+    of a tuning run of --size (or, with --gradient, time to reach an objective value:
+    gradient search vs Optuna)."""
     from rich.console import Console
     from rich.table import Table
 
+    from jaxsched.cli.checks import parse_int_list
     from jaxsched.config import DEFAULT_CONFIG, load_config
     from tuning.tune_bench import bench_tune
 
+    run_size = parse_int_list(size.replace("x", ","), "--size")
+    if len(run_size) != 3:
+        raise JaxschedError(f"--size {size!r}: expected TRIALSxWORKLOADSxITERATIONS, "
+                            "e.g. 200x64x2000")
     err = Console(stderr=True)
     cfg = load_config(config or DEFAULT_CONFIG, set_)
     if gradient:
@@ -362,7 +374,8 @@ def bench_tune_command(
         return
     with err.status("benchmarking…") as status:
         r = bench_tune(cfg, trials=trials, batch=batch, sampler=sampler, num_workloads=workloads,
-                       progress=lambda msg: status.update(msg))
+                       progress=lambda msg: status.update(msg), single=single,
+                       target=run_size)
     if as_json:
         typer.echo(json.dumps(dataclasses.asdict(r)))
         return
@@ -371,11 +384,19 @@ def bench_tune_command(
                   title_justify="left")
     for col in ("mode", "compile s", "wall s", "trials/s", "speedup"):
         table.add_column(col, justify="right")
-    table.add_row("one at a time", f"{r.single_compile_seconds:.1f}", f"{r.single_seconds:.2f}",
-                  f"{r.single_trials_per_second:.2f}", "1.0x")
+    if r.single_seconds is not None:
+        table.add_row("one at a time", f"{r.single_compile_seconds:.1f}",
+                      f"{r.single_seconds:.2f}", f"{r.single_trials_per_second:.2f}", "1.0x")
     table.add_row(f"batched (K={r.batch})", f"{r.batched_compile_seconds:.1f}",
                   f"{r.batched_seconds:.2f}", f"{r.batched_trials_per_second:.2f}",
-                  f"{r.speedup:.1f}x")
-    table.caption = (f"same points both ways: "
-                     f"{'identical metrics' if r.identical else f'max relative difference {r.max_relative_difference:.1e}'}")
+                  "-" if r.speedup is None else f"{r.speedup:.1f}x")
+    if r.identical is not None:
+        table.caption = (f"same points both ways: "
+                         f"{'identical metrics' if r.identical else f'max relative difference {r.max_relative_difference:.1e}'}")
     Console().print(table)
+    how = "projected from this run" if r.projected else "measured"
+    Console().print(
+        f"{r.target_trials} trials x {r.target_workloads} workloads x {r.target_horizon} "
+        f"iterations (K={r.batch}): {r.target_seconds:.0f} s = {r.target_seconds / 60:.1f} min, "
+        f"{how} (compile {r.batched_compile_seconds:.1f} s included; load average "
+        f"{r.load_average[0]:g} -> {r.load_average[1]:g} on {os.cpu_count()} cores)")
