@@ -14,7 +14,9 @@
   :mod:`tuning.trial_states` (evaluated, baseline, best, Pareto set),
   :mod:`tuning.study_plots`, :mod:`tuning.tune_bench` (``jaxsched bench tune``) and
   :mod:`tuning.optuna_logs`.
-* :mod:`tuning.gradient_search` - descent of the relaxed simulator (optax), recorded as trials.
+* :mod:`tuning.gradient_search` - descent of the relaxed simulator (optax), recorded as trials;
+  :mod:`tuning.nested_remat` - its rollout for gradients (two-level remat, compact carries);
+  :mod:`tuning.gradient_memory` - the descent step's memory and time.
 * :mod:`tuning.export_study` - a study's trial as a policy file.
 
 The modules import lazily; ``import tuning`` is cheap.
@@ -22,7 +24,8 @@ The modules import lazily; ``import tuning`` is cheap.
 
 __all__ = ["settings", "search_space", "objectives", "tune_job", "batch_evaluator",
            "optuna_loop", "study_storage", "samplers", "worker_liveness", "trial_states",
-           "study_plots", "tune_bench", "optuna_logs", "gradient_search", "export_study",
+           "study_plots", "tune_bench", "optuna_logs", "gradient_search", "nested_remat",
+           "gradient_memory", "export_study",
            "gradient_available"]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from sqlalchemy.engine import make_url
@@ -20,9 +20,11 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from jaxsched.errors import JaxschedError
 from tuning.optuna_logs import quiet
-from tuning.tune_job import TuneJob
 from tuning.worker_liveness import GRACE_PERIOD, HEARTBEAT_INTERVAL, enqueue_baseline, \
     requeue_baseline
+
+if TYPE_CHECKING:  # the job (and JAX) only for the annotation: opening storage stays light
+    from tuning.tune_job import TuneJob
 
 __all__ = [
     "DEFAULT_STORAGE",

@@ -9,10 +9,13 @@ best or the Pareto set. Read-only questions about a study, asked with Optuna's p
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from optuna.trial import TrialState
 
-from tuning.objectives import Objective
+if TYPE_CHECKING:  # for the annotations only: reading a study needs no JAX
+    from tuning.objectives import Objective
 
 __all__ = [
     "BASELINE_ATTR",
