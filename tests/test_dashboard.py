@@ -14,7 +14,8 @@ import pytest
 
 from jaxsched.config import load_config
 from jaxsched.testing import small_tuning_config
-from tuning import optuna_search as osr
+from tuning.optuna_loop import run_optuna
+from tuning.tune_job import prepare
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -40,7 +41,7 @@ def test_optuna_dashboard_shows_the_study(tmp_path):
     cfg = tmp_path / "small.toml"
     cfg.write_text(small_tuning_config(horizon=60, workloads=2))
     url = f"sqlite:///{tmp_path / 'tune.db'}"
-    out = osr.run_optuna(osr.prepare(load_config(cfg)), trials=4, batch=4, storage=url,
+    out = run_optuna(prepare(load_config(cfg)), trials=4, batch=4, storage=url,
                          study_name="dash-study")
     assert out.evaluated == 4
     port = free_port()

@@ -15,7 +15,9 @@ from jaxsched.config import config_snapshot, load_config
 from jaxsched.errors import JaxschedError
 from jaxsched.export.server_flags import server_config
 from jaxsched.testing import small_tuning_config
-from tuning import optuna_search as osr
+from tuning.optuna_loop import run_optuna
+from tuning.trial_states import best_trials
+from tuning.tune_job import prepare
 from tuning.export_study import export_from_study
 
 @pytest.fixture(scope="module")
@@ -26,8 +28,8 @@ def tuned(tmp_path_factory):
     cfg.write_text(small_tuning_config('batch = 4\n[[tune.constraints]]\n'
                                        'metric = "evictions_per_request"\nmax = 5.0'))
     url = f"sqlite:///{d / 'tune.db'}"
-    job = osr.prepare(load_config(cfg))
-    osr.run_optuna(job, trials=8, batch=4, storage=url, study_name="ex")
+    job = prepare(load_config(cfg))
+    run_optuna(job, trials=8, batch=4, storage=url, study_name="ex")
     return url, "ex", job, d
 
 
@@ -47,7 +49,7 @@ def test_export_load_validate_round_trip(tuned, exported):
     import optuna
 
     st = optuna.load_study(study_name=study, storage=url)
-    best = osr.best_trials(st, job.objective.with_baseline(st.user_attrs["baseline_metrics"]))[0]
+    best = best_trials(st, job.objective.with_baseline(st.user_attrs["baseline_metrics"]))[0]
     assert data["tuning"]["trial"] == best.number and data["tuning"]["sampler"] == "tpe"
     assert data["policy"] == {"name": "flow_control", "options": {},
                               "params": {"budget": best.params["budget"]}}
@@ -234,7 +236,7 @@ def test_pareto_study_needs_a_trial_number(tmp_path):
     cfg = tmp_path / "p.toml"
     cfg.write_text(small_tuning_config('batch = 4\nobjective = "pareto"'))
     url = f"sqlite:///{tmp_path / 'p.db'}"
-    out = osr.run_optuna(osr.prepare(load_config(cfg)), trials=8, batch=4, storage=url,
+    out = run_optuna(prepare(load_config(cfg)), trials=8, batch=4, storage=url,
                          study_name="par")
     if len(out.best) > 1:
         with pytest.raises(JaxschedError, match=r"is multi-objective: choose one of its "

@@ -49,16 +49,17 @@ _SCRIPT = textwrap.dedent("""
             out[name] = dict(per=res.per_workload, plan=[res.run_stats.plan.mesh,
                                                          res.run_stats.plan.window])
         # the tuners' K x W batch: 3 points of a flow_control search space, 1 vs 4 devices
-        from tuning import optuna_search as osr
+        from tuning.batch_evaluator import BatchEvaluator
+        from tuning.tune_job import prepare
         tcfg = load_config(DEFAULT_CONFIG, ["workload.num_workloads=6", "workload.horizon=40",
                                             "workload.warmup=5", "system.max_batch=16",
                                             "system.queue_size=8", "system.capacity=600",
                                             "policy.name=flow_control"])
         for n in (1, 4):
-            job = osr.prepare(tcfg)
+            job = prepare(tcfg)
             job = dataclasses.replace(job, settings=job.settings.model_copy(
                 update={"devices": n}))
-            ev = osr.BatchEvaluator(job, 3)
+            ev = BatchEvaluator(job, 3)
             u = len(job.space.names)
             pts = [job.space.point_from_unit(np.full(u, f)) for f in (0.2, 0.5, 0.9)]
             out[f"tune{n}"] = dict(per=ev.evaluate_per_workload(pts), devices=ev.num_devices)

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from jaxsched.cli import _register_commands, app
 from jaxsched.config import load_config
 from jaxsched.errors import JaxschedError
-from tuning import optuna_search as osr
+from tuning.batch_evaluator import BatchEvaluator
+from tuning.tune_job import prepare
 from tuning.gradient_search import gradient_settings, run_gradient
 from tuning.settings import tune_settings
 
@@ -35,7 +36,7 @@ def _config(tmp_path, horizon=400, steps=25, small=False):
 
 
 def _job(cfg):
-    return osr.prepare(cfg, tune_settings(cfg.tune, cfg.source))
+    return prepare(cfg, tune_settings(cfg.tune, cfg.source))
 
 
 def test_settings_are_validated_with_one_line_errors():
@@ -54,7 +55,7 @@ def test_gradient_search_improves_and_ends_within_2pct_of_a_fine_grid(tmp_path):
 
     (dim,) = job.space.dims
     grid = np.exp(np.linspace(math.log(dim.low), math.log(dim.high), 96))
-    ev = osr.BatchEvaluator(job, len(grid))
+    ev = BatchEvaluator(job, len(grid))
     results = ev.evaluate([{dim.name: float(b)} for b in grid])
     grid_scores = np.array([out.objective.score(r) for r in results])
     best_grid = float(np.max(grid_scores))

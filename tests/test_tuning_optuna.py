@@ -21,7 +21,12 @@ from jaxsched.cli import main
 from jaxsched.config import load_config
 from jaxsched.errors import JaxschedError
 from jaxsched.testing import small_tuning_config
-from tuning import optuna_search as osr
+from tuning.batch_evaluator import BatchEvaluator
+from tuning.optuna_loop import run_optuna
+from tuning.study_plots import save_plots
+from tuning.study_storage import META_KEY
+from tuning.tune_bench import bench_tune
+from tuning.tune_job import prepare
 
 def write_config(tmp_path: Path, tune: str = "", horizon: int = 120, workloads: int = 3,
                  name: str = "small.toml", policy: str = "flow_control") -> Path:
@@ -45,9 +50,9 @@ def trials_of(url: str, study: str):
 
 def test_batched_evaluation_equals_one_at_a_time(tmp_path):
     cfg = load_config(write_config(tmp_path))
-    job = osr.prepare(cfg)
-    big = osr.BatchEvaluator(job, 4)
-    one = osr.BatchEvaluator(job, 1, big.keys, big.workloads)
+    job = prepare(cfg)
+    big = BatchEvaluator(job, 4)
+    one = BatchEvaluator(job, 1, big.keys, big.workloads)
     points = [{"budget": b} for b in (0.5, 1.0, 2.5, 4.0)]
     batched = big.evaluate_per_workload(points)
     assert batched["latency_p95"].shape == (4, 3)
@@ -80,8 +85,8 @@ def test_batched_evaluation_equals_one_at_a_time(tmp_path):
 def test_sqlite_study_survives_and_resumes(tmp_path):
     url = sqlite(tmp_path)
     cfg = load_config(write_config(tmp_path))
-    job = osr.prepare(cfg)
-    out = osr.run_optuna(job, trials=6, batch=4, storage=url, study_name="s")
+    job = prepare(cfg)
+    out = run_optuna(job, trials=6, batch=4, storage=url, study_name="s")
     assert out.evaluated == 6 and len(out.told) == 6 and out.batches == 2
     trials = trials_of(url, "s")
     assert [t.number for t in trials] == list(range(6))
@@ -93,14 +98,14 @@ def test_sqlite_study_survives_and_resumes(tmp_path):
         assert set(t.user_attrs["metrics"]) >= {"completed_per_time", "latency_p95",
                                                 "evictions_per_request"}
         assert t.user_attrs["worker"].count(":") == 2
-    meta = optuna.load_study(study_name="s", storage=url).user_attrs[osr.META_KEY]
+    meta = optuna.load_study(study_name="s", storage=url).user_attrs[META_KEY]
     assert meta["fingerprint"] == job.fingerprint and meta["config"]["policy"]["name"] == "flow_control"
 
     # rerunning continues the study: the same target does nothing, a larger one adds trials
-    again = osr.run_optuna(osr.prepare(load_config(write_config(tmp_path))), trials=6, batch=4,
+    again = run_optuna(prepare(load_config(write_config(tmp_path))), trials=6, batch=4,
                            storage=url, study_name="s")
     assert again.told == [] and again.evaluated == 6
-    more = osr.run_optuna(job, trials=9, batch=4, storage=url, study_name="s")
+    more = run_optuna(job, trials=9, batch=4, storage=url, study_name="s")
     assert more.told == [6, 7, 8] and more.evaluated == 9
     before = {t.number: t.values for t in trials}
     after = {t.number: t.values for t in trials_of(url, "s")}
@@ -108,20 +113,20 @@ def test_sqlite_study_survives_and_resumes(tmp_path):
     assert out.best and out.best[0].values[0] >= 0.5
 
     # a different setup on the same study is refused
-    other = osr.prepare(load_config(write_config(tmp_path, 'weights = { completed_per_time = 1.0 }',
+    other = prepare(load_config(write_config(tmp_path, 'weights = { completed_per_time = 1.0 }',
                                                  name="other.toml")))
     with pytest.raises(JaxschedError, match="was created for another setup"):
-        osr.run_optuna(other, trials=9, batch=4, storage=url, study_name="s")
+        run_optuna(other, trials=9, batch=4, storage=url, study_name="s")
 
 
 def test_nonfinite_metrics_fail_the_trial_with_a_reason(tmp_path):
     url = sqlite(tmp_path)
-    job = osr.prepare(load_config(write_config(
+    job = prepare(load_config(write_config(
         tmp_path, "[tune.space.budget]\nlow = 0.0\nhigh = 4.0")))
-    osr.run_optuna(job, trials=1, batch=4, storage=url, study_name="nan")
+    run_optuna(job, trials=1, batch=4, storage=url, study_name="nan")
     study = optuna.load_study(study_name="nan", storage=url)
     study.enqueue_trial({"budget": 0.0})  # admits nothing: no latency at all
-    out = osr.run_optuna(job, trials=3, batch=4, storage=url, study_name="nan")
+    out = run_optuna(job, trials=3, batch=4, storage=url, study_name="nan")
     bad = trials_of(url, "nan")[1]
     assert bad.params == {"budget": 0.0} and bad.state == TrialState.FAIL
     assert bad.user_attrs["fail_reason"] == "non-finite metrics: latency_p95=nan"
@@ -137,9 +142,9 @@ sampler = "nsga2"
 metric = "evictions_per_request"
 max = 0.05
 """
-    job = osr.prepare(load_config(write_config(tmp_path, tune)))
+    job = prepare(load_config(write_config(tmp_path, tune)))
     assert job.objective.directions == ("maximize", "minimize")
-    out = osr.run_optuna(job, trials=12, batch=4, storage=url, study_name="p")
+    out = run_optuna(job, trials=12, batch=4, storage=url, study_name="p")
     trials = trials_of(url, "p")
     assert all(t.state == TrialState.COMPLETE for t in trials)
     name = "evictions_per_request<=0.05"
@@ -153,7 +158,7 @@ max = 0.05
             assert not (u.values[0] >= t.values[0] and u.values[1] <= t.values[1]
                         and tuple(u.values) != tuple(t.values))
     study = optuna.load_study(study_name="p", storage=url)
-    paths, notes = osr.save_plots(study, out.objective, tmp_path / "plots")
+    paths, notes = save_plots(study, out.objective, tmp_path / "plots")
     names = {Path(p).name for p in paths}
     assert {"pareto_front.png", "optimization_history_completed_per_time.png"} <= names, notes
     for p in paths:
@@ -162,9 +167,9 @@ max = 0.05
 
 @pytest.mark.parametrize("sampler", ["cmaes", "random"])
 def test_other_samplers(tmp_path, sampler):
-    job = osr.prepare(load_config(write_config(tmp_path, policy="flow_control_known")))
+    job = prepare(load_config(write_config(tmp_path, policy="flow_control_known")))
     assert [d.name for d in job.space.dims] == ["budget[0]", "budget[1]"]
-    out = osr.run_optuna(job, trials=5, batch=4, storage=sqlite(tmp_path), study_name=sampler,
+    out = run_optuna(job, trials=5, batch=4, storage=sqlite(tmp_path), study_name=sampler,
                          sampler=sampler)
     assert out.evaluated == 5 and out.sampler == sampler
 
@@ -284,7 +289,23 @@ def test_sigkill_mid_batch_loses_no_trial_and_resume_fails_the_interrupted(tmp_p
 
 def test_bench_tune_measures_both_ways(tmp_path):
     cfg = load_config(write_config(tmp_path))
-    r = osr.bench_tune(cfg, trials=8, batch=4)
+    r = bench_tune(cfg, trials=8, batch=4)
     assert r.max_relative_difference < 1e-6
     assert r.batched_seconds > 0 and r.single_seconds > 0
     assert math.isclose(r.speedup, r.single_seconds / r.batched_seconds)
+
+
+def test_bench_tune_reports_the_target_size_measured_or_projected(tmp_path):
+    cfg = load_config(write_config(tmp_path))  # 3 workloads x 120 iterations
+    r = bench_tune(cfg, trials=4, batch=4, single=False, target=(8, 6, 120))
+    assert r.single_seconds is None and r.speedup is None and r.projected
+    assert math.isclose(r.target_seconds, r.batched_compile_seconds + 4 * r.batched_seconds)
+    same = bench_tune(cfg, trials=4, batch=4, single=False, target=(4, 3, 120))
+    assert not same.projected
+    assert math.isclose(same.target_seconds, same.batched_compile_seconds + same.batched_seconds)
+
+
+def test_bench_tune_size_must_be_three_integers(capsys):
+    assert main(["bench", "tune", "--size", "200x64"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: --size '200x64': expected TRIALSxWORKLOADSxITERATIONS, e.g. 200x64x2000"

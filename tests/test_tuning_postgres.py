@@ -20,7 +20,10 @@ from optuna.trial import TrialState
 
 from jaxsched.config import load_config
 from jaxsched.testing import small_tuning_config
-from tuning import optuna_search as osr
+from tuning.optuna_loop import run_optuna
+from tuning.study_storage import load_study, open_storage
+from tuning.trial_states import BASELINE_ATTR, evaluated_count
+from tuning.tune_job import prepare
 
 URL = os.environ.get("JAXSCHED_TEST_POSTGRES_URL")
 pytestmark = pytest.mark.skipif(
@@ -38,18 +41,18 @@ def write_config(tmp_path: Path, horizon=120, workloads=3) -> Path:
 
 def test_postgres_storage_and_resume(tmp_path):
     name = f"pg-{uuid.uuid4().hex[:8]}"
-    job = osr.prepare(load_config(write_config(tmp_path)))
-    out = osr.run_optuna(job, trials=6, batch=4, storage=URL, study_name=name)
+    job = prepare(load_config(write_config(tmp_path)))
+    out = run_optuna(job, trials=6, batch=4, storage=URL, study_name=name)
     assert out.evaluated == 6 and out.storage.startswith("postgresql+psycopg://postgres@127.0.0.1")
-    more = osr.run_optuna(job, trials=9, batch=4, storage=URL, study_name=name)
+    more = run_optuna(job, trials=9, batch=4, storage=URL, study_name=name)
     assert more.told == [6, 7, 8]
-    storage = osr.open_storage(URL)
+    storage = open_storage(URL)
     trials = optuna.load_study(study_name=name, storage=storage).get_trials()
     assert [t.number for t in trials] == list(range(9))
     assert all(t.state == TrialState.COMPLETE for t in trials)
     # a plain postgresql:// URL works too (psycopg 3 picked when psycopg2 is absent)
     plain = URL.replace("postgresql+psycopg://", "postgresql://")
-    assert osr.evaluated_count(osr.load_study(osr.open_storage(plain), name)) == 9
+    assert evaluated_count(load_study(open_storage(plain), name)) == 9
 
 
 def test_two_workers_share_one_study_and_every_trial_lands_once(tmp_path):
@@ -75,7 +78,7 @@ def test_two_workers_share_one_study_and_every_trial_lands_once(tmp_path):
         outs.append(json.loads(stdout))
     told = [set(o["told"]) for o in outs]
     assert not told[0] & told[1], "no trial told by both workers"
-    study = optuna.load_study(study_name=name, storage=osr.open_storage(URL))
+    study = optuna.load_study(study_name=name, storage=open_storage(URL))
     trials = study.get_trials()
     numbers = [t.number for t in trials]
     assert sorted(numbers) == list(range(len(trials)))
@@ -89,8 +92,8 @@ def test_two_workers_share_one_study_and_every_trial_lands_once(tmp_path):
             assert t.state == TrialState.FAIL and not t.params
             assert t.user_attrs["fail_reason"].startswith("surplus: ")
     # the config's own point, evaluated once, by whichever worker claimed it
-    baselines = [t for t in trials if t.user_attrs.get(osr.BASELINE_ATTR)]
-    job = osr.prepare(load_config(cfg))
+    baselines = [t for t in trials if t.user_attrs.get(BASELINE_ATTR)]
+    job = prepare(load_config(cfg))
     assert len(baselines) == 1 and baselines[0].state == TrialState.COMPLETE
     assert baselines[0].params == job.space.default_point()
     workers = {t.user_attrs["worker"] for t in complete}

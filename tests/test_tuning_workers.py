@@ -17,7 +17,11 @@ from optuna.trial import TrialState
 
 from jaxsched.config import load_config
 from jaxsched.testing import small_tuning_config
-from tuning import optuna_search as osr
+from tuning.optuna_loop import run_optuna
+from tuning.study_storage import open_storage, open_study
+from tuning.trial_states import BASELINE_ATTR
+from tuning.tune_job import prepare
+from tuning.worker_liveness import Heartbeat, fail_trial, start_trial, surplus
 
 ENTRY = "import sys; from jaxsched.cli import main; sys.exit(main(sys.argv[1:]))"
 
@@ -41,7 +45,7 @@ def check_study(trials, target: int, default: dict) -> None:
     point; every other failed trial a surplus one (never sampled)."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == target, [(t.number, t.state) for t in trials]
-    baselines = [t for t in trials if t.user_attrs.get(osr.BASELINE_ATTR)]
+    baselines = [t for t in trials if t.user_attrs.get(BASELINE_ATTR)]
     assert len(baselines) == 1 and baselines[0].state == TrialState.COMPLETE
     assert baselines[0].params == default
     for t in trials:
@@ -57,14 +61,14 @@ def test_nan_baseline_falls_back_to_scale_one_and_the_study_resumes(tmp_path):
     url = f"sqlite:///{tmp_path / 'nan.db'}"
     sets = ["tune.space.budget.low=0", "tune.space.budget.high=1e-6",
             "tune.weights.latency_p95=0.5"]
-    job = osr.prepare(load_config(write_config(tmp_path), sets))
-    out = osr.run_optuna(job, trials=6, batch=4, storage=url, study_name="nan")
+    job = prepare(load_config(write_config(tmp_path), sets))
+    out = run_optuna(job, trials=6, batch=4, storage=url, study_name="nan")
     assert out.evaluated == 6 and out.baseline == 0
     assert "latency_p95" in out.baseline_fallback
     assert all(t.scale == 1.0 for t in out.objective.terms if t.metric in out.baseline_fallback)
     stored = optuna.load_study(study_name="nan", storage=url).user_attrs["baseline_metrics"]
     assert stored["latency_p95"] is None  # NaN, as JSON stores it
-    again = osr.run_optuna(osr.prepare(load_config(write_config(tmp_path), sets)), trials=9,
+    again = run_optuna(prepare(load_config(write_config(tmp_path), sets)), trials=9,
                            batch=4, storage=url, study_name="nan")
     assert again.told == [6, 7, 8] and again.evaluated == 9
 
@@ -92,7 +96,7 @@ def test_two_workers_meet_the_target_exactly_and_evaluate_the_baseline_once(tmp_
     assert max(o["evaluated"] for o in outs) == target  # the last to finish sees all
     assert {o["baseline_trial"] for o in outs} <= {0, None}
     trials = optuna.load_study(study_name="two", storage=url).get_trials()
-    job = osr.prepare(load_config(cfg))
+    job = prepare(load_config(cfg))
     check_study(trials, target, job.space.default_point())
     assert told[0] | told[1] == {t.number for t in trials if t.state == TrialState.COMPLETE}
 
@@ -115,7 +119,7 @@ def _kill_during_baseline(cmd, tmp_path, url, study: str) -> bool:
                     time.sleep(0.05)
                     continue
             ts = storage.get_all_trials(study_id, deepcopy=False)
-            base = [t for t in ts if t.user_attrs.get(osr.BASELINE_ATTR)]
+            base = [t for t in ts if t.user_attrs.get(BASELINE_ATTR)]
             if base and base[0].state == TrialState.RUNNING and "worker" in base[0].user_attrs:
                 os.kill(proc.pid, signal.SIGKILL)
                 killed = True
@@ -150,9 +154,9 @@ def test_a_worker_killed_during_the_baseline_trial_leaves_it_to_the_next(tmp_pat
     assert interrupted and all(t.user_attrs["fail_reason"].startswith("interrupted: worker ")
                                for t in interrupted)
     assert sorted(out["interrupted"]) == sorted(t.number for t in interrupted)
-    redone = [t for t in trials if t.user_attrs.get(osr.BASELINE_ATTR)
+    redone = [t for t in trials if t.user_attrs.get(BASELINE_ATTR)
               and t.state == TrialState.COMPLETE]
-    default = osr.prepare(load_config(cfg)).space.default_point()
+    default = prepare(load_config(cfg)).space.default_point()
     assert len(redone) == 1 and redone[0].params == default
     assert out["baseline_trial"] == redone[0].number
     assert out["evaluated"] == 10
@@ -163,30 +167,30 @@ def test_trials_beyond_the_target_are_found_by_their_numbers(tmp_path):
     """The rule the workers apply after creating trials: a trial is surplus when at least
     ``target`` live trials (evaluated, running or waiting) have a smaller number; the
     baseline waits in the queue from the study's creation and is claimed first."""
-    store = osr.open_storage(f"sqlite:///{tmp_path / 'rank.db'}")
-    job = osr.prepare(load_config(write_config(tmp_path)))
-    study = osr._open_study(job, store, "rank", None, baseline=True)
+    store = open_storage(f"sqlite:///{tmp_path / 'rank.db'}")
+    job = prepare(load_config(write_config(tmp_path)))
+    study = open_study(job, store, "rank", None, baseline=True)
     (waiting,) = study.get_trials(states=(TrialState.WAITING,))
-    assert waiting.user_attrs[osr.BASELINE_ATTR] and waiting.number == 0
-    hb = osr._Heartbeat(store)  # not started: its beats are recorded directly
-    a = [osr._start_trial(study, {"worker": "a"}, hb) for _ in range(2)]
-    b = [osr._start_trial(study, {"worker": "b"}, hb) for _ in range(2)]
+    assert waiting.user_attrs[BASELINE_ATTR] and waiting.number == 0
+    hb = Heartbeat(store)  # not started: its beats are recorded directly
+    a = [start_trial(study, {"worker": "a"}, hb) for _ in range(2)]
+    b = [start_trial(study, {"worker": "b"}, hb) for _ in range(2)]
     assert [claimed for _, claimed in a + b] == [True, False, False, False]
     ids = [i for i, _ in a + b]  # trials 0 (the baseline), 1, 2, 3
-    assert osr._surplus(study, ids[1:2], target=3) == []
-    assert osr._surplus(study, ids[2:], target=3) == [ids[3]]
-    assert osr._surplus(study, ids[2:], target=4) == []
+    assert surplus(study, ids[1:2], target=3) == []
+    assert surplus(study, ids[2:], target=3) == [ids[3]]
+    assert surplus(study, ids[2:], target=4) == []
     # the baseline's trial fails unevaluated: it is enqueued again (trial 4), once, and
     # holds its place: a trial created after it counts it
-    assert osr._fail_trial(study, store.get_trial(ids[0]), "interrupted: worker a exited")
-    assert not osr._fail_trial(study, store.get_trial(ids[0]), "again")
+    assert fail_trial(study, store.get_trial(ids[0]), "interrupted: worker a exited")
+    assert not fail_trial(study, store.get_trial(ids[0]), "again")
     requeued = study.get_trials(states=(TrialState.WAITING,))
-    assert [t.number for t in requeued] == [4] and requeued[0].user_attrs[osr.BASELINE_ATTR]
+    assert [t.number for t in requeued] == [4] and requeued[0].user_attrs[BASELINE_ATTR]
     assert requeued[0].system_attrs["fixed_params"] == job.space.default_point()
-    assert osr._surplus(study, ids[1:], target=3) == []  # 1, 2, 3: trial 0 left its place
-    again, claimed = osr._start_trial(study, {"worker": "c"}, hb)  # claimed before creating
+    assert surplus(study, ids[1:], target=3) == []  # 1, 2, 3: trial 0 left its place
+    again, claimed = start_trial(study, {"worker": "c"}, hb)  # claimed before creating
     assert claimed and store.get_trial_number_from_id(again) == 4
-    late, claimed = osr._start_trial(study, {"worker": "c"}, hb)
+    late, claimed = start_trial(study, {"worker": "c"}, hb)
     assert not claimed and store.get_trial_number_from_id(late) == 5
-    assert osr._surplus(study, [late], target=4) == [late]
-    assert osr._surplus(study, [late], target=5) == []
+    assert surplus(study, [late], target=4) == [late]
+    assert surplus(study, [late], target=5) == []

@@ -1,5 +1,5 @@
-"""A tuned study's trial as a policy file: the bridge from :mod:`tuning.optuna_search`'s
-storage to :mod:`jaxsched.export.policy_file`'s file format.
+"""A tuned study's trial as a policy file: the bridge from :mod:`tuning.study_storage`'s
+studies to :mod:`jaxsched.export.policy_file`'s file format.
 
 It lives in ``tuning`` because it reads studies (Optuna, the tuner's objective and search
 space); ``jaxsched`` itself never imports ``tuning`` (only ``jaxsched.cli`` does).
@@ -11,9 +11,10 @@ from optuna.trial import TrialState
 
 from jaxsched.errors import JaxschedError
 from jaxsched.export.policy_file import PolicyFile, policy_document
-from tuning import optuna_search as osr
 from tuning.objectives import Objective
 from tuning.search_space import SearchSpace
+from tuning.study_storage import load_study, open_storage, redact_url, study_meta
+from tuning.trial_states import best_trials, evaluated_count
 
 __all__ = ["export_from_study"]
 
@@ -21,9 +22,9 @@ __all__ = ["export_from_study"]
 def export_from_study(storage: str | None, study_name: str, trial: int | None = None) -> PolicyFile:
     """The policy file of a tuned trial: ``trial`` (a number), else the study's best feasible
     trial (a multi-objective study needs ``trial``: one of its Pareto set)."""
-    store = osr.open_storage(storage)
-    study = osr.load_study(store, study_name)
-    meta = osr.study_meta(study)
+    store = open_storage(storage)
+    study = load_study(store, study_name)
+    meta = study_meta(study)
     if meta is None:
         raise JaxschedError(f"--study {study_name!r}: was not created by jaxsched tune")
     objective = Objective.from_dict(meta["objective"])
@@ -32,7 +33,7 @@ def export_from_study(storage: str | None, study_name: str, trial: int | None = 
         objective = objective.with_baseline(baseline)
     trials = study.get_trials(deepcopy=False)
     if trial is None:
-        best = osr.best_trials(study, objective)
+        best = best_trials(study, objective)
         if not best:
             raise JaxschedError(f"--study {study_name!r}: no complete feasible trial yet")
         if len(best) > 1 or objective.kind == "pareto":
@@ -68,8 +69,8 @@ def export_from_study(storage: str | None, study_name: str, trial: int | None = 
         "sampler": chosen.user_attrs.get("sampler"),
         "study": study_name,
         "trial": chosen.number,
-        "storage": osr.redact_url(store.url),
-        "evaluated_trials": osr.evaluated_count(study),
+        "storage": redact_url(store.url),
+        "evaluated_trials": evaluated_count(study),
     }
     return policy_document(meta["config"], params, metrics, source=meta["source"],
                            hardware=meta.get("hardware"), fingerprint=meta["workload_fingerprint"],

@@ -4,11 +4,12 @@
 compiles the tuner's own descent step (``gradient_search._compile_update``: the relaxed
 loss's gradient over ``restarts`` points x the config's workloads, an optax update) and
 prints XLA's buffer assignment of it (``compiled.memory_analysis()``: arguments, outputs,
-temporaries), the compile time and, with ``--time``, the wall time of one step and the
-process's peak resident memory. ``--remat S``: segments of S iterations under
-:func:`jax.checkpoint` (:func:`jaxsched.core.rollout.advance`; 0: the plain scan; default: the
-config's ``[tune.gradient] remat``, else :func:`tuning.gradient_search.remat_segment`). The seed-001 mix of the README: ``configs/flow-control.toml``
-with ``workload.kind=saturated``, ``policy.name=flow_control``, 8 workloads.
+temporaries; ``peak_bytes`` is their sum), the compile time and, with ``--time``, the wall
+time of one step and the process's peak resident memory. ``--remat S``: leaf segments of S
+iterations in :mod:`tuning.nested_remat`'s two-level layout (0: the plain scan; default: the
+config's ``[tune.gradient] remat``, else :func:`tuning.gradient_search.remat_segment`). The
+seed-001 mix of the README: ``configs/flow-control.toml`` with ``workload.kind=saturated``,
+``policy.name=flow_control``, 8 workloads.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import jax.numpy as jnp
 
 from jaxsched import api
 from jaxsched.config import load_config
-from tuning import optuna_search as osr
+from tuning.tune_job import prepare
 from tuning.gradient_search import (_compile_update, _initial_points, _optimizer,
                                     gradient_settings, remat_segment)
+from tuning.nested_remat import balanced_plan
 from tuning.settings import tune_settings
 
 __all__ = ["measure", "main"]
@@ -35,7 +37,7 @@ __all__ = ["measure", "main"]
 
 def measure(cfg, remat: int | None = None, run: bool = False) -> dict:
     """Figures of one compiled descent step of the config's gradient tuner (see module)."""
-    job = osr.prepare(cfg, tune_settings(cfg.tune, cfg.source))
+    job = prepare(cfg, tune_settings(cfg.tune, cfg.source))
     gs = gradient_settings(job.settings.gradient, cfg.source)
     if remat is not None:
         gs = gs.model_copy(update={"remat": remat})
@@ -51,15 +53,17 @@ def measure(cfg, remat: int | None = None, run: bool = False) -> dict:
     state = {"u": u, "opt_state": opt.init(u)}
     t0 = time.perf_counter()
     compiled = _compile_update(job, objective, gs, keys, workloads, opt, state)
+    leaf = gs.remat if gs.remat is not None else remat_segment(exp.shape.horizon)
     out = {"horizon": cfg.workload.horizon, "max_batch": cfg.system.max_batch,
            "workloads": cfg.workload.num_workloads, "restarts": gs.restarts,
            "requests_per_workload": exp.num_requests,
-           "remat": gs.remat if gs.remat is not None else remat_segment(
-               exp.shape.horizon, exp.num_requests, exp.shape.max_batch),
+           "remat": leaf,
+           "plan": dataclasses.asdict(balanced_plan(exp.shape.horizon, leaf)) if leaf else None,
            "compile_s": round(time.perf_counter() - t0, 1)}
     ma = compiled.memory_analysis()
     out.update(argument_bytes=int(ma.argument_size_in_bytes),
                output_bytes=int(ma.output_size_in_bytes), temp_bytes=int(ma.temp_size_in_bytes))
+    out["peak_bytes"] = out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"]
     if run:
         t0 = time.perf_counter()
         jax.block_until_ready(compiled(state["u"], state["opt_state"], jnp.float32(1.0)))

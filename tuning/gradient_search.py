@@ -40,17 +40,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from jaxsched.config import format_validation
+from jaxsched.core.metrics import jsonable
 from jaxsched.errors import JaxschedError
+from tuning.batch_evaluator import BatchEvaluator
+from tuning.nested_remat import DEFAULT_LEAF, balanced_plan, compiled_relaxed_simulator
 from tuning.objectives import Objective, add_derived, aggregate, measured_time
-from tuning.optuna_search import (
-    BatchEvaluator,
-    TuneJob,
-    _jsonable,
-    _open_study,
-    _worker_id,
-    open_storage,
-    redact_url,
-)
+from tuning.study_storage import open_storage, open_study, redact_url
+from tuning.tune_bench import bench_loop
+from tuning.tune_job import TuneJob, prepare
+from tuning.worker_liveness import worker_id
 
 __all__ = [
     "GradientSettings",
@@ -84,9 +82,10 @@ class GradientSettings(BaseModel):
     checkpoint_every: int = Field(10, ge=1, description="steps between orbax checkpoints")
     candidates: int = Field(8, ge=1, description="last iterates of each restart evaluated in "
                                                  "the hard simulator")
-    remat: int | None = Field(None, ge=0, description="iterations per segment of the relaxed "
-                              "scan recomputed in the backward pass (jax.checkpoint; 0: keep "
-                              "every iteration's residuals; default: remat_segment)")
+    remat: int | None = Field(None, ge=0, description="iterations per leaf segment of the "
+                              "relaxed scan recomputed in the backward pass (two-level "
+                              "jax.checkpoint, tuning.nested_remat; 0: keep every iteration's "
+                              "residuals; default: remat_segment)")
 
 
 def gradient_settings(raw: Mapping[str, Any] | None, source: str = "<config>") -> GradientSettings:
@@ -100,20 +99,12 @@ def gradient_settings(raw: Mapping[str, Any] | None, source: str = "<config>") -
 # ------------------------------------------------------------------------------------------
 # The relaxed objective.
 
-_RESIDUAL_BYTES_PER_SLOT = 27
-"""Bytes reverse mode keeps per slot and iteration of the relaxed step (XLA's buffer
-assignment of the descent step, 1024 slots, 1000 iterations, plain scan: 1.75 GB / 64 rollouts;
-README, Benchmarks)."""
-
-
-def remat_segment(horizon: int, num_requests: int, max_batch: int) -> int:
-    """Iterations per rematerialized segment: ``S = sqrt(H c / r)`` minimizes the backward
-    pass's ``(H / S) c + S r``, with ``c`` a carry's bytes (6 per request: taken, kept,
-    first_done; 36 per slot) and ``r`` one iteration's residuals (27 per slot)."""
-    c = 6 * num_requests + 36 * max_batch
-    r = _RESIDUAL_BYTES_PER_SLOT * max_batch
-    return int(min(horizon, max(1, round(math.sqrt(horizon * c / r)))))
-
+def remat_segment(horizon: int) -> int:
+    """Iterations per leaf segment by default: a fixed chunk
+    (:data:`tuning.nested_remat.DEFAULT_LEAF`), so that the backward pass's memory is that
+    chunk's residuals plus a few compact carries, whatever the horizon
+    (:mod:`tuning.nested_remat`)."""
+    return int(min(horizon, DEFAULT_LEAF))
 
 
 class RelaxedObjective:
@@ -126,8 +117,6 @@ class RelaxedObjective:
         import jax
         import jax.numpy as jnp
 
-        from jaxsched.core.rollout import compiled_simulator
-
         exp = job.experiment
         self.job, self.objective, self.penalty = job, objective, penalty
         self.keys, self.workloads = keys, workloads
@@ -135,10 +124,11 @@ class RelaxedObjective:
         self.restarts = restarts
         self._system = jax.tree.map(lambda x: jnp.broadcast_to(x, (restarts,) + x.shape),
                                     exp.params.system)
-        seg = remat if remat is not None else remat_segment(
-            exp.shape.horizon, int(workloads.arrival.shape[-1]), exp.shape.max_batch)
-        self._fn = compiled_simulator(exp.policy, self.shape, batched_params=True,
-                                      remat=seg or None)
+        leaf = remat if remat is not None else remat_segment(exp.shape.horizon)
+        self.plan = balanced_plan(exp.shape.horizon, leaf) if leaf else None
+        # kept < output: the boundary carries hold it in the narrowest type of the longest output
+        bounds = (("kept", int(np.max(np.asarray(workloads.output), initial=0))),)
+        self._fn = compiled_relaxed_simulator(exp.policy, self.shape, self.plan, bounds)
         cfg = job.config
         self._time = (cfg.workload.horizon, cfg.workload.warmup, float(cfg.d0),
                       max(cfg.d1_prefill, cfg.d1_context))
@@ -202,7 +192,7 @@ class GradientOutcome:
             "study": self.study_name,
             "storage": self.storage,
             "best": {"point": self.best_point, "score": self.scores[self.best_index],
-                     "metrics": {k: _jsonable(v) for k, v in self.results[self.best_index].items()}},
+                     "metrics": {k: jsonable(v) for k, v in self.results[self.best_index].items()}},
             "baseline_score": self.baseline_score,
             "scores": self.scores,
             "points": self.points,
@@ -447,9 +437,9 @@ def record_trials(job: TuneJob, store, name: str, objective: Objective, baseline
     import optuna
     from optuna.trial import TrialState
 
-    study = _open_study(job, store, name, None)
+    study = open_study(job, store, name, None)
     if study.user_attrs.get("baseline_metrics") is None:
-        study.set_user_attr("baseline_metrics", {k: _jsonable(v) for k, v in baseline.items()})
+        study.set_user_attr("baseline_metrics", {k: jsonable(v) for k, v in baseline.items()})
     run_id = json.dumps({"settings": gs.model_dump(), "seed": seed}, sort_keys=True)
     existing = [t.number for t in study.get_trials(deepcopy=False)
                 if t.user_attrs.get("gradient_run") == run_id]
@@ -457,9 +447,9 @@ def record_trials(job: TuneJob, store, name: str, objective: Objective, baseline
         return existing
     dists = job.space.distributions()
     numbers = []
-    worker = _worker_id()
+    worker = worker_id()
     for i, (point, metrics) in enumerate(zip(points, results)):
-        attrs = {"metrics": {k: _jsonable(v) for k, v in metrics.items()}, "worker": worker,
+        attrs = {"metrics": {k: jsonable(v) for k, v in metrics.items()}, "worker": worker,
                  "sampler": "gradient", "gradient_run": run_id, "restart": i}
         reason = objective.nonfinite_reason(metrics)
         if reason is not None:
@@ -519,8 +509,6 @@ def tune_command(cfg, settings, *, trials=None, storage=None, study=None, seed=N
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from tuning import optuna_search as osr
-
     gs = gradient_settings(settings.gradient, cfg.source)
     update = {}
     if steps is not None:
@@ -530,7 +518,7 @@ def tune_command(cfg, settings, *, trials=None, storage=None, study=None, seed=N
     if update:
         gs = gs.model_copy(update=update)
     seed = settings.seed if seed is None else seed
-    job = osr.prepare(cfg, settings, num_workloads=workloads)
+    job = prepare(cfg, settings, num_workloads=workloads)
     name = study or settings.study or f"{job.default_study_name}-gradient"
     ckpt = checkpoint_dir if checkpoint_dir is not None else Path("out") / "tune" / name / "checkpoints"
     err = Console(stderr=True)
@@ -616,15 +604,13 @@ def bench_gradient_vs_optuna(cfg, *, optuna_trials: int = 64, batch: int = 16,
     """Wall time (compilation excluded, reported apart) for each tuner to first reach
     ``target`` in the hard simulator on the same config, workloads and objective.
 
-    Optuna: batched ask/simulate/tell (:class:`tuning.optuna_search.BatchEvaluator`), the best
+    Optuna: batched ask/simulate/tell (:class:`tuning.batch_evaluator.BatchEvaluator`), the best
     value after every batch. Gradient: the descent's time up to step s plus the hard
     evaluation a run of s steps ends with (its last ``candidates`` iterates, one timed call
     each); the best hard value of the iterates up to step s. ``target`` defaults to the best
     value either reached, less 2% of its magnitude.
     """
     import jax
-
-    from tuning.optuna_search import _bench_loop, prepare
 
     say = progress or (lambda msg: None)
     job = prepare(cfg, num_workloads=num_workloads)
@@ -660,7 +646,7 @@ def bench_gradient_vs_optuna(cfg, *, optuna_trials: int = 64, batch: int = 16,
         curve.append((seconds, done, best))
 
     sampler_name = sampler or job.settings.resolved_sampler
-    _bench_loop(job, ev, optuna_trials, sampler_name, seed, objective=objective,
+    bench_loop(job, ev, optuna_trials, sampler_name, seed, objective=objective,
                 on_batch=track)
     obest = curve[-1][2] if curve else -math.inf
 

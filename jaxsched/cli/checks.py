@@ -72,7 +72,7 @@ def check_output_dir(path: Path | None, flag: str) -> None:
 def check_existing_sqlite(storage: str | None, flag: str = "--storage") -> None:
     """A SQLite storage that is read (not created) must exist: a typo would make an empty one."""
     if storage is None:
-        from tuning.optuna_search import DEFAULT_STORAGE
+        from tuning.study_storage import DEFAULT_STORAGE
 
         storage = DEFAULT_STORAGE
     s = str(storage)

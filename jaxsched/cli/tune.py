@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -124,10 +125,12 @@ def _tune_optuna(cfg, settings, err, *, trials, batch, storage, study, sampler, 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from jaxsched.cli.tables import print_table
-    from tuning import optuna_search as osr
+    from tuning.optuna_loop import run_optuna
+    from tuning.study_storage import load_study, open_storage
+    from tuning.tune_job import prepare
 
-    job = osr.prepare(cfg, settings, objective_kind=objective, num_workloads=workloads)
-    store = osr.open_storage(storage or settings.storage)
+    job = prepare(cfg, settings, objective_kind=objective, num_workloads=workloads)
+    store = open_storage(storage or settings.storage)
     target = trials or settings.trials
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[best]}"), TextColumn("{task.fields[rate]}"),
@@ -151,14 +154,16 @@ def _tune_optuna(cfg, settings, err, *, trials, batch, storage, study, sampler, 
                        rate=f"{p.trials_per_second:.2f} trials/s evaluating",
                        description=f"tuning {job.experiment.policy.name}")
 
-        outcome = osr.run_optuna(job, trials=target, batch=batch, storage=store,
-                                 study_name=study, sampler=sampler, seed=seed,
-                                 progress=progress, status=status)
+        outcome = run_optuna(job, trials=target, batch=batch, storage=store,
+                             study_name=study, sampler=sampler, seed=seed,
+                             progress=progress, status=status)
         bar.update(task, completed=min(outcome.evaluated, target), description="done")
     if not no_plots:
-        st = osr.load_study(store, outcome.study_name)
+        from tuning.study_plots import save_plots  # matplotlib: only when drawing
+
+        st = load_study(store, outcome.study_name)
         out_dir = plots or Path("out") / "tune" / outcome.study_name
-        outcome.plots, outcome.plot_notes = osr.save_plots(st, outcome.objective, out_dir)
+        outcome.plots, outcome.plot_notes = save_plots(st, outcome.objective, out_dir)
     if as_json:
         from jaxsched.cli.tables import run_info
 
@@ -318,15 +323,26 @@ def bench_tune_command(
     steps: Optional[int] = typer.Option(None, min=1, help="--gradient: descent steps"),
     target: Optional[float] = typer.Option(None, help="--gradient: objective value to reach "
                                            "(default: the best either reached, less 2%)"),
+    single: bool = typer.Option(True, "--single/--no-single",
+                                help="also run the trials one per call (and compare the metrics)"),
+    size: str = typer.Option("200x64x2000", "--size", help="TRIALSxWORKLOADSxITERATIONS of the "
+                             "tuning run whose wall time is reported (projected from this run "
+                             "when it is smaller)"),
 ):
-    """Optuna trials/s with K trials per vmapped call vs one trial per call (or, with
-    --gradient, time to reach an objective value: gradient search vs Optuna)."""
+    """Optuna trials/s with K trials per vmapped call vs one trial per call, and the wall time
+    of a tuning run of --size (or, with --gradient, time to reach an objective value:
+    gradient search vs Optuna)."""
     from rich.console import Console
     from rich.table import Table
 
+    from jaxsched.cli.checks import parse_int_list
     from jaxsched.config import DEFAULT_CONFIG, load_config
-    from tuning.optuna_search import bench_tune
+    from tuning.tune_bench import bench_tune
 
+    run_size = parse_int_list(size.replace("x", ","), "--size")
+    if len(run_size) != 3:
+        raise JaxschedError(f"--size {size!r}: expected TRIALSxWORKLOADSxITERATIONS, "
+                            "e.g. 200x64x2000")
     err = Console(stderr=True)
     cfg = load_config(config or DEFAULT_CONFIG, set_)
     if gradient:
@@ -358,7 +374,8 @@ def bench_tune_command(
         return
     with err.status("benchmarking…") as status:
         r = bench_tune(cfg, trials=trials, batch=batch, sampler=sampler, num_workloads=workloads,
-                       progress=lambda msg: status.update(msg))
+                       progress=lambda msg: status.update(msg), single=single,
+                       target=run_size)
     if as_json:
         typer.echo(json.dumps(dataclasses.asdict(r)))
         return
@@ -367,11 +384,19 @@ def bench_tune_command(
                   title_justify="left")
     for col in ("mode", "compile s", "wall s", "trials/s", "speedup"):
         table.add_column(col, justify="right")
-    table.add_row("one at a time", f"{r.single_compile_seconds:.1f}", f"{r.single_seconds:.2f}",
-                  f"{r.single_trials_per_second:.2f}", "1.0x")
+    if r.single_seconds is not None:
+        table.add_row("one at a time", f"{r.single_compile_seconds:.1f}",
+                      f"{r.single_seconds:.2f}", f"{r.single_trials_per_second:.2f}", "1.0x")
     table.add_row(f"batched (K={r.batch})", f"{r.batched_compile_seconds:.1f}",
                   f"{r.batched_seconds:.2f}", f"{r.batched_trials_per_second:.2f}",
-                  f"{r.speedup:.1f}x")
-    table.caption = (f"same points both ways: "
-                     f"{'identical metrics' if r.identical else f'max relative difference {r.max_relative_difference:.1e}'}")
+                  "-" if r.speedup is None else f"{r.speedup:.1f}x")
+    if r.identical is not None:
+        table.caption = (f"same points both ways: "
+                         f"{'identical metrics' if r.identical else f'max relative difference {r.max_relative_difference:.1e}'}")
     Console().print(table)
+    how = "projected from this run" if r.projected else "measured"
+    Console().print(
+        f"{r.target_trials} trials x {r.target_workloads} workloads x {r.target_horizon} "
+        f"iterations (K={r.batch}): {r.target_seconds:.0f} s = {r.target_seconds / 60:.1f} min, "
+        f"{how} (compile {r.batched_compile_seconds:.1f} s included; load average "
+        f"{r.load_average[0]:g} -> {r.load_average[1]:g} on {os.cpu_count()} cores)")
