@@ -76,6 +76,7 @@ def assert_leap_exact(plain, leaping, chunk, horizon):
     number of iterations leapt over."""
     its, quiet, stepped = _moves(leaping)
     assert int(quiet.sum() + stepped.sum()) == horizon
+    assert not quiet[~stepped].any()
     k = 0
     for it, q, s in zip(its, quiet, stepped):  # the moves tile the horizon in order
         for j in range(k, k + q):
@@ -142,15 +143,16 @@ def test_golden_leaps_by_hand():
     k=1..3 quiet (A decodes, s = 1..3 < o - 1): cached 3, 4, 5, tau = 1.75, 2, 2.25, T4 = 8;
     needs [4]_4 = 4, [5]_4 = 8, [6]_4 = 8 (a block crossed and the warm-up ended in the leap).
     k=4: A's fifth token completes it: cached 6, tau = 2.5, T5 = 10.5, need [7]_4 = 8.
-    k=5..39 quiet (nothing resident or waiting): tau = 1 each, T40 = 45.5.
+    k=5..38 quiet (nothing resident or waiting), k=39 stepped (a leap stops short of the
+    end): tau = 1 each, T40 = 45.5.
     Counted from k=2: time 2 + 2.25 + 2.5 + 35 = 41.75, sum M tau = 8 (2 + 2.25 + 2.5) = 54,
     peak 8; A's latency 10.5; its first token (k=0) is before the warm-up's end.
     """
     workload = jt.make_workload([(0.0, 2, 5)], n=N)
     plain, leaping, chunk = _runs("greedy", {}, workload, GOLDEN_SYSTEM)
     its, quiet, stepped = _moves(leaping)
-    assert list(its[:3]) == [0, 4, 40] and list(quiet[:3]) == [0, 3, 35]
-    assert list(stepped[:3]) == [True, True, False] and not quiet[3:].any()
+    assert list(its[:3]) == [0, 4, 39] and list(quiet[:3]) == [0, 3, 34]
+    assert stepped[:3].all() and not stepped[3:].any() and not quiet[3:].any()
     assert_leap_exact(plain, leaping, chunk, SHAPE.horizon)
     m = {k: float(np.asarray(v)[0]) for k, v in chunk.metrics.items()}
     assert float(chunk.final_time[0]) == 45.5

@@ -66,14 +66,14 @@ _NEVER = 1 << 30
 @struct.dataclass
 class LeapRecord:
     """One move of a rollout with leaps (``shape.record_trace``): the quiet iterations leapt
-    over, then the stepped (event) iteration's record. A move that reached the run's end
-    while leaping has ``stepped`` False (its ``event`` is meaningless); the moves after the
-    end are padding (``quiet = 0``, ``stepped`` False)."""
+    over, then the stepped iteration's record (an event, or the run's last iteration: a leap
+    stops short of the end). The moves after the end are padding (``stepped`` False; their
+    other fields are meaningless)."""
 
     event: StepOutput  # the stepped iteration's record, as the one-iteration rollout's
-    iteration: jax.Array  # () int32, k of the stepped iteration (the end when not stepped)
+    iteration: jax.Array  # () int32, k of the stepped iteration
     quiet: jax.Array  # () int32, quiet iterations leapt over just before it
-    stepped: jax.Array  # () bool, an iteration was stepped after the leap
+    stepped: jax.Array  # () bool, False for the padding after the run's end
 
 
 def quiet_limit(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
@@ -152,12 +152,12 @@ def leap(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
 
 
 def _leap_and_step(policy, shape, key, workload, params, carry, end):
-    """A leap, then the event iteration's step (kept only if the leap stopped before ``end``)."""
-    carry, n = leap(policy, shape, key, workload, params, carry, end)
-    go = carry[0].iteration < end
-    stepped, out = step(policy, shape, key, workload, params, carry)
-    carry = jax.tree.map(lambda x, y: jnp.where(go, x, y), stepped, carry)
-    return carry, n, go, out
+    """A leap that stops short of ``end``, then the event iteration's step: ``(carry, n,
+    out)``. (A leap may not reach ``end`` itself, so that every move steps once and no move
+    needs masking beyond the loop's own.)"""
+    carry, n = leap(policy, shape, key, workload, params, carry, end - 1)
+    carry, out = step(policy, shape, key, workload, params, carry)
+    return carry, n, out
 
 
 def advance(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
@@ -174,9 +174,9 @@ def advance(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
         return jax.lax.while_loop(lambda c: c[0].iteration < end, body, carry), None
 
     def record(c, _):
-        c, n, go, out = _leap_and_step(policy, shape, key, workload, params, c, end)
-        rec = LeapRecord(event=out, iteration=c[0].iteration - go.astype(jnp.int32),
-                         quiet=n, stepped=go)
-        return c, rec
+        go = c[0].iteration < end
+        moved, n, out = _leap_and_step(policy, shape, key, workload, params, c, end)
+        c = jax.tree.map(lambda x, y: jnp.where(go, x, y), moved, c)
+        return c, LeapRecord(event=out, iteration=c[0].iteration - 1, quiet=n, stepped=go)
 
     return jax.lax.scan(record, carry, None, length=length)

@@ -219,6 +219,8 @@ def plan_run(shape: SimShape, num_workloads: int, bytes_per_rollout: int, device
     dp, dw = S.mesh_split(n, num_params, num_workloads)
     padded_p = None if num_params is None else S.round_up(num_params, dp)
     per_device_p = 1 if num_params is None else padded_p // dp
+    if chunk is None and shape.leap and not shape.record_trace:
+        chunk = shape.horizon  # leaping workloads wait for the busiest at each chunk's end
     c = choose_chunk(shape.horizon, chunk)
     if max_memory is None:
         budget, source = auto_budget(devices)
