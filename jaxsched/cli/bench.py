@@ -85,6 +85,8 @@ def replay(
     set_: list[str] = typer.Option([], "--set", help="override: section.key=value (after "
                                    "the benchmark's own: vllm v0, 128 slots, 1024 x 8000)"),
     repeats: int = typer.Option(1, min=1, help="runs of each, the fastest counts"),
+    moves: int = typer.Option(0, min=0, help="count the moves (leap + step) of this many "
+                              "workloads (a traced run, untimed)"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
 ):
     """A trace replay stepped one iteration at a time and with leaps over quiet iterations
@@ -99,7 +101,7 @@ def replay(
     err = Console(stderr=True)
     cfg = load_config(config or "azure-conv", list(REPLAY_SETTINGS) + list(set_))
     with err.status("benchmarking…") as status:
-        result = bench_replay(cfg, repeats, progress=lambda msg: status.update(msg))
+        result = bench_replay(cfg, repeats, moves, progress=lambda msg: status.update(msg))
     if as_json:
         typer.echo(json.dumps(dataclasses.asdict(result)))
         return
@@ -114,6 +116,10 @@ def replay(
                       f"{r.requests_per_second:,.0f}", f"{r.iterations_per_second:.3e}")
     table.caption = (f"leaping / stepping: {result.speedup:.2f}x requests per wall-second; "
                      f"metrics {'identical' if result.identical else 'DIFFER'}")
+    if result.moves_workloads:
+        table.caption += (f"\nmoves per workload over {result.moves_workloads}: mean "
+                          f"{result.moves_mean:,.0f}, max {result.moves_max:,} (of "
+                          f"{result.horizon} iterations; a batch waits for its busiest)")
     Console().print(table)
 
 

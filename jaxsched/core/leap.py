@@ -54,11 +54,11 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from jaxsched.core.model import SimShape, Workload, block_tokens, usable_capacity
-from jaxsched.core.sim import SimParams, StepOutput, admission_view, step, step_keys
-from jaxsched.policies.base import Policy
+from jaxsched.core.model import SimShape, SimState, Workload, block_tokens, usable_capacity
+from jaxsched.core.sim import SimParams, StepOutput, step, step_keys
+from jaxsched.policies.base import Policy, QueueView, SchedView, SlotView
 
-__all__ = ["LeapRecord", "quiet_limit", "leap", "advance"]
+__all__ = ["LeapRecord", "head_view", "quiet_limit", "leap", "advance"]
 
 _NEVER = 1 << 30
 
@@ -76,6 +76,31 @@ class LeapRecord:
     stepped: jax.Array  # () bool, False for the padding after the run's end
 
 
+def head_view(shape: SimShape, workload: Workload, state: SimState, system) -> SchedView:
+    """What the policy is asked about at a settled head: the residents, none new, and a
+    window holding only the oldest waiting request (``head``, if it has arrived), which is all
+    an FCFS admission decides on (it admits nothing iff it refuses that one); no window
+    search. Arrivals since the last iteration are not in it: they end the leap anyway."""
+    w, n = shape.queue_size, workload.num_requests
+    index = jnp.full((w,), jnp.minimum(state.head, n - 1), jnp.int32)
+    slots = state.slots
+    return SchedView(
+        time=state.time,
+        iteration=state.iteration,
+        capacity=usable_capacity(system.capacity, system.block_size),
+        num_waiting=state.num_waiting,
+        queue=QueueView(valid=(jnp.arange(w) == 0) & (state.head < state.arrived),
+                        prompt=workload.prompt[index], output=workload.output[index],
+                        kept=state.requests.kept[index], cls=workload.cls[index],
+                        arrival=workload.arrival[index]),
+        slots=SlotView(valid=slots.valid, prompt=slots.prompt, output=slots.output,
+                       generated=slots.generated, cached=slots.cached, cls=slots.cls,
+                       arrival=slots.arrival, is_new=jnp.zeros(slots.req.shape, bool)),
+        excess=jnp.zeros((), jnp.float32),
+        block_size=system.block_size,
+    )
+
+
 def quiet_limit(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
                 params: SimParams, carry, end) -> jax.Array:
     """The closed-form bound on the quiet iterations from the carry's: 0 unless every resident
@@ -86,7 +111,7 @@ def quiet_limit(policy: Policy, shape: SimShape, key: jax.Array, workload: Workl
         return jnp.zeros((), jnp.int32)
     slots, n = state.slots, workload.num_requests
     valid = slots.valid
-    view = admission_view(shape, workload, state, params.system)
+    view = head_view(shape, workload, state, params.system)
     admit_key = step_keys(key, state.iteration)[0]
     bound = policy.quiet_bound(admit_key, params.policy, pstate, view)
     decoding = jnp.all(~valid | ((slots.cached == slots.prompt + slots.generated)
@@ -110,7 +135,9 @@ def leap(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
     residents = jnp.sum(valid, dtype=jnp.int32)
     first_need = jnp.where(valid, block_tokens(slots.cached + 1, b), 0)
     memory0 = jnp.sum(first_need, dtype=jnp.int32)
-    slack = jnp.sort(jnp.where(valid, first_need - slots.cached - 1, _NEVER))  # u_i, ascending
+    slack = jax.lax.cond(  # u_i, ascending (all 0 in the token model: no sort)
+        b == 1, lambda u: jnp.where(valid, 0, _NEVER), jnp.sort,
+        jnp.where(valid, first_need - slots.cached - 1, _NEVER))
     context0 = jnp.sum(jnp.where(valid, slots.cached, 0), dtype=jnp.int32)
     n_req = workload.num_requests
     next_arrival = jnp.where(state.arrived < n_req,

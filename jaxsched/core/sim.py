@@ -63,7 +63,6 @@ __all__ = [
     "initial_state",
     "step_keys",
     "step",
-    "admission_view",
 ]
 
 
@@ -616,12 +615,3 @@ def _accumulate(acc: M.Accumulators, increments: M.Accumulators, on, hist_weight
 
     return jax.tree_util.tree_map_with_path(merge, acc, increments)
 
-
-
-def admission_view(shape: SimShape, workload: Workload, state: SimState,
-                   system: SystemParams) -> SchedView:
-    """The view :func:`step` would admit from at ``state`` (phases 1 and 2 before the
-    policy's decision); :mod:`jaxsched.core.leap` asks the policy about it."""
-    arrived, num_waiting = _arrivals(workload, state)
-    window = _window(shape, workload, state, arrived)
-    return _admission_view(workload, state, system, num_waiting, window)

@@ -199,11 +199,12 @@ class Policy:
     server_flags: Callable[[ServerTarget, Mapping[str, Any]], ServerHints] | None = None
     # Optional: how long the policy stays idle, for leaping over quiet iterations
     # (jaxsched.core.leap). Called as quiet_bound(key, params, pstate, view) with an iteration's
-    # admission key and view; returns a () int32 n >= 0 such that in each of the n iterations
-    # from this one, provided nothing happens in them but growth (no arrival, completion or
-    # overflow; every resident prefilled and decoding one token), admit admits no request (and
-    # changes pstate only as quiet_state says), plan runs every resident and evict evicts none.
-    # None: n = 0, never leap (every iteration is stepped).
+    # admission key and a view whose window holds only the oldest waiting request (if any:
+    # jaxsched.core.leap.head_view); returns a () int32 n >= 0 such that in each of the n
+    # iterations from this one, provided nothing happens in them but growth (no arrival,
+    # completion or overflow; every resident prefilled and decoding one token), admit admits no
+    # request (and changes pstate only as quiet_state says), plan runs every resident and evict
+    # evicts none. None: n = 0, never leap (every iteration is stepped).
     quiet_bound: Callable[..., jax.Array] | None = None
     # Optional, beside quiet_bound: the policy state after one quiet iteration,
     # quiet_state(params, pstate) -> pstate (None: unchanged; e.g. a credit that accrues).
@@ -215,9 +216,10 @@ QUIET_FOREVER = 1 << 30
 
 
 def quiet_while_growing(admit, plan):
-    """A ``quiet_bound`` for a policy that, once idle, stays idle while the residents grow.
+    """A ``quiet_bound`` for an FCFS policy that, once idle, stays idle while residents grow.
 
-    That holds when its admission tests only get stricter as residents grow (free memory
+    FCFS: it admits nothing iff it refuses the oldest waiting request (all the view shows).
+    Idle stays idle when its admission tests only get stricter as residents grow (free memory
     ``C - sum_i need_i`` shrinks; seats and token budgets depend on the residents' number and
     phase, which growth does not change) and its plan, with nothing admitted, runs the same
     residents. Returns 0 if it admits now or its plan leaves a resident out, else

@@ -219,8 +219,6 @@ def plan_run(shape: SimShape, num_workloads: int, bytes_per_rollout: int, device
     dp, dw = S.mesh_split(n, num_params, num_workloads)
     padded_p = None if num_params is None else S.round_up(num_params, dp)
     per_device_p = 1 if num_params is None else padded_p // dp
-    if chunk is None and shape.leap and not shape.record_trace:
-        chunk = shape.horizon  # leaping workloads wait for the busiest at each chunk's end
     c = choose_chunk(shape.horizon, chunk)
     if max_memory is None:
         budget, source = auto_budget(devices)
@@ -424,6 +422,8 @@ def run_chunked(policy: Policy, shape: SimShape, params: SimParams, num_workload
     num_params = int(jax.tree.leaves(params)[0].shape[0]) if batched_params else None
     if (stream is None) != (stream_params is None):
         raise JaxschedError("run_chunked: give both stream and stream_params, or neither")
+    if chunk is None and shape.leap and not shape.record_trace and stream is None:
+        chunk = shape.horizon  # leaping workloads would wait for the busiest at each chunk end
     per = rollout_bytes(policy, shape, num_requests, params, choose_chunk(shape.horizon, chunk),
                         batched_params, stream)
     plan = plan_run(shape, num_workloads, per, devs, num_params, chunk, max_memory)

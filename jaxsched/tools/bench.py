@@ -247,12 +247,16 @@ class ReplayBench:
     rows: list[ReplayRow]
     speedup: float  # leaping requests/s over stepping requests/s
     identical: bool  # every per-workload metric and completed count equal, bit for bit
+    moves_workloads: int = 0  # workloads whose moves were counted (0: not counted)
+    moves_mean: float = float("nan")  # moves (leap + step) per workload, mean over them
+    moves_max: int = 0  # the most moves of one workload: what a batch of them waits for
 
 
-def bench_replay(cfg: Config, repeats: int = 1,
+def bench_replay(cfg: Config, repeats: int = 1, moves: int = 0,
                  progress: Callable[[str], None] | None = None) -> ReplayBench:
     """Run the config's batch with ``system.leap`` off and on (same workloads, the default
-    chunked path), time each (best of ``repeats``) and compare their metrics."""
+    chunked path), time each (best of ``repeats``) and compare their metrics; with ``moves``,
+    count the moves of the first ``moves`` workloads (a traced leaping run, untimed)."""
     say = progress or (lambda msg: None)
     exp = api.build_experiment(cfg)
     say(f"building {cfg.workload.num_workloads} workloads")
@@ -273,6 +277,17 @@ def bench_replay(cfg: Config, repeats: int = 1,
                               iterations_per_second=w * exp.shape.horizon / t))
         results.append(best)
     plain, leaping = results
+    counted = {}
+    if moves:
+        from jaxsched.core.rollout import compiled_simulator
+
+        say(f"counting moves of {min(moves, len(keys))} workloads")
+        m = min(moves, len(keys))
+        shape = dataclasses.replace(exp.shape, leap=True, record_trace=True)
+        trace = compiled_simulator(exp.policy, shape)(
+            keys[:m], jax.tree.map(lambda x: x[:m], workloads), exp.params).trace
+        per = np.sum(np.asarray(trace.stepped), axis=-1)
+        counted = dict(moves_workloads=m, moves_mean=float(per.mean()), moves_max=int(per.max()))
     identical = bool(np.array_equal(plain.final_completed, leaping.final_completed)) and all(
         np.array_equal(plain.per_workload[k], leaping.per_workload[k], equal_nan=True)
         for k in plain.per_workload)
@@ -281,4 +296,4 @@ def bench_replay(cfg: Config, repeats: int = 1,
         max_batch=exp.shape.max_batch, num_workloads=cfg.workload.num_workloads,
         device=str(jax.devices()[0].device_kind), rows=rows,
         speedup=rows[1].requests_per_second / rows[0].requests_per_second,
-        identical=identical)
+        identical=identical, **counted)
