@@ -145,9 +145,12 @@ def leap(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
     zero = jnp.zeros((), jnp.float32)
     idle = policy.quiet_state or (lambda params_, pstate_: pstate_)
 
-    def memory(j):  # M_j = M_0 + b (R floor(j / b) + #{i: u_i < j mod b})
+    def blocks(j):  # M_j = M_0 + b (R floor(j / b) + #{i: u_i < j mod b})
         below = jnp.searchsorted(slack, j % b, side="left", method="scan_unrolled")
         return memory0 + b * (residents * (j // b) + below.astype(jnp.int32))
+
+    def memory(j):  # M_j = M_0 + R j in the token model (no search)
+        return jax.lax.cond(b == 1, lambda j: memory0 + residents * j, blocks, j)
 
     def quiet(j, time):
         over = memory(j).astype(jnp.float32) - capacity > 0
