@@ -194,6 +194,7 @@ def build_experiment(cfg: Config, record_trace: bool = False) -> Experiment:
         num_classes=cfg.num_classes,
         warmup=cfg.workload.warmup,
         record_trace=record_trace,
+        leap=cfg.system.leap and not record_trace,  # plots read per-iteration records
     )
     if policy.check_shape is not None:
         policy.check_shape(pparams, shape, f"{cfg.source}: policy.")

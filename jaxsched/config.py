@@ -136,6 +136,8 @@ class SystemConfig(_Strict):
     max_batch: int = Field(default=256, ge=1, description="resident request slots")
     queue_size: int = Field(default=64, ge=1, description="scheduler look-ahead window")
     restart_on_evict: bool = Field(default=False, description="evicted requests lose progress")
+    leap: bool = Field(default=False, description="leap over quiet iterations (same metrics; "
+                       "policies greedy, vllm, flow_control)")
 
     @model_validator(mode="after")
     def _split(self):

@@ -52,3 +52,17 @@ def test_bench_sim_times_the_tight_loop_beside_the_reference(capsys):
     assert data["reference_agrees"] is True and data["tight_agrees"] is True
     assert data["tight_seconds_per_workload"] > 0
     assert all(r["speedup_vs_tight"] > 0 for r in data["rows"])
+
+
+def test_bench_replay_steps_and_leaps_the_same_replay(capsys):
+    code = main(["bench", "replay", "--json", "--moves", "2", "--set", "workload.num_workloads=2",
+                 "--set", "workload.horizon=300", "--set", "workload.warmup=20",
+                 "--set", "workload.max_requests=200", "--set", "system.max_batch=32"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert data["policy"] == "vllm" and data["horizon"] == 300 and data["num_workloads"] == 2
+    assert [r["leap"] for r in data["rows"]] == [False, True]
+    assert data["identical"] is True
+    assert data["rows"][0]["completed"] == data["rows"][1]["completed"] > 0
+    assert all(r["requests_per_second"] > 0 for r in data["rows"])
+    assert data["moves_workloads"] == 2 and 0 < data["moves_mean"] <= data["moves_max"] <= 300

@@ -120,7 +120,7 @@ class RelaxedObjective:
         exp = job.experiment
         self.job, self.objective, self.penalty = job, objective, penalty
         self.keys, self.workloads = keys, workloads
-        self.shape = dataclasses.replace(exp.shape, relax=mode)
+        self.shape = dataclasses.replace(exp.shape, relax=mode, leap=False)
         self.restarts = restarts
         self._system = jax.tree.map(lambda x: jnp.broadcast_to(x, (restarts,) + x.shape),
                                     exp.params.system)

@@ -12,7 +12,7 @@ import typer
 from jaxsched.cli.app import bench_app
 from jaxsched.cli.checks import IMAGE_SUFFIXES, check_output_file, parse_int_list
 
-__all__ = ["sim", "scale"]
+__all__ = ["sim", "scale", "replay"]
 
 
 @bench_app.command("sim")
@@ -64,6 +64,50 @@ def sim(
     else:
         caption += "\ntight loop: n/a (greedy on a saturated workload only; e.g. tight-greedy)"
     table.caption = caption
+    Console().print(table)
+
+
+@bench_app.command("replay")
+def replay(
+    config: Optional[Path] = typer.Argument(None, help="TOML config (default: azure-conv)"),
+    set_: list[str] = typer.Option([], "--set", help="override: section.key=value (after "
+                                   "the benchmark's own: vllm v0, 128 slots, 1024 x 8000)"),
+    repeats: int = typer.Option(1, min=1, help="runs of each, the fastest counts"),
+    moves: int = typer.Option(0, min=0, help="count the moves (leap + step) of this many "
+                              "workloads (a traced run, untimed)"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object on stdout"),
+):
+    """A trace replay stepped one iteration at a time and with leaps over quiet iterations
+    (system.leap), in the same run: simulated requests per wall-second of each, and whether
+    their metrics are identical."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from jaxsched.config import load_config
+    from jaxsched.tools.bench import REPLAY_SETTINGS, bench_replay
+
+    err = Console(stderr=True)
+    cfg = load_config(config or "azure-conv", list(REPLAY_SETTINGS) + list(set_))
+    with err.status("benchmarking…") as status:
+        result = bench_replay(cfg, repeats, moves, progress=lambda msg: status.update(msg))
+    if as_json:
+        typer.echo(json.dumps(dataclasses.asdict(result)))
+        return
+    table = Table(title=(f"jaxsched bench replay: {result.policy}, {result.num_workloads} "
+                         f"workloads x {result.horizon} iterations, max_batch "
+                         f"{result.max_batch}, {result.device}"), title_justify="left")
+    for col in ("leap", "wall s", "compile s", "completed", "requests/s", "iterations/s"):
+        table.add_column(col, justify="right")
+    for r in result.rows:
+        table.add_row("on" if r.leap else "off", f"{r.wall_seconds:.2f}",
+                      f"{r.compile_seconds:.1f}", f"{r.completed:,}",
+                      f"{r.requests_per_second:,.0f}", f"{r.iterations_per_second:.3e}")
+    table.caption = (f"leaping / stepping: {result.speedup:.2f}x requests per wall-second; "
+                     f"metrics {'identical' if result.identical else 'DIFFER'}")
+    if result.moves_workloads:
+        table.caption += (f"\nmoves per workload over {result.moves_workloads}: mean "
+                          f"{result.moves_mean:,.0f}, max {result.moves_max:,} (of "
+                          f"{result.horizon} iterations; a batch waits for its busiest)")
     Console().print(table)
 
 

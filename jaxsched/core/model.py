@@ -128,6 +128,7 @@ class SimShape:
     warmup: int = 0  # iterations before metrics start counting
     record_trace: bool = False  # emit per-iteration outputs (for plots and tests)
     relax: str = "hard"  # "hard" | "relaxed" | "straight_through" (see RELAX_MODES)
+    leap: bool = False  # leap over quiet iterations (jaxsched.core.leap; hard mode only)
 
     def __post_init__(self):
         for name in ("max_batch", "queue_size", "horizon", "num_classes"):
@@ -137,6 +138,8 @@ class SimShape:
             raise ValueError(f"SimShape.warmup must be in [0, horizon), got {self.warmup}")
         if self.relax not in RELAX_MODES:
             raise ValueError(f"SimShape.relax must be one of {RELAX_MODES}, got {self.relax!r}")
+        if self.leap and self.relax != "hard":
+            raise ValueError(f"SimShape.leap needs relax = 'hard', got {self.relax!r}")
 
 
 RELAX_MODES = ("hard", "relaxed", "straight_through")

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jaxsched.core import leap as LP
 from jaxsched.core import metrics as M
 from jaxsched.running import stream as ST
 from jaxsched.core.model import SimShape, Workload
@@ -83,8 +84,15 @@ def advance(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
 
     ``remat``: iterations per rematerialized segment (see the module docstring; a shorter
     last segment when it does not divide ``length``), or None (or 0) for the plain scan.
-    The same values either way.
+    The same values either way. With ``shape.leap`` the quiet iterations are leapt over
+    (:func:`jaxsched.core.leap.advance`: the same carry; the trace, if recorded, one
+    :class:`~jaxsched.core.leap.LeapRecord` per event); ``remat`` must then be None.
     """
+    if shape.leap:
+        if remat:
+            raise ValueError("remat is for gradients of a scan; SimShape.leap runs a while_loop")
+        return LP.advance(policy, shape, key, workload, params, carry, length)
+
     def body(c, _):
         return step(policy, shape, key, workload, params, c)
 

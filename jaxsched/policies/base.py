@@ -55,6 +55,9 @@ __all__ = [
     "EVICTION_ORDERS",
     "evict_in_order",
     "ordered_eviction",
+    "QUIET_FOREVER",
+    "quiet_while_growing",
+    "quiet_while_empty",
 ]
 
 
@@ -194,6 +197,49 @@ class Policy:
     # (flags, environment, notes, the parameters handled). Without it a file maps to the flags
     # every policy shares, and each parameter gets a note that the server cannot express it.
     server_flags: Callable[[ServerTarget, Mapping[str, Any]], ServerHints] | None = None
+    # Optional: how long the policy stays idle, for leaping over quiet iterations
+    # (jaxsched.core.leap). Called as quiet_bound(key, params, pstate, view) with an iteration's
+    # admission key and a view whose window holds only the oldest waiting request (if any:
+    # jaxsched.core.leap.head_view); returns a () int32 n >= 0 such that in each of the n
+    # iterations from this one, provided nothing happens in them but growth (no arrival,
+    # completion or overflow; every resident prefilled and decoding one token), admit admits no
+    # request (and changes pstate only as quiet_state says), plan runs every resident and evict
+    # evicts none. None: n = 0, never leap (every iteration is stepped).
+    quiet_bound: Callable[..., jax.Array] | None = None
+    # Optional, beside quiet_bound: the policy state after one quiet iteration,
+    # quiet_state(params, pstate) -> pstate (None: unchanged; e.g. a credit that accrues).
+    quiet_state: Callable[[Any, Any], Any] | None = None
+
+
+QUIET_FOREVER = 1 << 30
+"""A ``quiet_bound`` meaning 'idle until something else happens'."""
+
+
+def quiet_while_growing(admit, plan):
+    """A ``quiet_bound`` for an FCFS policy that, once idle, stays idle while residents grow.
+
+    FCFS: it admits nothing iff it refuses the oldest waiting request (all the view shows).
+    Idle stays idle when its admission tests only get stricter as residents grow (free memory
+    ``C - sum_i need_i`` shrinks; seats and token budgets depend on the residents' number and
+    phase, which growth does not change) and its plan, with nothing admitted, runs the same
+    residents. Returns 0 if it admits now or its plan leaves a resident out, else
+    :data:`QUIET_FOREVER`.
+    """
+
+    def quiet_bound(key, params, pstate, view):
+        admits, _ = decision_parts(admit(key, params, pstate, view)[0])
+        runs = plan(key, params, pstate, view).run
+        idle = ~jnp.any(admits) & jnp.all(runs | ~view.slots.valid)
+        return jnp.where(idle, QUIET_FOREVER, 0).astype(jnp.int32)
+
+    return quiet_bound
+
+
+def quiet_while_empty(key, params, pstate, view):
+    """A ``quiet_bound`` for a policy that may admit whenever a request waits (no memory test,
+    a budget that accrues) and runs every resident: idle while the window is empty."""
+    del key, params, pstate
+    return jnp.where(jnp.any(view.queue.valid), 0, QUIET_FOREVER).astype(jnp.int32)
 
 
 def no_state(params, shape: SimShape):

@@ -54,6 +54,7 @@ from jaxsched.policies.base import (
     full_need,
     view_memory,
     no_state,
+    quiet_while_empty,
     run_all,
 )
 from jaxsched.policies.serving import ServerHints, Unexpressed
@@ -278,6 +279,12 @@ def flow_control(budget_distribution: str = "fixed", eviction: str = "newest") -
         admit = q.valid & (rank <= n)
         return Decision(admit, budget_margin(allowance, rank)), CreditState(credit=credit)
 
+    def quiet_state(params, pstate):
+        """An idle iteration still accrues the fixed budget's credit (random draws keep it)."""
+        if budget_distribution != "fixed":
+            return pstate
+        return CreditState(credit=credit_step(pstate.credit, params["budget"])[1])
+
     return Policy(
         name="flow_control",
         params={
@@ -293,6 +300,8 @@ def flow_control(budget_distribution: str = "fixed", eviction: str = "newest") -
         evict=ordered_eviction(eviction),
         fit_defaults=_fit_global,
         server_flags=_budget_server_flags,
+        quiet_bound=quiet_while_empty,
+        quiet_state=quiet_state,
     )
 
 

@@ -23,6 +23,7 @@ from jaxsched.policies.base import (
     full_need,
     view_memory,
     no_state,
+    quiet_while_growing,
     run_all,
 )
 from jaxsched.policies.serving import ServerHints, cap_seats
@@ -63,4 +64,5 @@ def greedy(eviction: str = "newest") -> Policy:
         plan=run_all,
         evict=ordered_eviction(eviction),
         server_flags=greedy_server_flags,
+        quiet_bound=quiet_while_growing(admit, run_all),
     )

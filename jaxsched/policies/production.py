@@ -60,6 +60,7 @@ from jaxsched.policies.base import (
     fcfs_prefix,
     full_need,
     no_state,
+    quiet_while_growing,
     run_all,
     view_memory,
 )
@@ -277,6 +278,8 @@ def vllm(eviction: str = "newest", scheduler: str = "v1") -> Policy:
         run = jnp.where(jnp.any(new), new, s.valid)  # a prefill-only iteration, else decodes
         return Plan(run=run, chunk=jnp.full(run.shape, BIG_CHUNK, jnp.int32))
 
+    plan_v1 = _budget_plan_fn("max_num_batched_tokens")
+
     def admit(key, params, pstate, view):
         del key
         q, s = view.queue, view.slots
@@ -309,10 +312,12 @@ def vllm(eviction: str = "newest", scheduler: str = "v1") -> Policy:
         },
         init=no_state,
         admit=admit if scheduler == "v1" else admit_v0,
-        plan=_budget_plan_fn("max_num_batched_tokens") if scheduler == "v1" else plan_v0,
+        plan=plan_v1 if scheduler == "v1" else plan_v0,
         evict=ordered_eviction(eviction),
         serve_check=_serve_budget("max_num_batched_tokens", scheduler),
         server_flags=_vllm_server_flags,
+        quiet_bound=quiet_while_growing(admit, plan_v1) if scheduler == "v1"
+        else quiet_while_growing(admit_v0, plan_v0),
     )
 
 

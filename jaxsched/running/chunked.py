@@ -423,6 +423,8 @@ def run_chunked(policy: Policy, shape: SimShape, params: SimParams, num_workload
     num_params = int(jax.tree.leaves(params)[0].shape[0]) if batched_params else None
     if (stream is None) != (stream_params is None):
         raise JaxschedError("run_chunked: give both stream and stream_params, or neither")
+    if chunk is None and shape.leap and not shape.record_trace and stream is None:
+        chunk = shape.horizon  # leaping workloads would wait for the busiest at each chunk end
     per = rollout_bytes(policy, shape, num_requests, params, choose_chunk(shape.horizon, chunk),
                         batched_params, stream)
     plan = plan_run(shape, num_workloads, per, devs, num_params, chunk, max_memory)

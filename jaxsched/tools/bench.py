@@ -1,5 +1,9 @@
 """Benchmarks: every ratio they print is measured in the same run.
 
+``bench_replay``: a trace replay (``configs/azure-conv.toml`` at :data:`REPLAY_SETTINGS`)
+stepped one iteration at a time and with leaps over quiet iterations
+(:mod:`jaxsched.core.leap`), side by side on the same workloads, with the metrics compared.
+
 ``bench_sim``: the batched JAX simulator at several batch sizes against two plain-Python
 references on the same workloads: the reference simulator (:mod:`jaxsched.reference.simulator`, every
 phase of the model written out, simple rather than fast) and, for greedy admission on a
@@ -22,7 +26,8 @@ from jaxsched.config import Config
 from jaxsched.reference.policies import REFERENCE_POLICIES
 from jaxsched.reference.simulator import reference_for, simulate_reference
 
-__all__ = ["SimBenchRow", "SimBench", "bench_sim", "plain_params", "tight_greedy"]
+__all__ = ["SimBenchRow", "SimBench", "bench_sim", "plain_params", "tight_greedy",
+           "REPLAY_SETTINGS", "ReplayRow", "ReplayBench", "bench_replay"]
 
 
 @dataclasses.dataclass
@@ -211,3 +216,83 @@ def bench_sim(cfg: Config, batch_sizes=(1, 64, 1024), reference_workloads: int =
         rows=rows,
         **tight,
     )
+
+
+REPLAY_SETTINGS = ("policy.name=vllm", "policy.scheduler=v0", "system.max_batch=128",
+                   "workload.horizon=8000", "workload.num_workloads=1024")
+"""``--set`` overrides of ``jaxsched bench replay`` before the user's: issue 14's setting
+(``configs/azure-conv.toml``, A100 profile, vLLM v0, 128 slots, 1024 windows of 8,000
+iterations)."""
+
+
+@dataclasses.dataclass
+class ReplayRow:
+    leap: bool
+    wall_seconds: float  # the run, compilation excluded (best of the repeats)
+    compile_seconds: float
+    completed: int  # requests completed over all iterations and workloads
+    requests_per_second: float  # completed / wall
+    iterations_per_second: float  # workloads x horizon / wall
+
+
+@dataclasses.dataclass
+class ReplayBench:
+    config_source: str
+    policy: str
+    horizon: int
+    max_batch: int
+    num_workloads: int
+    device: str
+    rows: list[ReplayRow]
+    speedup: float  # leaping requests/s over stepping requests/s
+    identical: bool  # every per-workload metric and completed count equal, bit for bit
+    moves_workloads: int = 0  # workloads whose moves were counted (0: not counted)
+    moves_mean: float = float("nan")  # moves (leap + step) per workload, mean over them
+    moves_max: int = 0  # the most moves of one workload: what a batch of them waits for
+
+
+def bench_replay(cfg: Config, repeats: int = 1, moves: int = 0,
+                 progress: Callable[[str], None] | None = None) -> ReplayBench:
+    """Run the config's batch with ``system.leap`` off and on (same workloads, the default
+    chunked path), time each (best of ``repeats``) and compare their metrics; with ``moves``,
+    count the moves of the first ``moves`` workloads (a traced leaping run, untimed)."""
+    say = progress or (lambda msg: None)
+    exp = api.build_experiment(cfg)
+    say(f"building {cfg.workload.num_workloads} workloads")
+    keys, workloads = api.build_workloads(cfg, exp.num_requests, exp.duration)
+    rows, results = [], []
+    for leap in (False, True):
+        run_exp = dataclasses.replace(exp, shape=dataclasses.replace(exp.shape, leap=leap))
+        best = None
+        for i in range(max(1, repeats)):
+            say(f"{'leaping' if leap else 'stepping'}: run {i + 1}/{max(1, repeats)}")
+            res = api.run_experiment(run_exp, keys, workloads)
+            if best is None or res.sim_seconds < best.sim_seconds:
+                best = res
+        completed = int(np.sum(best.final_completed))
+        w, t = cfg.workload.num_workloads, best.sim_seconds
+        rows.append(ReplayRow(leap=leap, wall_seconds=t, compile_seconds=best.compile_seconds,
+                              completed=completed, requests_per_second=completed / t,
+                              iterations_per_second=w * exp.shape.horizon / t))
+        results.append(best)
+    plain, leaping = results
+    counted = {}
+    if moves:
+        from jaxsched.core.rollout import compiled_simulator
+
+        say(f"counting moves of {min(moves, len(keys))} workloads")
+        m = min(moves, len(keys))
+        shape = dataclasses.replace(exp.shape, leap=True, record_trace=True)
+        trace = compiled_simulator(exp.policy, shape)(
+            keys[:m], jax.tree.map(lambda x: x[:m], workloads), exp.params).trace
+        per = np.sum(np.asarray(trace.stepped), axis=-1)
+        counted = dict(moves_workloads=m, moves_mean=float(per.mean()), moves_max=int(per.max()))
+    identical = bool(np.array_equal(plain.final_completed, leaping.final_completed)) and all(
+        np.array_equal(plain.per_workload[k], leaping.per_workload[k], equal_nan=True)
+        for k in plain.per_workload)
+    return ReplayBench(
+        config_source=cfg.source, policy=exp.policy.name, horizon=exp.shape.horizon,
+        max_batch=exp.shape.max_batch, num_workloads=cfg.workload.num_workloads,
+        device=str(jax.devices()[0].device_kind), rows=rows,
+        speedup=rows[1].requests_per_second / rows[0].requests_per_second,
+        identical=identical, **counted)
