@@ -23,6 +23,7 @@ import numpy as np
 
 from jaxsched import api
 from jaxsched.config import Config
+from jaxsched.core.rollout import compiled_simulator
 from jaxsched.reference.policies import REFERENCE_POLICIES
 from jaxsched.reference.simulator import reference_for, simulate_reference
 
@@ -278,8 +279,6 @@ def bench_replay(cfg: Config, repeats: int = 1, moves: int = 0,
     plain, leaping = results
     counted = {}
     if moves:
-        from jaxsched.core.rollout import compiled_simulator
-
         say(f"counting moves of {min(moves, len(keys))} workloads")
         m = min(moves, len(keys))
         shape = dataclasses.replace(exp.shape, leap=True, record_trace=True)
