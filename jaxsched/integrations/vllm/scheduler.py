@@ -47,12 +47,15 @@ import time
 import numpy as np
 from vllm.v1.core.sched.scheduler import Scheduler
 
+from jaxsched.core.model import SimShape
 from jaxsched.integrations.vllm.plugin import (
     EngineSettings,
     PluginError,
     load_setup,
     plugin_options,
 )
+from jaxsched.policies.base import QueueView, SlotView
+from jaxsched.policies.decide import PolicyScheduler
 
 __all__ = ["StepRecord", "RecordingScheduler", "JaxschedScheduler", "engine_settings"]
 
@@ -184,9 +187,6 @@ class JaxschedScheduler(RecordingScheduler):
         checked against this engine) from the next step on, with fresh policy state; with
         ``None``, schedule as vLLM's own scheduler (replays compare both on one engine).
         Call it only while the engine holds no requests."""
-        from jaxsched.core.model import SimShape
-        from jaxsched.policies.decide import PolicyScheduler
-
         if self.running or self.waiting:
             raise RuntimeError("use_policy: the engine still holds requests")
         self.iteration, self._t0, self.records = 0, None, []
@@ -210,8 +210,6 @@ class JaxschedScheduler(RecordingScheduler):
 
     def view(self, waiting: list, running: list):
         """``(QueueView, SlotView)`` of the policy from vLLM's lists (module docstring)."""
-        from jaxsched.policies.base import QueueView, SlotView
-
         w, b = self.jaxsched.shape.queue_size, self.jaxsched.shape.max_batch
         k = self.jaxsched.shape.num_classes
         window = waiting[:w]
