@@ -371,7 +371,10 @@ def run_gradient(job: TuneJob, gs: GradientSettings, *, seed: int = 0, storage=N
     )
 
 
-_UPDATES: dict = {}  # compiled descent steps, by job, settings, objective and shapes
+# Compiled descent steps, by job, settings, objective and shapes. A dict, not an lru_cache:
+# compiling needs the job, the settings (a pydantic model) and the workload arrays, none of
+# them hashable, and reads the workloads' values; the key is their fingerprint.
+_UPDATES: dict = {}
 
 
 def _compile_update(job, objective, gs, keys, workloads, opt, state):
