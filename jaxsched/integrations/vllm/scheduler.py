@@ -54,8 +54,7 @@ from jaxsched.integrations.vllm.plugin import (
     load_setup,
     plugin_options,
 )
-from jaxsched.policies.base import QueueView, SlotView
-from jaxsched.policies.decide import PolicyScheduler
+from jaxsched.policies.decide import PolicyScheduler, host_views
 
 __all__ = ["StepRecord", "RecordingScheduler", "JaxschedScheduler", "engine_settings"]
 
@@ -215,34 +214,15 @@ class JaxschedScheduler(RecordingScheduler):
         window = waiting[:w]
         t0 = self._t0
 
-        def arr(items, fn, n, dtype):
-            out = np.zeros(n, dtype)
-            out[: len(items)] = [fn(r) for r in items]
-            return out
-
         def cached(r):
             done = r.num_computed_tokens >= r.num_tokens - 1 and r.num_computed_tokens > 0
             return r.num_computed_tokens + 1 if done else r.num_computed_tokens
 
-        cls = lambda r: min(max(int(r.priority), 0), k - 1)  # noqa: E731
-        queue = QueueView(
-            valid=np.arange(w) < len(window),
-            prompt=arr(window, lambda r: r.num_prompt_tokens, w, np.int32),
-            output=arr(window, lambda r: r.max_tokens, w, np.int32),
-            kept=arr(window, lambda r: r.num_output_tokens, w, np.int32),
-            cls=arr(window, cls, w, np.int32),
-            arrival=arr(window, lambda r: r.arrival_time - t0, w, np.float32),
-        )
-        slots = SlotView(
-            valid=np.arange(b) < len(running),
-            prompt=arr(running, lambda r: r.num_prompt_tokens, b, np.int32),
-            output=arr(running, lambda r: r.max_tokens, b, np.int32),
-            generated=arr(running, lambda r: r.num_output_tokens, b, np.int32),
-            cached=arr(running, cached, b, np.int32),
-            cls=arr(running, cls, b, np.int32),
-            arrival=arr(running, lambda r: r.arrival_time - t0, b, np.float32),
-            is_new=np.zeros(b, bool),
-        )
+        queue, slots = host_views(
+            window, running, w, b, prompt=lambda r: r.num_prompt_tokens,
+            output=lambda r: r.max_tokens, generated=lambda r: r.num_output_tokens,
+            cached=cached, cls=lambda r: min(max(int(r.priority), 0), k - 1),
+            arrival=lambda r: r.arrival_time - t0)
         return window, queue, slots
 
     # ------------------------------------------------------------------ one step
