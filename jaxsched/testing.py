@@ -511,8 +511,6 @@ def assert_same_rollout(result: Any, ref: Any) -> None:
     :func:`jaxsched.core.sim.simulate`'s: the trajectory (when recorded), final counters and latency
     histogram bit for bit; the metrics to one ulp (``rtol = 1e-6``: float arithmetic on the
     same accumulators, which XLA may round differently in two programs)."""
-    import dataclasses
-
     if ref.trace is not None:
         for f in dataclasses.fields(sim.StepOutput):
             np.testing.assert_array_equal(getattr(result.trace, f.name),

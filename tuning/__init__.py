@@ -22,6 +22,8 @@
 The modules import lazily; ``import tuning`` is cheap.
 """
 
+import importlib.util
+
 __all__ = ["settings", "search_space", "objectives", "tune_job", "batch_evaluator",
            "optuna_loop", "study_storage", "samplers", "worker_liveness", "trial_states",
            "study_plots", "tune_bench", "optuna_logs", "gradient_search", "nested_remat",
@@ -31,6 +33,4 @@ __all__ = ["settings", "search_space", "objectives", "tune_job", "batch_evaluato
 
 def gradient_available() -> bool:
     """Whether the gradient tuner (module ``tuning.gradient_search``) is installed."""
-    import importlib.util
-
     return importlib.util.find_spec("tuning.gradient_search") is not None

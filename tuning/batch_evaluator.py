@@ -3,6 +3,7 @@ batch (and the gradient tuner's hard-simulator checks) is evaluated."""
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Mapping, Sequence
 
@@ -20,7 +21,15 @@ from tuning.tune_job import TuneJob
 
 __all__ = ["BatchEvaluator"]
 
-_COMPILED: dict = {}  # (policy, shape, K, argument shapes) -> compiled simulator
+
+@functools.lru_cache(maxsize=8)
+def _compiled_batch(policy, shape, treedef, specs):
+    """The batched-parameter simulator of ``policy`` and ``shape`` compiled for arguments of
+    ``specs`` (shape, dtype, weak type of each leaf of ``treedef``): kept for later evaluators
+    of the same policy, shape and sizes."""
+    args = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(s, d, weak_type=w)
+                                        for s, d, w in specs])
+    return compiled_simulator(policy, shape, batched_params=True).lower(*args).compile()
 
 
 class BatchEvaluator:
@@ -55,16 +64,11 @@ class BatchEvaluator:
             return
         example = SimParams(system=self._system,
                             policy={n: jnp.asarray(v) for n, v in job.space.stack([self._default] * k).items()})
-        fn = compiled_simulator(exp.policy, exp.shape, batched_params=True)
-        sig = (exp.policy, exp.shape, k, jax.tree.map(lambda x: (x.shape, str(x.dtype)),
-                                                      (keys, workloads, example)).__repr__())
+        leaves, treedef = jax.tree.flatten((keys, workloads, example))
+        specs = tuple((tuple(x.shape), x.dtype, bool(getattr(x, "weak_type", False)))
+                      for x in leaves)
         t0 = time.perf_counter()
-        self._compiled = _COMPILED.get(sig)
-        if self._compiled is None:
-            self._compiled = fn.lower(keys, workloads, example).compile()
-            _COMPILED[sig] = self._compiled
-            while len(_COMPILED) > 8:
-                _COMPILED.pop(next(iter(_COMPILED)))
+        self._compiled = _compiled_batch(exp.policy, exp.shape, treedef, specs)
         self.compile_seconds = time.perf_counter() - t0
 
     @property

@@ -36,11 +36,23 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+import optuna
+import orbax.checkpoint as ocp
+import typer
+from optuna.trial import TrialState
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
+from jaxsched import api
 from jaxsched.config import format_validation
 from jaxsched.core.metrics import jsonable
+from jaxsched.core.sim import SimParams
 from jaxsched.errors import JaxschedError
 from tuning.batch_evaluator import BatchEvaluator
 from tuning.nested_remat import DEFAULT_LEAF, balanced_plan, compiled_relaxed_simulator
@@ -114,9 +126,6 @@ class RelaxedObjective:
 
     def __init__(self, job: TuneJob, objective: Objective, mode: str, penalty: float,
                  keys, workloads, restarts: int, remat: int | None = None):
-        import jax
-        import jax.numpy as jnp
-
         exp = job.experiment
         self.job, self.objective, self.penalty = job, objective, penalty
         self.keys, self.workloads = keys, workloads
@@ -136,16 +145,10 @@ class RelaxedObjective:
 
     def params(self, u):
         """The traced policy parameters (leading axis R) of unit-cube points ``u`` (R, D)."""
-        import jax
-
         return jax.vmap(lambda ur: self.job.space.from_unit(ur))(u)
 
     def metrics(self, u, temperature):
         """Workload-averaged relaxed metrics of each point: dict of (R,) arrays."""
-        import jax.numpy as jnp
-
-        from jaxsched.core.sim import SimParams
-
         temp = jnp.broadcast_to(jnp.asarray(temperature, jnp.float32), (self.restarts,))
         params = SimParams(system=self._system, policy=self.params(u), temperature=temp)
         res = self._fn(self.keys, self.workloads, params)
@@ -206,8 +209,6 @@ class GradientOutcome:
 
 
 def _optimizer(gs: GradientSettings):
-    import optax
-
     lr = gs.learning_rate
     if gs.schedule == "cosine":
         lr = optax.cosine_decay_schedule(gs.learning_rate, gs.steps)
@@ -237,8 +238,6 @@ class _Checkpoints:
     def __init__(self, directory: str | Path | None, every: int):
         self.mngr = None
         if directory is not None:
-            import orbax.checkpoint as ocp
-
             path = Path(directory).absolute()
             path.mkdir(parents=True, exist_ok=True)
             self.mngr = ocp.CheckpointManager(
@@ -248,16 +247,12 @@ class _Checkpoints:
     def latest(self, template):
         if self.mngr is None or self.mngr.latest_step() is None:
             return None
-        import orbax.checkpoint as ocp
-
         step = self.mngr.latest_step()
         return self.mngr.restore(step, args=ocp.args.StandardRestore(template))
 
     def save(self, step: int, state, force: bool = False):
         if self.mngr is None or not (force or step % self.every == 0):
             return
-        import orbax.checkpoint as ocp
-
         self.mngr.save(step, args=ocp.args.StandardSave(state), force=True)
         self.mngr.wait_until_finished()
 
@@ -278,12 +273,6 @@ def run_gradient(job: TuneJob, gs: GradientSettings, *, seed: int = 0, storage=N
     ``stop_after``: return after that many steps of this call (checkpointed; for tests of
     resumption), ``record``: write the final trials into the study.
     """
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    from jaxsched import api
-
     say = status or (lambda msg: None)
     t_start = time.perf_counter()
     exp = job.experiment
@@ -382,16 +371,15 @@ def run_gradient(job: TuneJob, gs: GradientSettings, *, seed: int = 0, storage=N
     )
 
 
-_UPDATES: dict = {}  # compiled descent steps, by job, settings, objective and shapes
+# Compiled descent steps, by job, settings, objective and shapes. A dict, not an lru_cache:
+# compiling needs the job, the settings (a pydantic model) and the workload arrays, none of
+# them hashable, and reads the workloads' values; the key is their fingerprint.
+_UPDATES: dict = {}
 
 
 def _compile_update(job, objective, gs, keys, workloads, opt, state):
     """The compiled step ``(u, opt_state, temperature) -> (u', opt_state', losses (R,))``:
     the relaxed loss's gradient, an optax update, the projection onto the unit cube."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
     relaxed = RelaxedObjective(job, objective, gs.mode, gs.penalty, keys, workloads,
                                state["u"].shape[0], gs.remat)
 
@@ -434,9 +422,6 @@ def record_trials(job: TuneJob, store, name: str, objective: Objective, baseline
     """Write the final points as complete trials of study ``name`` (created with the job's
     snapshot if new), in the format of the Optuna tuner. A second call with the same run
     (settings and seed) writes nothing again. Returns the trial numbers."""
-    import optuna
-    from optuna.trial import TrialState
-
     study = open_study(job, store, name, None)
     if study.user_attrs.get("baseline_metrics") is None:
         study.set_user_attr("baseline_metrics", {k: jsonable(v) for k, v in baseline.items()})
@@ -504,11 +489,6 @@ def tune_command(cfg, settings, *, trials=None, storage=None, study=None, seed=N
                  workloads=None) -> GradientOutcome:
     """Run the gradient tuner from the CLI: rich progress, a table of the final points, the
     PNG of the objective over steps, and the trials in the study (``jaxsched export``)."""
-    import typer
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from rich.table import Table
-
     gs = gradient_settings(settings.gradient, cfg.source)
     update = {}
     if steps is not None:
@@ -610,8 +590,6 @@ def bench_gradient_vs_optuna(cfg, *, optuna_trials: int = 64, batch: int = 16,
     each); the best hard value of the iterates up to step s. ``target`` defaults to the best
     value either reached, less 2% of its magnitude.
     """
-    import jax
-
     say = progress or (lambda msg: None)
     job = prepare(cfg, num_workloads=num_workloads)
     gs = gradient_settings(job.settings.gradient, cfg.source)

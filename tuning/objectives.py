@@ -30,6 +30,7 @@ import dataclasses
 import math
 from typing import Any, Literal, Mapping
 
+import jax.numpy as jnp
 import numpy as np
 
 from jaxsched.errors import JaxschedError
@@ -193,7 +194,7 @@ class Objective:
         smooth scalar a gradient tuner minimizes (weighted objectives; a pareto objective is
         scalarized with its terms' weights and baseline scales)."""
         if xp is None:
-            import jax.numpy as xp
+            xp = jnp
         obj = self if self.kind == "weighted" else dataclasses.replace(self, kind="weighted")
         total = -obj.score(metrics)
         for c in self.constraints:

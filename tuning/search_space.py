@@ -28,11 +28,14 @@ import dataclasses
 import math
 from typing import Any, Mapping, Sequence
 
+import jax.numpy as jnp
 import numpy as np
+from optuna.distributions import FloatDistribution, IntDistribution
 
 from jaxsched.errors import JaxschedError
 from jaxsched.policies import Policy
 from jaxsched.policies.base import Param
+from jaxsched.policies.registry import check_params
 
 __all__ = [
     "UNBOUNDED",
@@ -65,8 +68,6 @@ class Dimension:
 
     def distribution(self):
         """The Optuna distribution of this dimension."""
-        from optuna.distributions import FloatDistribution, IntDistribution
-
         if self.integer:
             return IntDistribution(int(self.low), int(self.high), log=self.log)
         return FloatDistribution(float(self.low), float(self.high), log=self.log)
@@ -159,7 +160,7 @@ class SearchSpace:
         (differentiable with ``xp = jax.numpy``; integers stay continuous unless
         ``round_integers``)."""
         if xp is None:
-            import jax.numpy as xp
+            xp = jnp
         out = {k: xp.asarray(v, xp.float32) for k, v in self.base.items()}
         for i, d in enumerate(self.dims):
             v = d.from_unit(u[i], xp)
@@ -331,6 +332,4 @@ def build_search_space(policy: Policy, num_classes: int, base: Mapping[str, Any]
 
 
 def _check_fixed(policy: Policy, pname: str, value: np.ndarray, num_classes: int, where: str) -> None:
-    from jaxsched.policies.registry import check_params
-
     check_params(policy, {pname: value}, num_classes, where=f"{where}: ")

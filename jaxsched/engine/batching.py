@@ -113,8 +113,8 @@ from jaxsched.engine.tokenizer import ByteTokenizer
 from jaxsched.errors import JaxschedError
 from jaxsched.core.model import SimShape
 from jaxsched.policies import get_policy
-from jaxsched.policies.base import Policy, QueueView, SlotView
-from jaxsched.policies.decide import Decision, PolicyScheduler, decide
+from jaxsched.policies.base import Policy
+from jaxsched.policies.decide import Decision, PolicyScheduler, decide, host_views
 
 __all__ = [
     "RequestError",
@@ -448,30 +448,10 @@ class Engine:
         b, w = ec.max_batch, ec.queue_size
         window = self.waiting[:w]
 
-        def arr(items, fn, n, dtype):
-            out = np.zeros(n, dtype)
-            out[: len(items)] = [fn(r) for r in items]
-            return out
-
-        queue = QueueView(
-            valid=np.arange(w) < len(window),
-            prompt=arr(window, lambda r: r.prompt_len, w, np.int32),
-            output=arr(window, lambda r: r.sampling.max_tokens, w, np.int32),
-            kept=arr(window, lambda r: len(r.generated), w, np.int32),
-            cls=arr(window, lambda r: r.cls, w, np.int32),
-            arrival=arr(window, lambda r: r.arrival, w, np.float32),
-        )
-        res = self.residents
-        slots = SlotView(
-            valid=np.arange(b) < len(res),
-            prompt=arr(res, lambda r: r.prompt_len, b, np.int32),
-            output=arr(res, lambda r: r.sampling.max_tokens, b, np.int32),
-            generated=arr(res, lambda r: len(r.generated), b, np.int32),
-            cached=arr(res, lambda r: r.cached, b, np.int32),
-            cls=arr(res, lambda r: r.cls, b, np.int32),
-            arrival=arr(res, lambda r: r.arrival, b, np.float32),
-            is_new=np.zeros(b, bool),
-        )
+        queue, slots = host_views(
+            window, self.residents, w, b, prompt=lambda r: r.prompt_len,
+            output=lambda r: r.sampling.max_tokens, generated=lambda r: len(r.generated),
+            cached=lambda r: r.cached, cls=lambda r: r.cls, arrival=lambda r: r.arrival)
         return window, queue, slots
 
     def step(self) -> IterationRecord | None:

@@ -43,6 +43,7 @@ __all__ = [
     "Param",
     "Policy",
     "run_all",
+    "plan_running",
     "no_state",
     "full_need",
     "view_memory",
@@ -248,11 +249,16 @@ def no_state(params, shape: SimShape):
     return ()
 
 
+def plan_running(run: jax.Array) -> Plan:
+    """The plan that runs the residents marked in ``run`` (B,) bool; prefills complete in one
+    iteration."""
+    return Plan(run=run, chunk=jnp.full(run.shape, BIG_CHUNK, jnp.int32))
+
+
 def run_all(key, params, pstate, view: SchedView) -> Plan:
     """Every resident runs; prefills complete in one iteration."""
     del key, params, pstate
-    b = view.slots.valid.shape[0]
-    return Plan(run=view.slots.valid, chunk=jnp.full((b,), BIG_CHUNK, jnp.int32))
+    return plan_running(view.slots.valid)
 
 
 def view_memory(view: SchedView, tokens: jax.Array) -> jax.Array:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +39,7 @@ from jaxsched.policies.base import (
 )
 from jaxsched.policies.registry import make_params
 
-__all__ = ["Decision", "decide", "PolicyScheduler"]
+__all__ = ["Decision", "decide", "host_views", "PolicyScheduler"]
 
 
 @jax.tree_util.register_dataclass
@@ -94,6 +94,29 @@ def decide(policy: Policy, key, params, pstate, view: SchedView):
     return Decision(admit=admit, slots=slots, run=run & survive,
                     chunk=jnp.where(survive, chunk, 0), token=token & survive, evict=evict,
                     need=jnp.where(survive, need, 0), excess=excess), pstate
+
+
+def host_views(window: Sequence, residents: Sequence, w: int, b: int, *,
+               prompt: Callable, output: Callable, generated: Callable, cached: Callable,
+               cls: Callable, arrival: Callable) -> tuple[QueueView, SlotView]:
+    """A server's ``(QueueView, SlotView)`` from its request lists: ``window`` (at most ``w``
+    waiting requests, in queue order) and ``residents`` (at most ``b``), zero-padded. Each
+    keyword reads one field from a request; ``generated`` also gives a waiting request's
+    kept tokens. No resident is new: the server asks before this iteration's admissions."""
+    def arr(items, fn, n, dtype):
+        out = np.zeros(n, dtype)
+        out[: len(items)] = [fn(r) for r in items]
+        return out
+
+    def common(items, n):
+        return dict(valid=np.arange(n) < len(items), prompt=arr(items, prompt, n, np.int32),
+                    output=arr(items, output, n, np.int32), cls=arr(items, cls, n, np.int32),
+                    arrival=arr(items, arrival, n, np.float32))
+
+    queue = QueueView(**common(window, w), kept=arr(window, generated, w, np.int32))
+    slots = SlotView(**common(residents, b), generated=arr(residents, generated, b, np.int32),
+                     cached=arr(residents, cached, b, np.int32), is_new=np.zeros(b, bool))
+    return queue, slots
 
 
 @functools.lru_cache(maxsize=32)

@@ -92,6 +92,12 @@ class CreditState(NamedTuple):
     credit: jax.Array  # () flow_control, (K,) flow_control_known: fractional credit in [0, 1)
 
 
+def _zero_credit(params, shape) -> CreditState:
+    """The initial state of both flow-control policies: no credit carried (the budget's shape)."""
+    del shape
+    return CreditState(credit=jnp.zeros_like(params["budget"]))
+
+
 def credit_step(credit: jax.Array, budget: jax.Array) -> tuple[jax.Array, jax.Array]:
     """One iteration of fractional credit: ``A = c + b``, returns ``(floor(A), A - floor(A))``."""
     avail = credit + budget
@@ -199,10 +205,6 @@ def flow_control_known(eviction: str = "newest") -> Policy:
     """
     check_eviction(eviction)
 
-    def init(params, shape):
-        del shape
-        return CreditState(credit=jnp.zeros_like(params["budget"]))
-
     def admit(key, params, pstate, view):
         del key
         q = view.queue
@@ -224,7 +226,7 @@ def flow_control_known(eviction: str = "newest") -> Policy:
                     "fractional values carry the fractional credit",
             ),
         },
-        init=init,
+        init=_zero_credit,
         admit=admit,
         plan=run_all,
         evict=ordered_eviction(eviction),
@@ -261,10 +263,6 @@ def flow_control(budget_distribution: str = "fixed", eviction: str = "newest") -
         )
     check_eviction(eviction)
 
-    def init(params, shape):
-        del shape
-        return CreditState(credit=jnp.zeros_like(params["budget"]))
-
     def admit(key, params, pstate, view):
         q = view.queue
         budget = params["budget"]
@@ -294,7 +292,7 @@ def flow_control(budget_distribution: str = "fixed", eviction: str = "newest") -
                     "with fractional credit, or the mean of the Poisson/Bernoulli draw",
             ),
         },
-        init=init,
+        init=_zero_credit,
         admit=admit,
         plan=run_all,
         evict=ordered_eviction(eviction),

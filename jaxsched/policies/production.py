@@ -46,7 +46,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxsched.core.model import BIG_CHUNK, block_tokens
+from jaxsched.core.model import block_tokens
 from jaxsched.policies.base import (
     check_eviction,
     Decision,
@@ -54,6 +54,7 @@ from jaxsched.policies.base import (
     ordered_eviction,
     Param,
     Plan,
+    plan_running,
     Policy,
     SlotView,
     evict_in_order,
@@ -276,7 +277,7 @@ def vllm(eviction: str = "newest", scheduler: str = "v1") -> Policy:
         s = view.slots
         new = s.valid & s.is_new
         run = jnp.where(jnp.any(new), new, s.valid)  # a prefill-only iteration, else decodes
-        return Plan(run=run, chunk=jnp.full(run.shape, BIG_CHUNK, jnp.int32))
+        return plan_running(run)
 
     plan_v1 = _budget_plan_fn("max_num_batched_tokens")
 

@@ -96,6 +96,7 @@ slots, which would stall the policy forever) are refused by :func:`check_shape`.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Mapping, Sequence
 
@@ -105,13 +106,13 @@ import numpy as np
 
 from jaxsched import theory
 from jaxsched.errors import JaxschedError
-from jaxsched.core.model import BIG_CHUNK, SimShape
+from jaxsched.core.model import SimShape
 from jaxsched.policies.base import (
     check_eviction,
     Decision,
     ordered_eviction,
     Param,
-    Plan,
+    plan_running,
     Policy,
     SlotView,
     full_need,
@@ -406,11 +407,11 @@ def wait(eviction: str = "newest", mode: str = "advance") -> Policy:
             entered = jnp.any(s.valid[:, None] & s.is_new[:, None]
                               & (s.cls[:, None] == jnp.arange(k)), axis=0)
             run = run & entered[s.cls]
-        return Plan(run=run, chunk=jnp.full(run.shape, BIG_CHUNK, jnp.int32))
+        return plan_running(run)
 
     return Policy(
         name="wait",
-        check_shape=lambda values, shape, where: check_shape("wait", values, shape, where),
+        check_shape=functools.partial(check_shape, "wait"),
         params={
             "threshold": Param(
                 default=1, low=1, high=float(_MAX_INT), integer=True, log=True, per_class=True,
@@ -479,11 +480,11 @@ def nested_wait(eviction: str = "newest") -> Policy:
         short = nonempty & ~ready & ~blocked
         seg_runs = jnp.cumsum(short) == 0
         run = stage_cap(s, jnp.zeros_like(seg), n[seg]) & seg_runs[seg]
-        return Plan(run=run, chunk=jnp.full(run.shape, BIG_CHUNK, jnp.int32))
+        return plan_running(run)
 
     return Policy(
         name="nested_wait",
-        check_shape=lambda values, shape, where: check_shape("nested_wait", values, shape, where),
+        check_shape=functools.partial(check_shape, "nested_wait"),
         params={
             "boundary": Param(
                 default=1 << 20, low=1, high=float(_MAX_INT), integer=True, log=True,

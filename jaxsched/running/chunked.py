@@ -352,23 +352,26 @@ def _finalizer(record_trace: bool, batched_params: bool):
     return jax.jit(jax.vmap(f, in_axes=(0, 0)) if batched_params else f)
 
 
-_COMPILED: dict = {}
-
-
 def _compile(fn, *args):
     """``(fn.lower(*args).compile(), seconds it took)``, cached on the arguments' shapes,
-    dtypes and shardings (a repeated run does not compile again; its compile time is the
-    first one's)."""
-    leaves = jax.tree.leaves(args)
-    sig = (fn, jax.tree.structure(args), jax.config.read("jax_disable_most_optimizations"),
-           tuple((tuple(x.shape), str(x.dtype), getattr(x, "sharding", None)) for x in leaves))
-    if sig not in _COMPILED:
-        t0 = time.perf_counter()
-        compiled = fn.lower(*args).compile()
-        if len(_COMPILED) >= 64:
-            _COMPILED.pop(next(iter(_COMPILED)))
-        _COMPILED[sig] = (compiled, time.perf_counter() - t0)
-    return _COMPILED[sig]
+    dtypes, weak types and shardings (a repeated run does not compile again; its compile time
+    is the first one's)."""
+    leaves, treedef = jax.tree.flatten(args)
+    specs = tuple((tuple(x.shape), x.dtype, getattr(x, "sharding", None),
+                   bool(getattr(x, "weak_type", False))) for x in leaves)
+    return _compile_abstract(fn, treedef, jax.config.read("jax_disable_most_optimizations"),
+                             specs)
+
+
+@functools.lru_cache(maxsize=64)
+def _compile_abstract(fn, treedef, fast: bool, specs):
+    """:func:`_compile` on abstract arguments (``fast``: part of the key only, the flag is
+    read by the compiler)."""
+    args = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(s, d, sharding=sh, weak_type=w)
+                                        for s, d, sh, w in specs])
+    t0 = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    return compiled, time.perf_counter() - t0
 
 
 def _shaped(tree, sharding):

@@ -27,6 +27,7 @@ devices on one machine (``tests/test_multiprocess.py``).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import os
 import sys
@@ -35,6 +36,7 @@ from typing import Any, Iterator, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from jaxsched.errors import JaxschedError
@@ -249,8 +251,6 @@ def to_host(x: Any) -> Any:
         if a is None:
             return None
         if isinstance(a, jax.Array) and not a.is_fully_addressable:
-            from jax.experimental import multihost_utils
-
             return np.asarray(multihost_utils.process_allgather(a, tiled=True))
         return np.asarray(a)
 
@@ -264,8 +264,6 @@ def is_main_process() -> bool:
 
 def _allgather_bytes(data: bytes) -> list[bytes]:
     """Every process's ``data`` (all of the same length), in process order."""
-    from jax.experimental import multihost_utils
-
     rows = multihost_utils.process_allgather(np.frombuffer(data, np.uint8))
     return [bytes(np.asarray(r, np.uint8)) for r in np.asarray(rows).reshape(-1, len(data))]
 
@@ -307,8 +305,6 @@ def check_same_on_all_processes(tree: Any, what: str) -> None:
 
 def _flush_native_stdout() -> None:
     try:
-        import ctypes
-
         ctypes.CDLL(None).fflush(None)
     except (OSError, AttributeError):  # no C library to flush (not a POSIX libc)
         pass

@@ -172,6 +172,15 @@ def _parse_length(raw, name: str, where: str, line: int, allow_zero: bool) -> in
     return value
 
 
+def _parse_lengths(raw_prompt, raw_output, names: tuple[str, str], where: str, line: int,
+                   skip_zero_output: bool) -> tuple[int, int] | None:
+    """A record's ``(prompt, output)`` lengths (fields named ``names``), or None for a record
+    with zero output that ``skip_zero_output`` drops."""
+    prompt = _parse_length(raw_prompt, names[0], where, line, False)
+    output = _parse_length(raw_output, names[1], where, line, skip_zero_output)
+    return None if output == 0 else (prompt, output)
+
+
 def _parse_timestamp(raw: str, where: str, line: int) -> tuple[int, float]:
     """``(whole seconds since 1970 UTC, fraction in [0, 1))`` of an Azure timestamp."""
     m = _TIMESTAMP.fullmatch(raw.strip())
@@ -248,15 +257,15 @@ def _parse_azure(text: str, where: str, skip_zero_output: bool):
                 raise _fail(where, line,
                             f"expected {width} fields like the header, got {len(row)}")
             w, f = _parse_timestamp(row[i_ts], where, line)
-            ctx = _parse_length(row[i_ctx], "ContextTokens", where, line, False)
-            gen = _parse_length(row[i_gen], "GeneratedTokens", where, line, skip_zero_output)
-            if gen == 0:
+            lengths = _parse_lengths(row[i_ctx], row[i_gen], ("ContextTokens", "GeneratedTokens"),
+                                     where, line, skip_zero_output)
+            if lengths is None:
                 skipped += 1
                 continue
             whole.append(w)
             frac.append(f)
-            prompt.append(ctx)
-            output.append(gen)
+            prompt.append(lengths[0])
+            output.append(lengths[1])
     except csv.Error as err:
         raise _fail(where, reader.line_num, f"malformed CSV: {err}") from None
     whole_a = np.asarray(whole, np.int64)
@@ -288,14 +297,14 @@ def _parse_mooncake(text: str, where: str, skip_zero_output: bool):
         if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
             raise _fail(where, line, f"timestamp must be a finite number of milliseconds, "
                                      f"got {_short(ts)}")
-        inp = _parse_length(obj["input_length"], "input_length", where, line, False)
-        out = _parse_length(obj["output_length"], "output_length", where, line, skip_zero_output)
-        if out == 0:
+        lengths = _parse_lengths(obj["input_length"], obj["output_length"],
+                                 ("input_length", "output_length"), where, line, skip_zero_output)
+        if lengths is None:
             skipped += 1
             continue
         stamps.append(ts)
-        prompt.append(inp)
-        output.append(out)
+        prompt.append(lengths[0])
+        output.append(lengths[1])
     ms = np.asarray(stamps, np.float64)
     arrival = (ms - (ms.min() if ms.size else 0.0)) / 1000.0
     return arrival, prompt, output, skipped

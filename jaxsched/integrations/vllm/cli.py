@@ -14,7 +14,15 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+from jaxsched.config import load_config
+from jaxsched.engine import compare as C
+from jaxsched.engine.calibrate import read_profile, write_profile
+from jaxsched.engine.compare import poisson_requests
 from jaxsched.errors import JaxschedError
+from jaxsched.integrations.vllm import compare as VC
+from jaxsched.integrations.vllm.plugin import EngineSettings, load_setup
+from jaxsched.integrations.vllm.replay import (
+    TIMERS, LLMSettings, open_llm, replay, scheduler_of, warm_up)
 
 __all__ = ["settings_from_options", "calibrate_command", "compare_command"]
 
@@ -22,8 +30,6 @@ __all__ = ["settings_from_options", "calibrate_command", "compare_command"]
 def settings_from_options(block_size: Optional[int], num_blocks: Optional[int],
                           max_num_seqs: Optional[int], max_num_batched_tokens: Optional[int],
                           max_model_len: Optional[int], seed: int):
-    from jaxsched.integrations.vllm.replay import LLMSettings
-
     d = LLMSettings()
     values = {"block_size": block_size or d.block_size, "num_blocks": num_blocks or d.num_blocks,
               "max_num_seqs": max_num_seqs or d.max_num_seqs,
@@ -64,11 +70,6 @@ def _require_vllm() -> None:
 def calibrate_command(out: Path, model: Optional[str], settings, serving_make, timer: str,
                       seed: int, as_json: bool, progress=None) -> dict[str, Any]:
     """Replay the serving runs under vLLM's own scheduler, fit, write the profile."""
-    from jaxsched.engine.calibrate import write_profile
-    from jaxsched.engine.compare import poisson_requests
-    from jaxsched.integrations.vllm import compare as VC
-    from jaxsched.integrations.vllm.replay import open_llm, replay, scheduler_of, warm_up
-
     model = _check_model(model)
     _require_vllm()
     if serving_make is None:
@@ -100,12 +101,6 @@ def compare_command(policy: str, profile: Optional[Path], workload: Optional[Pat
                     serving_make=None, progress=None) -> dict[str, Any]:
     """Replay one request list through vLLM and the simulator (calibrating first without a
     profile)."""
-    from jaxsched.engine import compare as C
-    from jaxsched.engine.calibrate import read_profile
-    from jaxsched.integrations.vllm import compare as VC
-    from jaxsched.integrations.vllm.plugin import load_setup
-    from jaxsched.integrations.vllm.replay import TIMERS, open_llm, warm_up
-
     model = _check_model(model)
     if profile is not None:
         system, engine_table, cal = read_profile(profile)
@@ -119,8 +114,6 @@ def compare_command(policy: str, profile: Optional[Path], workload: Optional[Pat
         if not (policy.endswith(".json") or Path(policy).exists()):
             raise JaxschedError(f"--policy {policy}: with --engine vllm give vllm (vLLM's own "
                                 "scheduler) or a policy file (run through the jaxsched plugin)")
-        from jaxsched.integrations.vllm.plugin import EngineSettings
-
         engine = EngineSettings(num_blocks=settings.num_blocks, block_size=settings.block_size,
                                 max_num_seqs=settings.max_num_seqs,
                                 max_num_batched_tokens=settings.max_num_batched_tokens)
@@ -139,8 +132,6 @@ def compare_command(policy: str, profile: Optional[Path], workload: Optional[Pat
         system = cal_res.profile_dict()
     limit = min(settings.max_model_len, settings.num_blocks * settings.block_size) - 1
     if workload is not None:
-        from jaxsched.config import load_config
-
         cfg = load_config(workload)
         requests = C.requests_from_config(cfg, limit, float(system["d0"]) or 1e-3, num_requests,
                                           max_output, time_scale, 1)

@@ -53,6 +53,7 @@ from jaxsched.engine.calibrate import (
 from jaxsched.engine.compare import COMPARE_KEYS, EXTRA_KEYS, CompareResult, simulate_requests
 from jaxsched.errors import JaxschedError
 from jaxsched.integrations.vllm.replay import LLMSettings, replay, replay_metrics, scheduler_of
+from jaxsched.policies import get_policy, make_params
 
 __all__ = ["VLLM_KEYS", "steps_of", "fit_runs", "calibrate", "settings_from_profile",
            "vllm_policy", "tau_of", "sim_requests", "compare"]
@@ -131,8 +132,6 @@ def settings_from_profile(engine_table: dict[str, Any], where: str) -> LLMSettin
 
 def vllm_policy(settings: LLMSettings, watermark: float = 0.0):
     """jaxsched's ``vllm`` policy with the engine's settings: ``(policy, params dict)``."""
-    from jaxsched.policies import get_policy
-
     return get_policy("vllm"), {"max_num_seqs": float(settings.max_num_seqs),
                                 "max_num_batched_tokens": float(settings.max_num_batched_tokens),
                                 "watermark": float(watermark)}
@@ -165,8 +164,6 @@ def compare(llm, requests: Sequence, system: dict[str, Any], settings: LLMSettin
     (a profile's ``[system]`` table as :func:`jaxsched.engine.calibrate.read_profile` gives
     it) and the engine's block memory. ``step_time``: see
     :func:`~jaxsched.integrations.vllm.replay.replay`."""
-    from jaxsched.policies import make_params
-
     if not requests:
         raise JaxschedError("no requests to replay")
     sched = scheduler_of(llm)

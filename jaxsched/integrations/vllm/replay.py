@@ -30,12 +30,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import tempfile
 import time
 from typing import Any, Sequence
 
 import numpy as np
 
 from jaxsched.errors import JaxschedError
+from jaxsched.integrations.vllm.testing import write_policy_file
 
 __all__ = ["LLMSettings", "open_llm", "warm_up", "scheduler_of", "replay", "replay_metrics"]
 
@@ -92,10 +94,6 @@ def open_llm(model: str, policy_file: str | None, settings: LLMSettings = LLMSet
 def _bootstrap_policy(settings: LLMSettings) -> str:
     """A greedy policy file matching ``settings`` in a temporary folder (the scheduler checks
     a file at startup; the replay then switches to vLLM's own scheduling)."""
-    import tempfile
-
-    from jaxsched.integrations.vllm.testing import write_policy_file
-
     folder = tempfile.mkdtemp(prefix="jaxsched-vllm-")
     path = os.path.join(folder, "greedy.json")
     write_policy_file(path, "greedy", {}, capacity=settings.num_blocks * settings.block_size,

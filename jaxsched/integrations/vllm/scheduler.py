@@ -47,12 +47,14 @@ import time
 import numpy as np
 from vllm.v1.core.sched.scheduler import Scheduler
 
+from jaxsched.core.model import SimShape
 from jaxsched.integrations.vllm.plugin import (
     EngineSettings,
     PluginError,
     load_setup,
     plugin_options,
 )
+from jaxsched.policies.decide import PolicyScheduler, host_views
 
 __all__ = ["StepRecord", "RecordingScheduler", "JaxschedScheduler", "engine_settings"]
 
@@ -184,9 +186,6 @@ class JaxschedScheduler(RecordingScheduler):
         checked against this engine) from the next step on, with fresh policy state; with
         ``None``, schedule as vLLM's own scheduler (replays compare both on one engine).
         Call it only while the engine holds no requests."""
-        from jaxsched.core.model import SimShape
-        from jaxsched.policies.decide import PolicyScheduler
-
         if self.running or self.waiting:
             raise RuntimeError("use_policy: the engine still holds requests")
         self.iteration, self._t0, self.records = 0, None, []
@@ -210,41 +209,20 @@ class JaxschedScheduler(RecordingScheduler):
 
     def view(self, waiting: list, running: list):
         """``(QueueView, SlotView)`` of the policy from vLLM's lists (module docstring)."""
-        from jaxsched.policies.base import QueueView, SlotView
-
         w, b = self.jaxsched.shape.queue_size, self.jaxsched.shape.max_batch
         k = self.jaxsched.shape.num_classes
         window = waiting[:w]
         t0 = self._t0
 
-        def arr(items, fn, n, dtype):
-            out = np.zeros(n, dtype)
-            out[: len(items)] = [fn(r) for r in items]
-            return out
-
         def cached(r):
             done = r.num_computed_tokens >= r.num_tokens - 1 and r.num_computed_tokens > 0
             return r.num_computed_tokens + 1 if done else r.num_computed_tokens
 
-        cls = lambda r: min(max(int(r.priority), 0), k - 1)  # noqa: E731
-        queue = QueueView(
-            valid=np.arange(w) < len(window),
-            prompt=arr(window, lambda r: r.num_prompt_tokens, w, np.int32),
-            output=arr(window, lambda r: r.max_tokens, w, np.int32),
-            kept=arr(window, lambda r: r.num_output_tokens, w, np.int32),
-            cls=arr(window, cls, w, np.int32),
-            arrival=arr(window, lambda r: r.arrival_time - t0, w, np.float32),
-        )
-        slots = SlotView(
-            valid=np.arange(b) < len(running),
-            prompt=arr(running, lambda r: r.num_prompt_tokens, b, np.int32),
-            output=arr(running, lambda r: r.max_tokens, b, np.int32),
-            generated=arr(running, lambda r: r.num_output_tokens, b, np.int32),
-            cached=arr(running, cached, b, np.int32),
-            cls=arr(running, cls, b, np.int32),
-            arrival=arr(running, lambda r: r.arrival_time - t0, b, np.float32),
-            is_new=np.zeros(b, bool),
-        )
+        queue, slots = host_views(
+            window, running, w, b, prompt=lambda r: r.num_prompt_tokens,
+            output=lambda r: r.max_tokens, generated=lambda r: r.num_output_tokens,
+            cached=cached, cls=lambda r: min(max(int(r.priority), 0), k - 1),
+            arrival=lambda r: r.arrival_time - t0)
         return window, queue, slots
 
     # ------------------------------------------------------------------ one step

@@ -17,6 +17,12 @@ import json
 import sys
 from pathlib import Path
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers.pre_tokenizers import ByteLevel
+
+from jaxsched.config import config_from_dict, config_snapshot, workload_fingerprint
+from jaxsched.export.policy_file import policy_document, write_policy
+
 __all__ = ["write_tiny_llama", "write_policy_file", "main"]
 
 _SPECIALS = ("<s>", "</s>")
@@ -24,9 +30,6 @@ _SPECIALS = ("<s>", "</s>")
 
 def _tokenizer(folder: Path) -> int:
     """Write ``tokenizer.json`` (and its config); returns the vocabulary size."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from tokenizers.pre_tokenizers import ByteLevel
-
     alphabet = ByteLevel.alphabet()  # the 256 printable stand-ins of the bytes
     vocab = {tok: i for i, tok in enumerate(_SPECIALS)}
     for ch in sorted(alphabet):
@@ -79,9 +82,6 @@ def write_policy_file(path: str | Path, policy: str, params: dict, *, capacity: 
     vLLM). ``workload`` is the
     ``[workload]`` table the file records (default: a small one-class Poisson stream);
     ``metrics`` the figures it records (default: not measured, null)."""
-    from jaxsched.config import config_from_dict, config_snapshot, workload_fingerprint
-    from jaxsched.export.policy_file import policy_document, write_policy
-
     workload = workload or {"kind": "poisson", "horizon": 200, "num_workloads": 1, "seed": 0,
                             "classes": [{"prompt_len": 16, "output_len": 16, "rate": 0.1}]}
     system = {"capacity": capacity, "d0": d0, "d1": d1, "max_batch": max_batch,
