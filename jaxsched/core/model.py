@@ -203,8 +203,20 @@ def blocks_for(tokens, block_size):
 
 def block_tokens(tokens, block_size):
     """``[t]_b = block_size * ceil(tokens / block_size)``: the memory, in tokens, of a resident
-    whose need is ``tokens`` (every memory check rounds with this)."""
-    return blocks_for(tokens, block_size) * block_size
+    whose need is ``tokens >= 0`` (every memory check rounds with this).
+
+    On arrays: one truncating division of ``t + b - 1`` (``floor_divide`` adds a remainder and
+    a sign correction, and integer division is not vectorized on CPU), skipped by a
+    ``lax.cond`` when ``b = 1`` (the token model) and ``block_size`` is not batched."""
+    if isinstance(tokens, int) and isinstance(block_size, int):
+        return blocks_for(tokens, block_size) * block_size
+    tokens = jnp.asarray(tokens)
+    b = jnp.broadcast_to(jnp.asarray(block_size, tokens.dtype), tokens.shape)
+
+    def rounded():
+        return jax.lax.div(tokens + b - 1, b) * b
+
+    return jax.lax.cond(jnp.all(jnp.asarray(block_size) == 1), lambda: tokens, rounded)
 
 
 def usable_capacity(capacity, block_size):

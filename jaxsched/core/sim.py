@@ -190,6 +190,7 @@ class _Window(NamedTuple):
 
 class _Admitted(NamedTuple):
     slots: SlotState  # residents after admission
+    admit: jax.Array  # (W,) bool, window positions admitted
     taken: jax.Array  # (N,) bool, requests resident or completed after admission
     is_new: jax.Array  # (B,) bool, admitted in this iteration
     count: jax.Array  # () int32, requests admitted
@@ -348,8 +349,8 @@ def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
     t1 = state.time + executed.tau
     completed = _completion(admitted.slots, executed, evicted, t1)
     num_waiting = num_waiting - admitted.count + evicted.count
-    new_state = _next_state(shape, system, workload, state, arrived, num_waiting, admitted,
-                            evicted, executed, completed, t1)
+    new_state = _next_state(shape, system, workload, state, arrived, num_waiting, window,
+                            admitted, evicted, executed, completed, t1)
     acc = _accounting(shape, system, weights, acc, state.iteration, admitted.slots, planned,
                       evicted, executed, completed, view.capacity)
     out = None
@@ -448,7 +449,10 @@ def _admission(policy: Policy, key, policy_params, pstate, view: SchedView,
     admit, margin = decision_parts(decision)
     admit, seat = seat_admissions(admit, window.valid, state.slots.valid)
     source = jnp.zeros((b,), jnp.int32).at[seat].set(jnp.arange(w, dtype=jnp.int32), mode="drop")
-    is_new = jnp.zeros((b,), bool).at[seat].set(True, mode="drop")
+    count = jnp.sum(admit, dtype=jnp.int32)
+    slot = jnp.arange(b, dtype=jnp.int32)
+    num_resident = jnp.sum(state.slots.valid, dtype=jnp.int32)
+    is_new = (slot >= num_resident) & (slot < num_resident + count)  # seats are contiguous
     queue, requests = view.queue, state.requests
     incoming = SlotState(
         req=window.index[source],
@@ -463,7 +467,7 @@ def _admission(policy: Policy, key, policy_params, pstate, view: SchedView,
     )
     slots = jax.tree.map(lambda new, old: jnp.where(is_new, new, old), incoming, state.slots)
     taken = requests.taken.at[jnp.where(admit, window.index, n)].set(True, mode="drop")
-    return _Admitted(slots, taken, is_new, jnp.sum(admit, dtype=jnp.int32)), pstate
+    return _Admitted(slots, admit, taken, is_new, count), pstate
 
 
 def _plan(policy: Policy, key, policy_params, pstate, view: SchedView, admitted: _Admitted,
@@ -528,13 +532,14 @@ def _completion(slots: SlotState, executed: _Executed, evicted: _Evicted, t1) ->
 
 
 def _next_state(shape: SimShape, system: SystemParams, workload: Workload, state: SimState,
-                arrived, num_waiting, admitted: _Admitted, evicted: _Evicted,
+                arrived, num_waiting, window: _Window, admitted: _Admitted, evicted: _Evicted,
                 executed: _Executed, completed: _Completed, t1) -> SimState:
     """``state_{k+1}``: evicted requests rejoin the queue at their arrival position (keeping
-    ``s_i`` generated tokens, or none with ``restart_on_evict``); the head moves past the
-    taken positions at the front (an eviction may move it back); the kept residents move to
-    the front in admission order."""
-    b, n = shape.max_batch, workload.num_requests
+    ``s_i`` generated tokens, or none with ``restart_on_evict``); the head moves to the first
+    request the window leaves waiting, else past the window (to ``arrived`` if it was not
+    full), read off the window without a search (an eviction may move it back); the kept
+    residents move to the front in admission order."""
+    n = workload.num_requests
     slots, requests = admitted.slots, state.requests
     evicted_index = jnp.where(evicted.evict, slots.req, n)
     kept_tokens = jnp.where(system.restart_on_evict, 0, slots.generated)
@@ -545,10 +550,9 @@ def _next_state(shape: SimShape, system: SystemParams, workload: Workload, state
         kept=requests.kept.at[evicted_index].set(kept_tokens, mode="drop"),
         first_done=requests.first_done.at[evicted_index].set(first_done, mode="drop"),
     )
-    reach = shape.queue_size + 2 * b  # the head moves by up to W + 2B positions
-    position = state.head + jnp.arange(reach, dtype=jnp.int32)
-    stop = (position >= n) | ~taken[jnp.minimum(position, n - 1)]
-    head = jnp.where(jnp.any(stop), state.head + jnp.argmax(stop), state.head + reach)
+    left = window.valid & ~admitted.admit  # still waiting in the window
+    head = jnp.where(jnp.any(left), jnp.min(jnp.where(left, window.index, n)),
+                     jnp.where(window.valid[-1], window.index[-1] + 1, arrived))
     head = jnp.minimum(head, jnp.min(evicted_index)).astype(jnp.int32)
     ran = slots.replace(generated=slots.generated + executed.token,
                         cached=slots.cached + executed.chunk + executed.token,

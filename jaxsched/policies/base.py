@@ -279,7 +279,9 @@ def fcfs_prefix(ok: jax.Array, valid: jax.Array) -> jax.Array:
     """Strict first-come-first-served: admit window position i iff it is valid and every
     valid position up to and including i is ``ok`` (the first refusal blocks the rest,
     as vLLM's waiting queue does)."""
-    blocked = jnp.cumsum(valid & ~ok) > 0
+    position = jnp.arange(ok.shape[-1])
+    first_refused = jnp.min(jnp.where(valid & ~ok, position, ok.shape[-1]))
+    blocked = position >= first_refused  # one reduction, no prefix sum
     return valid & ok & ~blocked
 
 
@@ -291,7 +293,7 @@ def evict_newest_first(need: jax.Array, valid: jax.Array, excess: jax.Array) -> 
     ``excess``.
     """
     need = jnp.where(valid, need, 0)
-    newer = jnp.cumsum(need[::-1])[::-1] - need  # memory of slots after i
+    newer = jnp.sum(need) - jnp.cumsum(need)  # memory of slots after i (exact integers)
     return valid & (newer < excess)
 
 
@@ -309,8 +311,9 @@ def seat_admissions(admit: jax.Array, waiting: jax.Array, resident: jax.Array
     b = resident.shape[0]
     num_resident = jnp.sum(resident, dtype=jnp.int32)
     admit = admit & waiting
-    admit = admit & (jnp.cumsum(admit) <= b - num_resident)
-    return admit, jnp.where(admit, num_resident + jnp.cumsum(admit) - 1, b)
+    rank = jnp.cumsum(admit)  # also the rank among the kept ones: they are a prefix
+    admit = admit & (rank <= b - num_resident)
+    return admit, jnp.where(admit, num_resident + rank - 1, b)
 
 
 def plan_execution(run: jax.Array, chunk: jax.Array, valid: jax.Array, prompt: jax.Array,
