@@ -29,7 +29,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from jaxsched.workloads import traces
 from jaxsched.workloads.bursty import BurstyConfig  # the bursty kind's table (re-exported)
@@ -145,7 +145,9 @@ class SystemConfig(_Strict):
         return self
 
 
-class WorkloadConfig(_Strict):
+class _WorkloadKeys(_Strict):
+    """The [workload] keys every kind shares (the kinds' own tables are added below)."""
+
     kind: Literal[tuple(KINDS)] = Field(  # type: ignore[valid-type]
         description="arrivals: Poisson per class, an infinite backlog (saturated), "
                     "Markov-modulated Poisson (bursty), or a replayed trace")
@@ -158,7 +160,6 @@ class WorkloadConfig(_Strict):
                                        description="request classes (all kinds but trace)")
     duration: float | None = Field(default=None, gt=0, description="span of arrival times")
     max_requests: int | None = Field(default=None, gt=0, description="cap on requests/replica")
-    bursty: BurstyConfig | None = Field(default=None, description="bursty: the two states")
     path: str | None = Field(default=None, description="trace: CSV/JSONL file, or a shipped "
                              "trace's name (azure_code, azure_conv)")
     format: Literal["azure", "mooncake"] | None = Field(default=None, description="trace: "
@@ -173,6 +174,14 @@ class WorkloadConfig(_Strict):
             raise ValueError(f"warmup ({self.warmup}) must be smaller than horizon ({self.horizon})")
         KINDS[self.kind].check_config(self)
         return self
+
+
+# [workload]: the shared keys plus one optional sub-table per kind that has one (its
+# config_table), so that a new kind's settings need no edit here.
+WorkloadConfig = create_model(
+    "WorkloadConfig", __base__=_WorkloadKeys, __module__=__name__,
+    **{key: (model | None, Field(default=None, description=text))
+       for key, model, text in (k.config_table for k in KINDS.values() if k.config_table)})
 
 
 class PolicyConfig(BaseModel):

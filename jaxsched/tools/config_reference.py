@@ -22,6 +22,7 @@ from typing import Sequence
 from pydantic import BaseModel
 
 from jaxsched import config as C
+from jaxsched.workloads.registry import KINDS
 
 __all__ = ["TuneSchema", "param_range", "render"]
 
@@ -135,7 +136,8 @@ def render(policies: Sequence[dict], tune: TuneSchema | None = None) -> str:
          "The requests: `kind` picks the arrival process; `horizon` iterations per rollout, "
          "of which the first `warmup` do not count in the metrics."),
         ("[[workload.classes]]", C.ClassConfig, "workload.classes.N.", _doc(C.ClassConfig)),
-        ("[workload.bursty]", C.BurstyConfig, "workload.bursty.", _doc(C.BurstyConfig)),
+        *((f"[workload.{key}]", model, f"workload.{key}.", _doc(model))
+          for key, model, _ in (k.config_table for k in KINDS.values() if k.config_table)),
         ("[policy]", C.PolicyConfig, "policy.",
          "`name` picks a registered policy; every other key is one of its options or "
          "parameters (listed below and by `jaxsched policies NAME`)."),

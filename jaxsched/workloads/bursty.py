@@ -68,6 +68,7 @@ class Bursty(Poisson):
     mean_low: float = 50.0
 
     name = "bursty"
+    config_table = ("bursty", BurstyConfig, "bursty: the two states")
 
     @classmethod
     def from_config(cls, cfg) -> "Bursty":

@@ -45,6 +45,9 @@ class WorkloadKind(abc.ABC):
     backlog: ClassVar[bool] = False  # every request has arrived at time 0 (saturated)
     uses_rates: ClassVar[bool] = False  # the classes' rates are its arrival rates
     class_lengths: ClassVar[bool] = True  # request lengths are the classes' (else its own)
+    # its own sub-table of [workload], if it has settings beyond the shared keys:
+    # (key, pydantic model, description); jaxsched.config adds it as workload.<key>
+    config_table: ClassVar[tuple[str, type, str] | None] = None
 
     @classmethod
     def check_config(cls, wl) -> None:
