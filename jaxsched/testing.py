@@ -62,6 +62,7 @@ __all__ = [
     "stack",
     "as_system",
     "plain_params",
+    "variant_id",
     "policy_variants",
     "fast_compile",
     "run_jax",
@@ -222,6 +223,12 @@ def policy_variants(evictions: bool = True) -> list[tuple[str, dict]]:
             out.extend((name, {"eviction": order}) for order in EVICTION_ORDERS
                        if order != default)
     return out
+
+
+def variant_id(variant: tuple[str, dict]) -> str:
+    """A pytest id for a :func:`policy_variants` entry: the name, then each option's value."""
+    name, options = variant
+    return name + "".join(f"-{v}" for v in options.values())
 
 
 @contextlib.contextmanager

@@ -44,11 +44,6 @@ def _fast_compile():
         yield
 
 
-def _id(variant):
-    name, options = variant
-    return name + "".join(f"-{v}" for v in options.values())
-
-
 def _runs(name, options, workload, system, shape=SHAPE, values=None, chunk=SHAPE.horizon // 2):
     """The one-iteration rollout (traced), the leaping one (traced) and the leaping chunked
     run (no trace), on one workload."""
@@ -106,7 +101,7 @@ def assert_leap_exact(plain, leaping, chunk, horizon):
     return int(quiet.sum())
 
 
-@pytest.mark.parametrize("variant", LEAPING, ids=_id)
+@pytest.mark.parametrize("variant", LEAPING, ids=jt.variant_id)
 def test_leap_matches_one_iteration_steps_and_reference(variant):
     name, options = variant
     leapt = []

@@ -41,11 +41,6 @@ def _fast_compile():
         yield
 
 
-def _id(variant):
-    name, options = variant
-    return name + "".join(f"-{v}" for v in options.values())
-
-
 def test_every_registered_policy_has_a_twin():
     missing = [name for name in list_policies() if name not in REFERENCE_POLICIES]
     assert not missing, f"policies without a reference twin in jaxsched/reference/policies: {missing}"
@@ -58,7 +53,7 @@ def test_variants_cover_every_policy_and_eviction_order():
     assert ("greedy", {"eviction": "fewest_generated"}) in VARIANTS
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=_id)
+@pytest.mark.parametrize("variant", VARIANTS, ids=jt.variant_id)
 def test_jax_matches_reference(variant):
     name, options = variant
     if name not in REFERENCE_POLICIES:
