@@ -7,8 +7,8 @@ import os
 import signal
 import sys
 
-__all__ = ["JaxschedError", "PolicyError", "exit_on_signals", "signal_exit_code",
-           "signal_message"]
+__all__ = ["JaxschedError", "PolicyError", "exit_for_signal", "exit_on_signals",
+           "signal_exit_code", "signal_message"]
 
 _SIGNAL_NAMES = {signal.SIGINT: "interrupted (SIGINT)", signal.SIGTERM: "terminated (SIGTERM)"}
 
@@ -30,9 +30,12 @@ def signal_message(signum: int) -> str:
     return f"error: {_SIGNAL_NAMES.get(signum, f'signal {signum}')}"
 
 
-def _exit_at_once(signum, frame) -> None:
-    os.write(sys.stderr.fileno(), (signal_message(signum) + "\n").encode())
-    os._exit(signal_exit_code(signum))
+def exit_for_signal(signum: int) -> None:
+    """Write the signal's one line to stderr and leave at once (no finalization)."""
+    try:
+        os.write(sys.stderr.fileno(), (signal_message(signum) + "\n").encode())
+    finally:
+        os._exit(signal_exit_code(signum))
 
 
 def exit_on_signals() -> None:
@@ -40,4 +43,4 @@ def exit_on_signals() -> None:
     SIGTERM end the process at once with the one line: a signal while the CLI is still
     importing (typer, rich) leaves no traceback."""
     for signum in _SIGNAL_NAMES:
-        signal.signal(signum, _exit_at_once)
+        signal.signal(signum, lambda s, frame: exit_for_signal(s))

@@ -27,7 +27,7 @@ import signal
 import sys
 import threading
 
-from jaxsched.errors import signal_exit_code, signal_message
+from jaxsched.errors import exit_for_signal, signal_exit_code, signal_message
 
 __all__ = ["GRACE_S", "Interrupted", "exit_code", "exit_now", "handle_signals",
            "message", "SignalState"]
@@ -63,11 +63,7 @@ _exit_lock = threading.Lock()
 def exit_now(signum: int) -> None:
     """Print the one line and leave the process without finalization (no XLA teardown)."""
     with _exit_lock:  # the watchdog and the main thread never both print
-        try:
-            sys.stderr.write(message(signum) + "\n")
-            sys.stderr.flush()
-        finally:
-            os._exit(exit_code(signum))
+        exit_for_signal(signum)
 
 
 class SignalState:
