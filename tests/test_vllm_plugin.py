@@ -134,3 +134,23 @@ def test_every_accepted_policy_runs_to_completion(llm, tmp_path, name):
     reqs = [ReplayRequest(0.05 * i, 12 + 3 * i, 3 + i % 3) for i in range(6)]
     run = replay(llm, reqs, max_steps=2000)
     assert_each_finished_once(run, reqs)
+
+
+def test_speed_probe_charges_each_step_at_the_reference_speed(llm):
+    """With a speed probe a step's time is its measured time x ``p_ref / median`` of the last
+    five probes (timed right after each step, on the replay's timer), so a replay's clock is
+    the one it would have at the probe's reference speed."""
+    from jaxsched.integrations.vllm.probe import SpeedProbe
+
+    scheduler_of(llm).use_policy(None)
+    probe = SpeedProbe()
+    ref = probe.measure_reference(samples=21)
+    assert ref > 0
+    reqs = [ReplayRequest(0.0, 20 + i, 5) for i in range(6)]
+    run = replay(llm, reqs, probe=probe)
+    assert_each_finished_once(run, reqs)
+    p, raw = run["probes"], run["raw_durations"]["cpu"]
+    assert len(p) == len(run["records"]) and (p > 0).all()
+    expected = [raw[k] * ref / np.median(p[max(0, k - 4):k + 1]) for k in range(len(p))]
+    np.testing.assert_allclose(run["durations"], expected, rtol=1e-12)
+    assert run["end_time"] == pytest.approx(float(np.sum(expected)), rel=1e-9)

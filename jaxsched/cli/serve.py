@@ -298,8 +298,6 @@ def calibrate(
     if engine == "vllm":
         from jaxsched.integrations.vllm import cli as V
 
-        if probe:
-            raise JaxschedError("--probe: the speed probe is not implemented for --engine vllm")
         settings = V.settings_from_options(block_size, num_blocks, max_num_seqs,
                                            max_num_batched_tokens, max_model_len, seed)
         limit = min(settings.max_model_len, settings.num_blocks * settings.block_size) - 1
@@ -307,7 +305,7 @@ def calibrate(
                            1, seed)
         with err.status("calibrating vLLM…") as status:
             out_d = V.calibrate_command(out, model, settings, serving, timer, seed, as_json,
-                                        progress=lambda m: status.update(m))
+                                        progress=lambda m: status.update(m), probe=probe)
         return _print_calibration(out_d["result"], out, as_json)
     ec = _engine_cfg(max_batch=max_batch)
     serving = _serving(serve_runs, workload, ec.max_request_tokens, num_requests, max_output,
@@ -416,12 +414,10 @@ def compare_sim(
     if engine not in ENGINES:
         raise JaxschedError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
     if engine == "vllm":
-        if probe:
-            raise JaxschedError("--probe: the speed probe is not implemented for --engine vllm")
         return _compare_vllm(policy, profile, workload, model, plot, num_requests, max_output,
                              time_scale, rate, timer, seed, as_json, err, rtol,
                              (block_size, num_blocks, max_num_seqs, max_num_batched_tokens,
-                              max_model_len))
+                              max_model_len), probe)
     pol, raw_params, k = resolve_policy(policy)
     if timer is not None and timer not in TIMERS:
         raise JaxschedError(f"--timer {timer!r}: expected one of {', '.join(TIMERS)}")
@@ -525,7 +521,7 @@ def _comparison_table(result, rel, keys, engine_label: str):
 
 
 def _compare_vllm(policy, profile, workload, model, plot, num_requests, max_output, time_scale,
-                  rate, timer, seed, as_json, err, rtol, vllm_options):
+                  rate, timer, seed, as_json, err, rtol, vllm_options, probe=None):
     """compare-sim --engine vllm (jaxsched.integrations.vllm.cli)."""
     from rich.console import Console
 
@@ -540,7 +536,7 @@ def _compare_vllm(policy, profile, workload, model, plot, num_requests, max_outp
     with err.status("starting vLLM…") as status:
         out = V.compare_command(policy, profile, workload, model, settings, num_requests,
                                 max_output, time_scale, rate, timer, seed, serving,
-                                progress=lambda m: status.update(m))
+                                progress=lambda m: status.update(m), probe=probe)
     result, system = out["result"], out["system"]
     if plot is not None:
         C.plot_memory(result, plot, float(out["settings"].num_blocks * out["settings"].block_size),
@@ -563,7 +559,10 @@ def _compare_vllm(policy, profile, workload, model, plot, num_requests, max_outp
                   f"{1e3 * float(system.get('d2', 0.0)):.4f} ms")
     console.print(_comparison_table(result, rel, result.keys, "vLLM"))
     console.print(f"vLLM: {result.engine_iterations} steps on a virtual clock advanced by each "
-                  f"step's measured time ({out['timer']} timer); simulator: "
+                  f"step's measured time ({out['timer']} timer"
+                  + (f", scaled by the speed probe (reference "
+                     f"{1e3 * out['probe_reference_s']:.3f} ms)"
+                     if out["probe_reference_s"] else "") + "); simulator: "
                   f"{result.sim_iterations} busy iterations; KV in tokens (M_k), time in seconds")
 
 

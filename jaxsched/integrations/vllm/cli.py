@@ -3,7 +3,10 @@
 Both start vLLM in this process on ``--model DIR`` (a Hugging Face folder; ``python -m
 jaxsched.integrations.vllm.testing DIR`` writes a tiny random Llama). calibrate takes the
 engine's settings from its options and writes them to the profile's ``[engine]`` table;
-compare-sim reads them back from ``--profile``, so both replay on the same engine. A policy
+compare-sim reads them back from ``--profile``, so both replay on the same engine. With
+``--probe`` calibrate measures the speed probe's reference after warm-up
+(:mod:`jaxsched.integrations.vllm.probe`) and writes it to the profile; compare-sim then
+normalizes its replay by the same reference (by default whenever the profile has one). A policy
 file the plugin would refuse is refused before vLLM starts (one line, exit 2).
 """
 
@@ -21,6 +24,7 @@ from jaxsched.engine.compare import poisson_requests
 from jaxsched.errors import JaxschedError
 from jaxsched.integrations.vllm import compare as VC
 from jaxsched.integrations.vllm.plugin import EngineSettings, load_setup
+from jaxsched.integrations.vllm.probe import SpeedProbe
 from jaxsched.integrations.vllm.replay import (
     TIMERS, LLMSettings, open_llm, replay, scheduler_of, warm_up)
 
@@ -68,7 +72,8 @@ def _require_vllm() -> None:
 
 
 def calibrate_command(out: Path, model: Optional[str], settings, serving_make, timer: str,
-                      seed: int, as_json: bool, progress=None) -> dict[str, Any]:
+                      seed: int, as_json: bool, progress=None, probe: bool = False
+                      ) -> dict[str, Any]:
     """Replay the serving runs under vLLM's own scheduler, fit, write the profile."""
     model = _check_model(model)
     _require_vllm()
@@ -78,8 +83,10 @@ def calibrate_command(out: Path, model: Optional[str], settings, serving_make, t
     if progress:
         progress("warming up every batch size…")
     warm_up(llm, settings)
+    speed = _reference_probe(timer, progress) if probe else None
     # a preliminary step time sets the serving runs' loads (requests per d0)
-    warm = replay(llm, poisson_requests(8, 1e6, (8, 64), (4, 16), seed), timer=timer, seed=seed)
+    warm = replay(llm, poisson_requests(8, 1e6, (8, 64), (4, 16), seed), timer=timer, seed=seed,
+                  probe=speed)
     d0_guess = float(sorted(warm["durations"])[len(warm["durations"]) // 2])
     serving = list(serving_make(max(d0_guess, 1e-6)))
     # and an overloaded run: the light runs alone hardly ever batch several prefills, so
@@ -90,7 +97,8 @@ def calibrate_command(out: Path, model: Optional[str], settings, serving_make, t
                     poisson_requests(n, 4.0 / max(d0_guess, 1e-6), (8, min(96, limit - 33)),
                                      (4, 32), seed + 101)))
     scheduler_of(llm).use_policy(None)
-    result = VC.calibrate(llm, settings, serving, Path(model).name, timer, seed, progress)
+    result = VC.calibrate(llm, settings, serving, Path(model).name, timer, seed, progress,
+                          probe=speed)
     write_profile(result, out, name=f"vllm-{Path(model).name}")
     return {"result": result, "profile": str(out)}
 
@@ -98,14 +106,23 @@ def calibrate_command(out: Path, model: Optional[str], settings, serving_make, t
 def compare_command(policy: str, profile: Optional[Path], workload: Optional[Path],
                     model: Optional[str], settings, num_requests: int, max_output: int,
                     time_scale: float, rate: float, timer: Optional[str], seed: int,
-                    serving_make=None, progress=None) -> dict[str, Any]:
+                    serving_make=None, progress=None, probe: Optional[bool] = None
+                    ) -> dict[str, Any]:
     """Replay one request list through vLLM and the simulator (calibrating first without a
-    profile)."""
+    profile). ``probe``: normalize by the speed probe (None: when the profile has a
+    reference; without a profile, when True)."""
     model = _check_model(model)
+    reference = None
     if profile is not None:
         system, engine_table, cal = read_profile(profile)
         settings = VC.settings_from_profile(engine_table, str(profile))
         timer = timer or str(cal.get("timer", "cpu"))
+        reference = cal.get("probe_reference_s")  # positive where present: read_profile
+        if probe and reference is None:
+            raise JaxschedError(f"{profile}: --probe needs a profile calibrated with --probe "
+                                "([calibration] probe_reference_s)")
+        if probe is False:
+            reference = None
     timer = timer or "cpu"
     if timer not in TIMERS:
         raise JaxschedError(f"--timer {timer!r}: expected one of {', '.join(TIMERS)}")
@@ -124,12 +141,16 @@ def compare_command(policy: str, profile: Optional[Path], workload: Optional[Pat
     if progress:
         progress("warming up every batch size…")
     warm_up(llm, settings)
+    speed = None
     if profile is None:
+        speed = _reference_probe(timer, progress) if probe else None
         if progress:
             progress("no --profile: calibrating on vLLM's own scheduler…")
         cal_res = VC.calibrate(llm, settings, list(serving_make(0.03)), Path(model).name,
-                               timer, seed)
+                               timer, seed, probe=speed)
         system = cal_res.profile_dict()
+    elif reference is not None:
+        speed = SpeedProbe(TIMERS[timer], reference=float(reference))
     limit = min(settings.max_model_len, settings.num_blocks * settings.block_size) - 1
     if workload is not None:
         cfg = load_config(workload)
@@ -142,13 +163,23 @@ def compare_command(policy: str, profile: Optional[Path], workload: Optional[Pat
         source = f"synthetic Poisson, {rate / time_scale:g}/s"
     if progress:
         progress(f"replaying {len(requests)} requests through vLLM and the simulator…")
-    result = VC.compare(llm, requests, system, settings, policy_file, timer, seed)
+    result = VC.compare(llm, requests, system, settings, policy_file, timer, seed, probe=speed)
     return {"result": result, "system": system, "settings": settings, "source": source,
-            "timer": timer}
+            "timer": timer, "probe_reference_s": speed.reference if speed else None}
+
+
+def _reference_probe(timer: str, progress=None) -> SpeedProbe:
+    """A speed probe on ``timer`` with its reference measured now (after warm-up)."""
+    if progress:
+        progress("measuring the speed probe's reference…")
+    speed = SpeedProbe(TIMERS[timer])
+    speed.measure_reference()
+    return speed
 
 
 def compare_json(out: dict[str, Any]) -> str:
     d = out["result"].to_json()
     d.update(engine_kind="vllm", source=out["source"], timer=out["timer"],
+             probe_reference_s=out["probe_reference_s"],
              vllm={k: int(v) for k, v in vars(out["settings"]).items()})
     return json.dumps(d)

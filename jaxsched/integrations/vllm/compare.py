@@ -52,6 +52,7 @@ from jaxsched.engine.calibrate import (
 )
 from jaxsched.engine.compare import COMPARE_KEYS, EXTRA_KEYS, CompareResult, simulate_requests
 from jaxsched.errors import JaxschedError
+from jaxsched.integrations.vllm.probe import SpeedProbe
 from jaxsched.integrations.vllm.replay import LLMSettings, replay, replay_metrics, scheduler_of
 from jaxsched.policies import get_policy, make_params
 
@@ -70,8 +71,8 @@ def steps_of(run: dict[str, Any]):
             np.asarray(run["durations"], np.float64))
 
 
-def fit_runs(runs: dict[str, dict], settings: LLMSettings, model: str, timer: str
-             ) -> CalibrationResult:
+def fit_runs(runs: dict[str, dict], settings: LLMSettings, model: str, timer: str,
+             probe_reference: float = float("nan")) -> CalibrationResult:
     """Fit ``d0, d1_prefill, d1_context, d2`` on the steps of labelled replays."""
     parts = {label: steps_of(run) for label, run in runs.items()}
     P, D, R, T = (np.concatenate([p[i] for p in parts.values()]) for i in range(4))
@@ -96,21 +97,26 @@ def fit_runs(runs: dict[str, dict], settings: LLMSettings, model: str, timer: st
         overhead_mean=0.0, timer=timer, timing_repeats=1, d2=d2,
         block_size=int(settings.block_size), single_d0=s0, single_d1=s1, single_d2=s2,
         single_rel_error=s_rel, single_mean_abs_rel_error=s_mar, base_d0=b0, base_d1=b1,
-        base_rel_error=b_rel, base_mean_abs_rel_error=b_mar)
+        base_rel_error=b_rel, base_mean_abs_rel_error=b_mar, probe_reference=probe_reference)
 
 
 def calibrate(llm, settings: LLMSettings, serving: Sequence[tuple[str, Sequence]], model: str,
-              timer: str = "cpu", seed: int = 0, progress=None) -> CalibrationResult:
-    """Replay each ``(label, requests)`` under vLLM's own scheduler and fit the steps."""
+              timer: str = "cpu", seed: int = 0, progress=None,
+              probe: SpeedProbe | None = None) -> CalibrationResult:
+    """Replay each ``(label, requests)`` under vLLM's own scheduler and fit the steps
+    (normalized by ``probe`` when given: its reference is the profile's
+    ``probe_reference_s``)."""
     sched = scheduler_of(llm)
     sched.use_policy(None)
-    replay(llm, serving[0][1][: min(8, len(serving[0][1]))], timer=timer, seed=seed)  # warm-up
+    replay(llm, serving[0][1][: min(8, len(serving[0][1]))], timer=timer, seed=seed,
+           probe=probe)  # warm-up
     runs = {}
     for j, (label, requests) in enumerate(serving):
         if progress:
             progress(f"serving run {j + 1}/{len(serving)} ({label})")
-        runs[label] = replay(llm, requests, timer=timer, seed=seed + j)
-    return fit_runs(runs, settings, model, timer)
+        runs[label] = replay(llm, requests, timer=timer, seed=seed + j, probe=probe)
+    return fit_runs(runs, settings, model, timer,
+                    probe.reference if probe is not None else float("nan"))
 
 
 def settings_from_profile(engine_table: dict[str, Any], where: str) -> LLMSettings:
@@ -158,11 +164,12 @@ def sim_requests(requests: Sequence, own_scheduler: bool) -> list:
 
 def compare(llm, requests: Sequence, system: dict[str, Any], settings: LLMSettings,
             policy_file: str | None = None, timer: str = "cpu", seed: int = 0,
-            queue_size: int = 64, step_time=None, offset: bool = True) -> CompareResult:
+            queue_size: int = 64, step_time=None, offset: bool = True,
+            probe: SpeedProbe | None = None) -> CompareResult:
     """Replay ``requests`` through vLLM (``policy_file`` through the plugin, else vLLM's own
     scheduler) and through the simulator with ``system``'s ``d0, d1_prefill, d1_context, d2``
     (a profile's ``[system]`` table as :func:`jaxsched.engine.calibrate.read_profile` gives
-    it) and the engine's block memory. ``step_time``: see
+    it) and the engine's block memory. ``step_time``, ``probe``: see
     :func:`~jaxsched.integrations.vllm.replay.replay`."""
     if not requests:
         raise JaxschedError("no requests to replay")
@@ -177,7 +184,7 @@ def compare(llm, requests: Sequence, system: dict[str, Any], settings: LLMSettin
         max_batch, queue_size = int(setup.doc.system.max_batch), setup.queue_size
         num_classes = setup.num_classes
     run = replay(llm, requests, timer=timer, seed=seed, step_time=step_time,
-                 idle_step=float(system["d0"]))
+                 idle_step=float(system["d0"]), probe=probe)
     eng = replay_metrics(run, requests)
     params = make_params(policy, raw, num_classes)
     d0, dp, dc = float(system["d0"]), float(system["d1_prefill"]), float(system["d1_context"])

@@ -18,7 +18,10 @@ policy's decision, a jitted JAX call on the host: :attr:`StepRecord.overhead`), 
 jaxsched engine's replay leaves out its host scheduling; a step that runs nothing while
 requests wait advances it by ``idle_step``; idle, ``V`` jumps to the next arrival (or, with
 ``idle_step``, to the first multiple of it past the arrival, as the simulator's empty
-iterations do). Latency is ``V`` after the
+iterations do). With a :class:`~jaxsched.integrations.vllm.probe.SpeedProbe` every step's
+time is charged at the probe's reference speed (``dt * p_ref / median of the last probes``,
+the probe timed right after the step: see :mod:`jaxsched.integrations.vllm.probe`).
+Latency is ``V`` after the
 step that completes a request minus ``a``; TTFT likewise at its first token. Every request
 runs greedy with ``ignore_eos`` for exactly its output length; token ids are random bytes.
 Per step it keeps the scheduler's :class:`~jaxsched.integrations.vllm.scheduler.StepRecord`
@@ -37,6 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from jaxsched.errors import JaxschedError
+from jaxsched.integrations.vllm.probe import SpeedProbe
 from jaxsched.integrations.vllm.testing import write_policy_file
 
 __all__ = ["LLMSettings", "open_llm", "warm_up", "scheduler_of", "replay", "replay_metrics"]
@@ -145,8 +149,8 @@ def scheduler_of(llm):
 
 
 def replay(llm, requests: Sequence, *, timer: str = "cpu", seed: int = 0,
-           max_steps: int = 200_000, step_time=None, idle_step: float | None = None
-           ) -> dict[str, Any]:
+           max_steps: int = 200_000, step_time=None, idle_step: float | None = None,
+           probe: SpeedProbe | None = None) -> dict[str, Any]:
     """Run ``requests`` through ``llm`` on the virtual clock (module docstring). Returns the
     per-request latency and TTFT, the steps (records with ``time`` = V at the step's start
     and ``duration``) and the end time.
@@ -162,13 +166,22 @@ def replay(llm, requests: Sequence, *, timer: str = "cpu", seed: int = 0,
     engine also waits for the next arrival in such steps, as the simulator's empty iterations
     do (a request arriving at an idle engine starts at the next multiple of ``idle_step``
     after the last step, not at once: ``idle_step / 2`` later on average); without, the clock
-    jumps to the arrival."""
+    jumps to the arrival.
+
+    ``probe``: a :class:`~jaxsched.integrations.vllm.probe.SpeedProbe` with its reference set;
+    each measured step's time is normalized by it (module docstring); the run's probe times
+    are returned as ``probes``."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
     if timer not in TIMERS:
         raise JaxschedError(f"--timer {timer!r}: expected one of {', '.join(TIMERS)}")
     tick = TIMERS[timer]
+    if probe is not None:
+        if not probe.reference > 0:
+            raise JaxschedError("replay: the speed probe has no reference time")
+        probe.timer = tick
+        probe.start()
     engine = llm.llm_engine
     sched = scheduler_of(llm)
     if sched.running or sched.waiting:
@@ -207,6 +220,9 @@ def replay(llm, requests: Sequence, *, timer: str = "cpu", seed: int = 0,
         outs = engine.step()
         ends = {k: f() for k, f in TIMERS.items()}
         dt = ends[timer] - starts[timer]
+        scale = 1.0
+        if probe is not None and step_time is None:  # timed after the step, outside dt
+            scale = probe.normalize(1.0)
         steps += 1
         if steps > max_steps:
             raise JaxschedError(f"vLLM replay did not finish in {max_steps} steps")
@@ -214,13 +230,13 @@ def replay(llm, requests: Sequence, *, timer: str = "cpu", seed: int = 0,
             if step_time is not None:
                 dt = float(step_time(sched.records[-1]))
             else:  # the plugin's own work is left out, as the jaxsched engine's replay does
-                dt = max(dt - sched.records[-1].overhead, 0.0)
+                dt = max(dt - sched.records[-1].overhead, 0.0) * scale
             durations.append(dt)
             for k in TIMERS:
                 raw[k].append(ends[k] - starts[k])
             clock["v"] += dt
         else:  # nothing ran while requests wait (a policy holding them back)
-            clock["v"] += dt if idle_step is None else float(idle_step)
+            clock["v"] += dt * scale if idle_step is None else float(idle_step)
         for out in outs:
             i = int(out.request_id)
             n = len(out.outputs[0].token_ids) if out.outputs else 0
@@ -236,6 +252,7 @@ def replay(llm, requests: Sequence, *, timer: str = "cpu", seed: int = 0,
             "durations": np.asarray(durations),
             "raw_durations": {k: np.asarray(v) for k, v in raw.items()},
             "end_time": clock["v"],
+            "probes": np.asarray(probe.probes if probe is not None else []),
             "block_size": sched.settings.block_size, "capacity": sched.settings.capacity}
 
 
