@@ -388,6 +388,9 @@ def compare_sim(
     probe: Optional[bool] = typer.Option(None, "--probe/--no-probe", help="speed probe "
                                          "normalization (default: as the profile was "
                                          "calibrated, else off)"),
+    replays: Optional[int] = typer.Option(None, "--replays", help="--engine vllm: replay the "
+                                          "requests this often and report each figure's "
+                                          "median (default 5)"),
     engine: str = ENGINE_OPTION,
     block_size: Optional[int] = VLLM_OPTIONS["block_size"],
     num_blocks: Optional[int] = VLLM_OPTIONS["num_blocks"],
@@ -413,11 +416,16 @@ def compare_sim(
         raise JaxschedError("--time-scale and --rate must be > 0")
     if engine not in ENGINES:
         raise JaxschedError(f"--engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    if replays is not None and replays < 1:
+        raise JaxschedError(f"--replays {replays}: must be >= 1")
     if engine == "vllm":
         return _compare_vllm(policy, profile, workload, model, plot, num_requests, max_output,
                              time_scale, rate, timer, seed, as_json, err, rtol,
                              (block_size, num_blocks, max_num_seqs, max_num_batched_tokens,
-                              max_model_len), probe)
+                              max_model_len), probe, 5 if replays is None else replays)
+    if replays is not None:
+        raise JaxschedError("--replays: only with --engine vllm (the jaxsched engine's replay "
+                            "is timed call by call: --repeat-calls)")
     pol, raw_params, k = resolve_policy(policy)
     if timer is not None and timer not in TIMERS:
         raise JaxschedError(f"--timer {timer!r}: expected one of {', '.join(TIMERS)}")
@@ -521,7 +529,8 @@ def _comparison_table(result, rel, keys, engine_label: str):
 
 
 def _compare_vllm(policy, profile, workload, model, plot, num_requests, max_output, time_scale,
-                  rate, timer, seed, as_json, err, rtol, vllm_options, probe=None):
+                  rate, timer, seed, as_json, err, rtol, vllm_options, probe=None,
+                  replays=5):
     """compare-sim --engine vllm (jaxsched.integrations.vllm.cli)."""
     from rich.console import Console
 
@@ -536,7 +545,8 @@ def _compare_vllm(policy, profile, workload, model, plot, num_requests, max_outp
     with err.status("starting vLLM…") as status:
         out = V.compare_command(policy, profile, workload, model, settings, num_requests,
                                 max_output, time_scale, rate, timer, seed, serving,
-                                progress=lambda m: status.update(m), probe=probe)
+                                progress=lambda m: status.update(m), probe=probe,
+                                replays=replays)
     result, system = out["result"], out["system"]
     if plot is not None:
         C.plot_memory(result, plot, float(out["settings"].num_blocks * out["settings"].block_size),
@@ -558,7 +568,8 @@ def _compare_vllm(policy, profile, workload, model, plot, num_requests, max_outp
                   f"us, d1_context = {1e6 * system['d1_context']:.4f} us, d2 = "
                   f"{1e3 * float(system.get('d2', 0.0)):.4f} ms")
     console.print(_comparison_table(result, rel, result.keys, "vLLM"))
-    console.print(f"vLLM: {result.engine_iterations} steps on a virtual clock advanced by each "
+    console.print(f"vLLM: median of {max(1, len(result.engine_runs))} replays; "
+                  f"{result.engine_iterations} steps on a virtual clock advanced by each "
                   f"step's measured time ({out['timer']} timer"
                   + (f", scaled by the speed probe (reference "
                      f"{1e3 * out['probe_reference_s']:.3f} ms)"

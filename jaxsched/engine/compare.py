@@ -99,6 +99,8 @@ class CompareResult:
     engine_iterations: int
     sim_iterations: int
     keys: tuple[str, ...] = COMPARE_KEYS  # the metrics compared
+    engine_runs: tuple[dict[str, float], ...] = ()  # each replay's figures, when ``engine``
+    # is their per-figure median (vLLM: repeated replays of the same requests)
 
     def rel_errors(self) -> dict[str, float]:
         """``|sim - engine| / |engine|`` per key (nan when the engine's value is 0 and the
@@ -117,10 +119,13 @@ class CompareResult:
             return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                     for k, v in d.items()}
 
-        return {"engine": clean(self.engine), "sim": clean(self.sim),
-                "rel_error": clean(self.rel_errors()), "num_requests": self.num_requests,
-                "policy": self.policy, "engine_iterations": self.engine_iterations,
-                "sim_iterations": self.sim_iterations}
+        out = {"engine": clean(self.engine), "sim": clean(self.sim),
+               "rel_error": clean(self.rel_errors()), "num_requests": self.num_requests,
+               "policy": self.policy, "engine_iterations": self.engine_iterations,
+               "sim_iterations": self.sim_iterations}
+        if self.engine_runs:
+            out["engine_replays"] = [clean(r) for r in self.engine_runs]
+        return out
 
 
 class VirtualClock:

@@ -106,11 +106,12 @@ def calibrate_command(out: Path, model: Optional[str], settings, serving_make, t
 def compare_command(policy: str, profile: Optional[Path], workload: Optional[Path],
                     model: Optional[str], settings, num_requests: int, max_output: int,
                     time_scale: float, rate: float, timer: Optional[str], seed: int,
-                    serving_make=None, progress=None, probe: Optional[bool] = None
-                    ) -> dict[str, Any]:
+                    serving_make=None, progress=None, probe: Optional[bool] = None,
+                    replays: int = 5) -> dict[str, Any]:
     """Replay one request list through vLLM and the simulator (calibrating first without a
     profile). ``probe``: normalize by the speed probe (None: when the profile has a
-    reference; without a profile, when True)."""
+    reference; without a profile, when True); ``replays``: vLLM's figures are the medians of
+    this many replays."""
     model = _check_model(model)
     reference = None
     if profile is not None:
@@ -162,8 +163,10 @@ def compare_command(policy: str, profile: Optional[Path], workload: Optional[Pat
                                       (8, min(96, limit - 33)), (4, min(max_output, 32)), seed)
         source = f"synthetic Poisson, {rate / time_scale:g}/s"
     if progress:
-        progress(f"replaying {len(requests)} requests through vLLM and the simulator…")
-    result = VC.compare(llm, requests, system, settings, policy_file, timer, seed, probe=speed)
+        progress(f"replaying {len(requests)} requests through vLLM ({replays}x) and the "
+                 "simulator…")
+    result = VC.compare(llm, requests, system, settings, policy_file, timer, seed, probe=speed,
+                        replays=replays)
     return {"result": result, "system": system, "settings": settings, "source": source,
             "timer": timer, "probe_reference_s": speed.reference if speed else None}
 

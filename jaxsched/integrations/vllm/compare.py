@@ -165,12 +165,14 @@ def sim_requests(requests: Sequence, own_scheduler: bool) -> list:
 def compare(llm, requests: Sequence, system: dict[str, Any], settings: LLMSettings,
             policy_file: str | None = None, timer: str = "cpu", seed: int = 0,
             queue_size: int = 64, step_time=None, offset: bool = True,
-            probe: SpeedProbe | None = None) -> CompareResult:
+            probe: SpeedProbe | None = None, replays: int = 1) -> CompareResult:
     """Replay ``requests`` through vLLM (``policy_file`` through the plugin, else vLLM's own
     scheduler) and through the simulator with ``system``'s ``d0, d1_prefill, d1_context, d2``
     (a profile's ``[system]`` table as :func:`jaxsched.engine.calibrate.read_profile` gives
     it) and the engine's block memory. ``step_time``, ``probe``: see
-    :func:`~jaxsched.integrations.vllm.replay.replay`."""
+    :func:`~jaxsched.integrations.vllm.replay.replay`. ``replays``: vLLM replays the list
+    this often and reports each figure's median (the simulator is deterministic; a measured
+    clock is not: see :mod:`jaxsched.integrations.vllm.probe`)."""
     if not requests:
         raise JaxschedError("no requests to replay")
     sched = scheduler_of(llm)
@@ -183,9 +185,17 @@ def compare(llm, requests: Sequence, system: dict[str, Any], settings: LLMSettin
         policy, raw = setup.policy, dict(setup.doc.policy.params)
         max_batch, queue_size = int(setup.doc.system.max_batch), setup.queue_size
         num_classes = setup.num_classes
-    run = replay(llm, requests, timer=timer, seed=seed, step_time=step_time,
-                 idle_step=float(system["d0"]), probe=probe)
-    eng = replay_metrics(run, requests)
+    runs = []
+    for _ in range(max(1, replays)):  # each replay from the policy's initial state
+        sched.use_policy(None if policy_file is None
+                         else {"policy": str(policy_file), "seed": seed})
+        runs.append(replay(llm, requests, timer=timer, seed=seed, step_time=step_time,
+                           idle_step=float(system["d0"]), probe=probe))
+    per_run = [replay_metrics(run, requests) for run in runs]
+    eng = {k: float(np.median([m[k] for m in per_run])) for k in per_run[0]}
+    # the trajectory shown and the step counts: the replay nearest the median end time
+    ends = np.array([run["end_time"] for run in runs])
+    run = runs[int(np.argmin(np.abs(ends - np.median(ends))))]
     params = make_params(policy, raw, num_classes)
     d0, dp, dc = float(system["d0"]), float(system["d1_prefill"]), float(system["d1_context"])
     d2 = float(system.get("d2", 0.0))
@@ -207,4 +217,5 @@ def compare(llm, requests: Sequence, system: dict[str, Any], settings: LLMSettin
                          num_requests=len(requests),
                          policy=policy.name if policy_file is None else f"{policy.name} (plugin)",
                          engine_iterations=len(run["records"]),
-                         sim_iterations=sim["iterations"], keys=VLLM_KEYS)
+                         sim_iterations=sim["iterations"], keys=VLLM_KEYS,
+                         engine_runs=tuple(per_run) if len(per_run) > 1 else ())
