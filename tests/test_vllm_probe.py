@@ -4,6 +4,8 @@ profile field that carries its reference from calibrate to compare-sim."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -43,3 +45,16 @@ def test_probe_reference_goes_from_the_fit_to_the_profile(tmp_path):
     assert engine["engine"] == "vllm"
     unprobed = fit_runs({"serve": run}, settings, "tiny", "cpu")
     assert math.isnan(unprobed.probe_reference)
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--policy", "greedy", "--replays", "2"], "error: --replays: only with --engine vllm"),
+    (["--engine", "vllm", "--policy", "vllm", "--replays", "0"],
+     "error: --replays 0: must be >= 1"),
+])
+def test_replays_is_checked_in_one_line(args, line):
+    proc = subprocess.run([sys.executable, "-m", "jaxsched", "compare-sim", *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.strip().startswith(line), proc.stderr
