@@ -35,6 +35,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxsched.core import metrics as M
+from jaxsched.core.prefix import count_through
 from jaxsched.core.model import (
     RequestState,
     SimShape,
@@ -133,11 +134,12 @@ def initial_state(shape: SimShape, workload: Workload) -> SimState:
 def _compact(slots: SlotState, keep: jax.Array) -> SlotState:
     """Move the kept slots to the front, preserving their order; free the rest.
 
-    One scatter of source indices, then a gather per field: on CPU this is about a quarter
+    One scatter of source indices (ranks by :func:`~jaxsched.core.prefix.count_through`),
+    then a gather per field: on CPU this is about a quarter
     faster than scattering every field (measured in one run, 256 workloads of the default).
     """
     b = keep.shape[0]
-    pos = jnp.where(keep, jnp.cumsum(keep) - 1, b)
+    pos = jnp.where(keep, count_through(keep) - 1, b)
     src = jnp.zeros((b,), jnp.int32).at[pos].set(jnp.arange(b, dtype=jnp.int32), mode="drop")
     live = jnp.arange(b) < jnp.sum(keep)
     empty = _empty_slots(b, slots.mass is not None)
@@ -402,7 +404,7 @@ def _window(shape: SimShape, workload: Workload, state: SimState, arrived) -> _W
         position = start + jnp.arange(block, dtype=jnp.int32)
         clipped = jnp.minimum(position, n - 1)
         waiting = (position < arrived) & ~taken[clipped]
-        rank = jnp.where(waiting, found + jnp.cumsum(waiting) - 1, w)
+        rank = jnp.where(waiting, found + count_through(waiting) - 1, w)
         index = index.at[rank].set(clipped, mode="drop")
         valid = valid.at[rank].set(True, mode="drop")
         return start + block, found + jnp.sum(waiting, dtype=jnp.int32), index, valid
