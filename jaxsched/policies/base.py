@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxsched.core.model import BIG_CHUNK, SimShape, block_tokens
+from jaxsched.core.prefix import count_through, prefix_sum
 from jaxsched.policies.serving import ServerHints, ServerTarget
 
 __all__ = [
@@ -293,7 +294,7 @@ def evict_newest_first(need: jax.Array, valid: jax.Array, excess: jax.Array) -> 
     ``excess``.
     """
     need = jnp.where(valid, need, 0)
-    newer = jnp.sum(need) - jnp.cumsum(need)  # memory of slots after i (exact integers)
+    newer = jnp.sum(need) - prefix_sum(need)  # memory of slots after i (exact integers)
     return valid & (newer < excess)
 
 
@@ -311,7 +312,7 @@ def seat_admissions(admit: jax.Array, waiting: jax.Array, resident: jax.Array
     b = resident.shape[0]
     num_resident = jnp.sum(resident, dtype=jnp.int32)
     admit = admit & waiting
-    rank = jnp.cumsum(admit)  # also the rank among the kept ones: they are a prefix
+    rank = count_through(admit)  # also the rank among the kept ones: they are a prefix
     admit = admit & (rank <= b - num_resident)
     return admit, jnp.where(admit, num_resident + rank - 1, b)
 

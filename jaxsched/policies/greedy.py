@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from jaxsched.core.prefix import count_through, prefix_sum
 from jaxsched.policies.base import (
     check_eviction,
     Param,
@@ -48,7 +49,7 @@ def greedy(eviction: str = "newest") -> Policy:
         free = view.capacity - jnp.sum(full_need(s, view.block_size))
         need = view_memory(view, jnp.where(q.valid, q.prompt + q.kept + 1, 0))
         seats = params["max_num_seqs"] - jnp.sum(s.valid)
-        ok = (jnp.cumsum(need) <= free) & (jnp.cumsum(q.valid) <= seats)
+        ok = (prefix_sum(need) <= free) & (count_through(q.valid) <= seats)
         return fcfs_prefix(ok, q.valid), pstate
 
     return Policy(
