@@ -28,3 +28,15 @@ def test_vmapped_count_through():
     mask = jax.random.bernoulli(jax.random.PRNGKey(0), 0.5, (8, 256))
     np.testing.assert_array_equal(np.asarray(jax.vmap(count_through)(mask)),
                                   np.cumsum(np.asarray(mask), axis=1))
+
+
+def test_prefix_sum_of_a_mask_counts_it():
+    mask = jax.random.bernoulli(jax.random.PRNGKey(3), 0.5, (70,))
+    got = prefix_sum(mask)
+    assert got.dtype == jnp.cumsum(mask).dtype
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(jnp.cumsum(mask)))
+
+
+def test_prefix_sum_of_a_matrix_is_cumsums_flattened_sum():
+    x = jnp.arange(12, dtype=jnp.int32).reshape(3, 4)
+    np.testing.assert_array_equal(np.asarray(prefix_sum(x)), np.cumsum(np.arange(12)))

@@ -39,8 +39,13 @@ def count_through(mask: jax.Array) -> jax.Array:
 
 
 def prefix_sum(x: jax.Array) -> jax.Array:
-    """``jnp.cumsum(x)`` of a 1-D integer array (same dtype), by Hillis-Steele doubling;
-    other dtypes go to ``jnp.cumsum`` (a float sum's rounding depends on its order)."""
+    """``jnp.cumsum(x)`` of a 1-D integer array (same dtype), by Hillis-Steele doubling; of
+    a bool mask, :func:`count_through`; other dtypes go to ``jnp.cumsum`` (a float sum's
+    rounding depends on its order)."""
+    if x.ndim != 1:
+        return jnp.cumsum(x)
+    if x.dtype == jnp.bool_:
+        return count_through(x)
     if not jnp.issubdtype(x.dtype, jnp.integer):
         return jnp.cumsum(x)
     n, shift = x.shape[0], 1

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsched.core.model import memory_time  # w = l o + (o + o^2) / 2 (re-exported)
+from jaxsched.core.prefix import prefix_sum
 from jaxsched.policies.base import (
     check_eviction,
     Decision,
@@ -273,7 +274,7 @@ def flow_control(budget_distribution: str = "fixed", eviction: str = "newest") -
             n, credit = draw_budget(key, budget, budget_distribution), pstate.credit
             # the draw's mean moves one for one with the budget (straight through the draw)
             allowance = n + (budget - jax.lax.stop_gradient(budget))
-        rank = jnp.cumsum(q.valid)
+        rank = prefix_sum(q.valid)
         admit = q.valid & (rank <= n)
         return Decision(admit, budget_margin(allowance, rank)), CreditState(credit=credit)
 
@@ -328,7 +329,7 @@ def alpha_protection() -> Policy:
         limit = (1.0 - params["alpha"]) * view.capacity
         used = jnp.sum(full_need(view.slots, view.block_size))
         need = view_memory(view, jnp.where(q.valid, q.prompt + q.kept + 1, 0))
-        ok = (used + jnp.cumsum(need)) <= limit
+        ok = (used + prefix_sum(need)) <= limit
         return fcfs_prefix(ok, q.valid), pstate
 
     def evict(key, params, pstate, view, need):
@@ -388,7 +389,7 @@ def _future_memory_admit(shortest_first: bool):
         prefix = jnp.cumsum(load(valid_c, r_c, base_c), axis=0)  # (W, T)
         fits = jnp.all((resident[None, :] + prefix).astype(jnp.float32) <= view.capacity, axis=1)
         seats = s.valid.shape[0] - jnp.sum(s.valid)
-        take = fcfs_prefix(fits, valid_c) & (jnp.cumsum(valid_c) <= seats)
+        take = fcfs_prefix(fits, valid_c) & (prefix_sum(valid_c) <= seats)
         return jnp.zeros((w,), bool).at[order].set(take), pstate
 
     return admit
@@ -497,7 +498,7 @@ def reserve_full(eviction: str = "newest") -> Policy:
             s.valid, _reserved(s.prompt, s.generated, s.output, max_new), 0)))
         need = view_memory(view, jnp.where(
             q.valid, _reserved(q.prompt, q.kept, q.output, max_new), 0))
-        ok = (used + jnp.cumsum(need)).astype(jnp.float32) <= view.capacity
+        ok = (used + prefix_sum(need)).astype(jnp.float32) <= view.capacity
         return fcfs_prefix(ok, q.valid), pstate
 
     return Policy(
