@@ -6,8 +6,8 @@ may take hours; the tests that take their settings from
 
 Each test module's compiled programs are released when it ends: XLA's CPU backend maps
 about 18 memory regions per executable, and one pytest process compiling the whole suite
-reaches the kernel's limit of 65530 mappings (``vm.max_map_count``), after which the next
-compile aborts the process."""
+reaches the kernel's limit of 65530 mappings (``vm.max_map_count``) at about 93%, after
+which the next compile hangs or aborts the process."""
 
 from __future__ import annotations
 
