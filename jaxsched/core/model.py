@@ -262,7 +262,8 @@ class Workload:
 
 @struct.dataclass
 class SlotState:
-    """Resident requests, compacted in admission order: slots [0, n) are occupied, oldest first."""
+    """Resident requests in admission order, oldest first; free slots (``req = -1``, other
+    fields zero) may lie between them (the simulator compacts them when it needs the room)."""
 
     req: jax.Array  # (B,) int32 workload index, -1 where free
     prompt: jax.Array  # (B,) int32

@@ -9,8 +9,11 @@
 (:class:`_HardCounts`) or admission-mass-weighted ones (:class:`_RelaxedCounts`), so the hard
 path carries no relaxed work.
 
-Residents are kept compacted in admission order, so the newest are a suffix (LIFO eviction
-is a prefix sum, no sort); the waiting queue is the workload itself
+Residents are kept in admission order, so the newest are a suffix (LIFO eviction is a prefix
+sum, no sort). In hard mode a freed slot stays free in place until an admission finds no room
+after the last resident, and then the batch is compacted at once; the eviction phase runs only
+in iterations where some workload overflows, and arrivals are counted without a search unless
+a block of them arrives at once (:mod:`jaxsched.core.batch_cond`). The waiting queue is the workload itself
 (sorted by arrival) minus the requests taken, seen through a window of ``queue_size``
 positions from the oldest waiting request, compacted into the first ``queue_size`` waiting
 requests. The positions are searched in blocks of ``2 queue_size`` (a ``while_loop``) until
@@ -35,6 +38,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxsched.core import metrics as M
+from jaxsched.core.batch_cond import cond_any
 from jaxsched.core.prefix import count_through
 from jaxsched.core.model import (
     RequestState,
@@ -171,6 +175,10 @@ def _slot_view(slots: SlotState, is_new) -> SlotView:
         arrival=slots.arrival,
         is_new=is_new,
     )
+
+
+_ARRIVAL_BLOCK = 32
+"""Requests past the arrived ones that an iteration tests before it searches (:func:`_arrivals`)."""
 
 
 def step_keys(key: jax.Array, iteration: jax.Array) -> jax.Array:
@@ -337,22 +345,23 @@ def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
     system, policy_params = params.system, params.policy
     admit_key, plan_key, evict_key = step_keys(key, state.iteration)
     weights = _weighting(shape, params.temperature)
+    lazy = shape.relax == "hard"  # rare phases skipped batch-wide (no derivative rule)
 
-    arrived, num_waiting = _arrivals(workload, state)
+    arrived, num_waiting = _arrivals(workload, state, lazy)
     window = _window(shape, workload, state, arrived)
     view = _admission_view(workload, state, system, num_waiting, window)
     admitted, pstate = _admission(policy, admit_key, policy_params, pstate, view, workload,
-                                  state, window, weights)
+                                  state, window, weights, lazy)
     weights = weights.with_mass(admitted.slots.mass)
     planned = _plan(policy, plan_key, policy_params, pstate, view, admitted, system.block_size)
     evicted, pstate = _memory(policy, evict_key, policy_params, pstate, planned,
-                              admitted.slots.valid)
+                              admitted.slots.valid, lazy)
     executed = _execution(system, weights, admitted.slots, planned, evicted)
     t1 = state.time + executed.tau
     completed = _completion(admitted.slots, executed, evicted, t1)
     num_waiting = num_waiting - admitted.count + evicted.count
     new_state = _next_state(shape, system, workload, state, arrived, num_waiting, window,
-                            admitted, evicted, executed, completed, t1)
+                            admitted, evicted, executed, completed, t1, lazy)
     acc = _accounting(shape, system, weights, acc, state.iteration, admitted.slots, planned,
                       evicted, executed, completed, view.capacity)
     out = None
@@ -377,10 +386,28 @@ def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
     return (new_state, pstate, acc), out
 
 
-def _arrivals(workload: Workload, state: SimState):
+def _arrivals(workload: Workload, state: SimState, lazy: bool):
     """Phase 1: every request with ``a_i <= T_k`` has arrived (a prefix of the workload,
-    sorted by arrival). Returns ``(arrived, num_waiting)``."""
-    arrived = jnp.searchsorted(workload.arrival, state.time, side="right").astype(jnp.int32)
+    sorted by arrival). Returns ``(arrived, num_waiting)``.
+
+    ``lazy``: the next ``_ARRIVAL_BLOCK`` requests are tested; only when all of them have
+    arrived does a binary search find the rest (batch-wide,
+    :func:`~jaxsched.core.batch_cond.cond_any`), so an iteration does not pay a search loop.
+    """
+    n = workload.num_requests
+    block = min(_ARRIVAL_BLOCK, n)
+
+    def search(arrival, time, arrived):
+        return jnp.searchsorted(arrival, time, side="right").astype(jnp.int32)
+
+    if lazy:
+        position = state.arrived + jnp.arange(block, dtype=jnp.int32)
+        ahead = workload.arrival[jnp.minimum(position, n - 1)]
+        new = jnp.sum((position < n) & (ahead <= state.time), dtype=jnp.int32)
+        arrived = cond_any(new == block, search, lambda arrival, time, arrived: arrived,
+                           workload.arrival, state.time, state.arrived + new)
+    else:
+        arrived = search(workload.arrival, state.time, state.arrived)
     return arrived, state.num_waiting + (arrived - state.arrived)
 
 
@@ -409,9 +436,9 @@ def _window(shape: SimShape, workload: Workload, state: SimState, arrived) -> _W
         valid = valid.at[rank].set(True, mode="drop")
         return start + block, found + jnp.sum(waiting, dtype=jnp.int32), index, valid
 
-    _, _, index, valid = jax.lax.while_loop(
-        more, search, (state.head, jnp.zeros((), jnp.int32), jnp.zeros((w,), jnp.int32),
-                       jnp.zeros((w,), bool)))
+    first = search((state.head, jnp.zeros((), jnp.int32), jnp.zeros((w,), jnp.int32),
+                    jnp.zeros((w,), bool)))
+    _, _, index, valid = jax.lax.while_loop(more, search, first)
     return _Window(index, valid)
 
 
@@ -441,20 +468,21 @@ def _admission_view(workload: Workload, state: SimState, system: SystemParams, n
 
 
 def _admission(policy: Policy, key, policy_params, pstate, view: SchedView,
-               workload: Workload, state: SimState, window: _Window, weights):
+               workload: Workload, state: SimState, window: _Window, weights, lazy: bool):
     """Phase 2: the policy chooses from the window; admissions beyond the free slots are
-    dropped in queue order. The admitted fill slots ``[n, n + a)`` in queue order (one
-    scatter of window ranks, then a gather per field); one that kept ``g`` generated tokens
-    must prefill ``l + g``."""
+    dropped in queue order. The admitted fill slots ``[e, e + a)`` after the last resident
+    (:func:`_make_room`) in queue order (one scatter of window ranks, then a gather per
+    field); one that kept ``g`` generated tokens must prefill ``l + g``."""
     b, w, n = state.slots.req.shape[0], window.index.shape[0], workload.num_requests
     decision, pstate = policy.admit(key, policy_params, pstate, view)
     admit, margin = decision_parts(decision)
-    admit, seat = seat_admissions(admit, window.valid, state.slots.valid)
-    source = jnp.zeros((b,), jnp.int32).at[seat].set(jnp.arange(w, dtype=jnp.int32), mode="drop")
+    admit, place = seat_admissions(admit, window.valid, state.slots.valid, first_free=0)
     count = jnp.sum(admit, dtype=jnp.int32)
+    resident, end = _make_room(state.slots, count, lazy)
+    seat = jnp.where(admit, end + place, b)
+    source = jnp.zeros((b,), jnp.int32).at[seat].set(jnp.arange(w, dtype=jnp.int32), mode="drop")
     slot = jnp.arange(b, dtype=jnp.int32)
-    num_resident = jnp.sum(state.slots.valid, dtype=jnp.int32)
-    is_new = (slot >= num_resident) & (slot < num_resident + count)  # seats are contiguous
+    is_new = (slot >= end) & (slot < end + count)  # seats are contiguous
     queue, requests = view.queue, state.requests
     incoming = SlotState(
         req=window.index[source],
@@ -467,9 +495,28 @@ def _admission(policy: Policy, key, policy_params, pstate, view: SchedView,
         first_done=requests.first_done[window.index][source],
         mass=weights.admitted_mass(margin, source),
     )
-    slots = jax.tree.map(lambda new, old: jnp.where(is_new, new, old), incoming, state.slots)
+    slots = jax.tree.map(lambda new, old: jnp.where(is_new, new, old), incoming, resident)
     taken = requests.taken.at[jnp.where(admit, window.index, n)].set(True, mode="drop")
     return _Admitted(slots, admit, taken, is_new, count), pstate
+
+
+def _make_room(slots: SlotState, count, lazy: bool):
+    """``(slots, e)``: the residents, with the ``count`` slots ``[e, e + count)`` after the
+    last one free. Freed slots stay where they are (``lazy``) until the admissions would not
+    fit after the last resident; then the residents are compacted to the front in order
+    (under ``vmap``, every workload of the batch at once: :func:`~jaxsched.core.batch_cond.
+    cond_any`; compaction changes no resident's order, so it is harmless where not needed)."""
+    b = slots.req.shape[0]
+    slot = jnp.arange(b, dtype=jnp.int32)
+    end = jnp.max(jnp.where(slots.valid, slot + 1, 0))
+    if not lazy:  # compacted at every iteration's end (_next_state)
+        return slots, end
+
+    def compact(slots, end):
+        valid = slots.valid
+        return _compact(slots, valid), jnp.sum(valid, dtype=jnp.int32)
+
+    return cond_any(end + count > b, compact, lambda slots, end: (slots, end), slots, end)
 
 
 def _plan(policy: Policy, key, policy_params, pstate, view: SchedView, admitted: _Admitted,
@@ -487,14 +534,27 @@ def _plan(policy: Policy, key, policy_params, pstate, view: SchedView, admitted:
     return _Planned(view, run, chunk, token, need, pending)
 
 
-def _memory(policy: Policy, key, policy_params, pstate, planned: _Planned, valid):
+def _memory(policy: Policy, key, policy_params, pstate, planned: _Planned, valid, lazy: bool):
     """Phase 4: ``M_k = sum_i m_i``; if ``M_k > C_b`` (overflow) the policy evicts, then the
-    newest admitted go first until ``M_k <= C_b``."""
+    newest admitted go first until ``M_k <= C_b``. Without an overflow nothing is evicted and
+    the policy is not asked (``lazy``: under ``vmap`` the phase runs only in iterations where
+    some workload of the batch overflows, :func:`~jaxsched.core.batch_cond.cond_any`)."""
     capacity = planned.view.capacity
     excess = jnp.sum(planned.need).astype(jnp.float32) - capacity
-    evict, pstate = policy.evict(key, policy_params, pstate,
-                                 planned.view.replace(excess=excess), planned.need)
-    evict = evict_to_fit(evict, planned.need, valid, excess)
+    view = planned.view.replace(excess=excess)
+
+    def evictions(key, policy_params, pstate, view, need, valid):
+        overflow = view.excess > 0
+        evict, after = policy.evict(key, policy_params, pstate, view, need)
+        after = jax.tree.map(lambda new, old: jnp.where(overflow, new, old), after, pstate)
+        return evict_to_fit(evict, need, valid, view.excess), after
+
+    def none(key, policy_params, pstate, view, need, valid):
+        return jnp.zeros_like(valid), pstate
+
+    operands = (key, policy_params, pstate, view, planned.need, valid)
+    evict, pstate = (cond_any(excess > 0, evictions, none, *operands) if lazy
+                     else evictions(*operands))
     count = jnp.sum(evict, dtype=jnp.int32)
     return _Evicted(excess, excess > 0, evict, valid & ~evict, count), pstate
 
@@ -535,23 +595,19 @@ def _completion(slots: SlotState, executed: _Executed, evicted: _Evicted, t1) ->
 
 def _next_state(shape: SimShape, system: SystemParams, workload: Workload, state: SimState,
                 arrived, num_waiting, window: _Window, admitted: _Admitted, evicted: _Evicted,
-                executed: _Executed, completed: _Completed, t1) -> SimState:
+                executed: _Executed, completed: _Completed, t1, lazy: bool) -> SimState:
     """``state_{k+1}``: evicted requests rejoin the queue at their arrival position (keeping
     ``s_i`` generated tokens, or none with ``restart_on_evict``); the head moves to the first
     request the window leaves waiting, else past the window (to ``arrived`` if it was not
-    full), read off the window without a search (an eviction may move it back); the kept
-    residents move to the front in admission order."""
+    full), read off the window without a search (an eviction may move it back); the slots of
+    the completed and evicted are freed (``lazy``: in place, compacted when an admission needs
+    the room, :func:`_make_room`; else the kept residents move to the front now)."""
     n = workload.num_requests
-    slots, requests = admitted.slots, state.requests
+    slots = admitted.slots
     evicted_index = jnp.where(evicted.evict, slots.req, n)
-    kept_tokens = jnp.where(system.restart_on_evict, 0, slots.generated)
     first_done = slots.first_done | completed.first_token
-    taken = admitted.taken.at[evicted_index].set(False, mode="drop")
-    requests = RequestState(
-        taken=taken,
-        kept=requests.kept.at[evicted_index].set(kept_tokens, mode="drop"),
-        first_done=requests.first_done.at[evicted_index].set(first_done, mode="drop"),
-    )
+    requests = _requeue(admitted.taken, state.requests, evicted_index, slots.generated,
+                        first_done, system.restart_on_evict)
     left = window.valid & ~admitted.admit  # still waiting in the window
     head = jnp.where(jnp.any(left), jnp.min(jnp.where(left, window.index, n)),
                      jnp.where(window.valid[-1], window.index[-1] + 1, arrived))
@@ -566,9 +622,27 @@ def _next_state(shape: SimShape, system: SystemParams, workload: Workload, state
         head=head,
         num_waiting=num_waiting,
         num_completed=state.num_completed + completed.count,
-        slots=_compact(ran, completed.stays),
+        slots=_free(ran, completed.stays) if lazy else _compact(ran, completed.stays),
         requests=requests,
     )
+
+
+def _requeue(taken, requests: RequestState, evicted_index, generated, first_done,
+             restart_on_evict) -> RequestState:
+    """The evicted (workload positions ``evicted_index``, ``N`` for the others) wait again,
+    keeping their generated tokens (none with ``restart_on_evict``) and first-token flag."""
+    kept = jnp.where(restart_on_evict, 0, generated)
+    return RequestState(
+        taken=taken.at[evicted_index].set(False, mode="drop"),
+        kept=requests.kept.at[evicted_index].set(kept, mode="drop"),
+        first_done=requests.first_done.at[evicted_index].set(first_done, mode="drop"),
+    )
+
+
+def _free(slots: SlotState, keep: jax.Array) -> SlotState:
+    """The slots not in ``keep`` emptied in place."""
+    empty = _empty_slots(keep.shape[0], slots.mass is not None)
+    return jax.tree.map(lambda x, e: jnp.where(keep, x, e), slots, empty)
 
 
 def _discarded_tokens(system: SystemParams, slots: SlotState, evicted: _Evicted):

@@ -11,8 +11,9 @@ A scheduling policy is a :class:`Policy`: four pure functions built by a factory
 * ``plan(key, params, pstate, view) -> Plan``: which residents run and their prefill chunk caps
   (step 3). Most policies use :func:`run_all`.
 * ``evict(key, params, pstate, view, need) -> (evict (B,) bool, pstate)``: which residents to
-  evict given each one's memory need in this iteration (step 4). Called every iteration;
-  ``view.excess`` says by how much memory would exceed capacity (<= 0: no overflow).
+  evict given each one's memory need in this iteration (step 4). ``view.excess`` says by how
+  much memory would exceed capacity; only an overflow (``excess > 0``) evicts, so without one
+  the simulator does not ask (or ignores the answer and keeps the state it had).
 
 Parameters are a pytree of arrays (traced: vmappable and differentiable, never a recompile);
 options that change the computation's structure (an eviction order, a mode) are arguments of
@@ -303,18 +304,19 @@ def evict_newest_first(need: jax.Array, valid: jax.Array, excess: jax.Array) -> 
 # (jaxsched.core.sim.step) and the engine's scheduler (jaxsched.engine.batching.decide).
 
 
-def seat_admissions(admit: jax.Array, waiting: jax.Array, resident: jax.Array
-                    ) -> tuple[jax.Array, jax.Array]:
+def seat_admissions(admit: jax.Array, waiting: jax.Array, resident: jax.Array,
+                    first_free=None) -> tuple[jax.Array, jax.Array]:
     """Step 2: the policy's admissions among the waiting window positions, kept in queue order
     while they fit the free slots ``B - residents``. Returns ``(admit (W,), slot (W,))``: the
-    slot each admitted position fills (residents stay compacted: ``residents + rank``), ``B``
-    for the others."""
+    slot each admitted position fills, ``first_free + rank`` (default ``first_free``: the
+    number of residents, for compacted residents), ``B`` for the others."""
     b = resident.shape[0]
     num_resident = jnp.sum(resident, dtype=jnp.int32)
     admit = admit & waiting
     rank = count_through(admit)  # also the rank among the kept ones: they are a prefix
     admit = admit & (rank <= b - num_resident)
-    return admit, jnp.where(admit, num_resident + rank - 1, b)
+    first = num_resident if first_free is None else first_free
+    return admit, jnp.where(admit, first + rank - 1, b)
 
 
 def plan_execution(run: jax.Array, chunk: jax.Array, valid: jax.Array, prompt: jax.Array,
@@ -335,9 +337,10 @@ def plan_execution(run: jax.Array, chunk: jax.Array, valid: jax.Array, prompt: j
 
 def evict_to_fit(evict: jax.Array, need: jax.Array, valid: jax.Array, excess: jax.Array
                  ) -> jax.Array:
-    """Step 4: the policy's evictions among the residents, then the newest remaining ones
-    until the memory fits (``excess = M - C_b``, block tokens; nothing more when it is <= 0)."""
-    evict = evict & valid
+    """Step 4: without an overflow (``excess = M - C_b <= 0``, block tokens) nothing; else the
+    policy's evictions among the residents, then the newest remaining ones until the memory
+    fits."""
+    evict = evict & valid & (excess > 0)
     still = excess - jnp.sum(jnp.where(evict, need, 0)).astype(jnp.float32)
     return evict | evict_newest_first(need, valid & ~evict, still)
 
