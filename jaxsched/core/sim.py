@@ -13,8 +13,8 @@ Residents are kept in admission order, so the newest are a suffix (LIFO eviction
 sum, no sort). In hard mode a freed slot stays free in place until an admission finds no room
 after the last resident, and then the batch is compacted at once; the eviction phase runs only
 in iterations where some workload overflows, and arrivals are counted without a search unless
-a block of them arrives at once (:mod:`jaxsched.core.batch_cond`). The waiting queue is the workload itself
-(sorted by arrival) minus the requests taken, seen through a window of ``queue_size``
+a block of them arrives at once (:mod:`jaxsched.core.batch_cond`). The waiting queue is the
+workload itself (sorted by arrival) minus the requests taken, seen through a window of ``queue_size``
 positions from the oldest waiting request, compacted into the first ``queue_size`` waiting
 requests. The positions are searched in blocks of ``2 queue_size`` (a ``while_loop``) until
 the window is full or the arrived requests are exhausted, so the window is always exact; one
