@@ -287,16 +287,34 @@ def fcfs_prefix(ok: jax.Array, valid: jax.Array) -> jax.Array:
     return valid & ok & ~blocked
 
 
-def evict_newest_first(need: jax.Array, valid: jax.Array, excess: jax.Array) -> jax.Array:
-    """LIFO eviction by prefix sums over the admission-ordered slots: evict the newest
-    residents until the freed memory covers ``excess``. No sort: slots are already ordered.
+_LIFO_BLOCK = 32
+"""Slots per block of :func:`evict_newest_first`'s two-level search."""
 
-    Slot i is evicted iff the memory of the residents newer than i is still short of
-    ``excess``.
+
+def evict_newest_first(need: jax.Array, valid: jax.Array, excess: jax.Array) -> jax.Array:
+    """LIFO eviction over the admission-ordered slots: evict the newest residents until the
+    freed memory covers ``excess``. No sort: slots are already ordered.
+
+    Slot i is evicted iff it is resident and the memory of the slots after it,
+    ``newer_i = sum_{j > i} m_j``, is still short of ``excess``. ``newer`` does not increase
+    with i, so the evicted are the residents at slots ``i >= cut``,
+    ``cut = #{i: newer_i >= excess}``, found in two levels without a prefix sum over the
+    slots: blocks of ``K`` slots whose later blocks hold at least ``excess`` lie wholly
+    before the cut; the cut's block is searched alone (``K`` wide). Equal to the one-level
+    rule ``valid & (sum(m) - cumsum(m) < excess)`` (exact integers).
     """
-    need = jnp.where(valid, need, 0)
-    newer = jnp.sum(need) - prefix_sum(need)  # memory of slots after i (exact integers)
-    return valid & (newer < excess)
+    b = need.shape[0]
+    k = min(_LIFO_BLOCK, b)
+    nb = -(-b // k)
+    need = jnp.pad(jnp.where(valid, need, 0), (0, nb * k - b))
+    block = jnp.sum(need.reshape(nb, k), axis=1)  # (nb,) memory per block
+    after = jnp.sum(block) - prefix_sum(block)  # (nb,) memory of the later blocks
+    before_cut = jnp.sum(after >= excess, dtype=jnp.int32)  # blocks wholly before the cut
+    start = jnp.minimum(before_cut, nb - 1) * k
+    inner = jax.lax.dynamic_slice(need, (start,), (k,))
+    later = after[jnp.minimum(before_cut, nb - 1)] + jnp.sum(inner) - prefix_sum(inner)
+    cut = jnp.where(before_cut >= nb, b, start + jnp.sum(later >= excess, dtype=jnp.int32))
+    return valid & (jnp.arange(b) >= cut)
 
 
 # --------------------------------------------------------------------------------------------
