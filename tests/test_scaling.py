@@ -70,8 +70,9 @@ def test_profiling_before_variant_applies():
 
 
 def test_profiling_ab_step_checks_the_trajectories(tmp_path):
-    """``profiling --before FILE``: a copy of this step runs against it with identical final
-    carries; a step whose iterations last twice as long is refused before any timing."""
+    """``profiling --before FILE``: a copy of this step, and one that keeps its residents in
+    other slots, run against it with the same final trajectories; a step whose iterations last
+    twice as long is refused before any timing."""
     from pathlib import Path
 
     from jaxsched.tools import profiling
@@ -84,6 +85,13 @@ def test_profiling_ab_step_checks_the_trajectories(tmp_path):
     result = profiling.ab_step(exp, keys, wl, profiling.sim_from_file(same), repeats=1)
     assert result["before"] > 0 and result["after"] > 0
     assert result["rate_after"] == pytest.approx(8 * 12 * 2 / result["after"])
+    eager = tmp_path / "eager.py"  # compacts every iteration: other slots, one trajectory
+    lazy = "        slots=_free(ran, completed.stays) if lazy else _compact(ran, completed.stays),\n"
+    assert source.count(lazy) == 1
+    eager.write_text(source.replace(lazy, "        slots=_compact(ran, completed.stays),\n"))
+    result = profiling.ab_step(exp, keys, wl, profiling.sim_from_file(eager, "jaxsched._eager"),
+                               repeats=1)
+    assert result["ratio"] > 0
     slower = tmp_path / "slower.py"
     old = "    t1 = state.time + executed.tau\n"
     assert source.count(old) == 1

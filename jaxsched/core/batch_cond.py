@@ -4,8 +4,8 @@
 for every member, every iteration. Some phases of the step are rare for each workload
 (eviction runs only when memory overflows; compaction only when an admission finds no room
 at the end of the slots), so paying for them every iteration costs the batch most of its time
-(measured: the eviction phase was about a third of a step on the tight-loop setting, where
-nothing is ever evicted).
+(measured: without the eviction phase the tight-loop setting's step was 1.46x faster, though
+that phase is needed in only 46% of its iterations per workload).
 
 :func:`cond_any` is ``lax.cond`` unbatched; under ``vmap`` (at every level: nested maps
 keep it a branch) it runs ``true_fn`` on *every* member when *any* member's predicate holds,
