@@ -145,9 +145,7 @@ def _compact(slots: SlotState, keep: jax.Array) -> SlotState:
     b = keep.shape[0]
     pos = jnp.where(keep, count_through(keep) - 1, b)
     src = jnp.zeros((b,), jnp.int32).at[pos].set(jnp.arange(b, dtype=jnp.int32), mode="drop")
-    live = jnp.arange(b) < jnp.sum(keep)
-    empty = _empty_slots(b, slots.mass is not None)
-    return jax.tree.map(lambda x, e: jnp.where(live, x[src], e), slots, empty)
+    return _free(jax.tree.map(lambda x: x[src], slots), jnp.arange(b) < jnp.sum(keep))
 
 
 def _empty_slots(b: int, relaxed: bool = False) -> SlotState:

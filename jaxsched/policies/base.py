@@ -310,9 +310,10 @@ def evict_newest_first(need: jax.Array, valid: jax.Array, excess: jax.Array) -> 
     block = jnp.sum(need.reshape(nb, k), axis=1)  # (nb,) memory per block
     after = jnp.sum(block) - prefix_sum(block)  # (nb,) memory of the later blocks
     before_cut = jnp.sum(after >= excess, dtype=jnp.int32)  # blocks wholly before the cut
-    start = jnp.minimum(before_cut, nb - 1) * k
+    cut_block = jnp.minimum(before_cut, nb - 1)
+    start = cut_block * k
     inner = jax.lax.dynamic_slice(need, (start,), (k,))
-    later = after[jnp.minimum(before_cut, nb - 1)] + jnp.sum(inner) - prefix_sum(inner)
+    later = after[cut_block] + jnp.sum(inner) - prefix_sum(inner)
     cut = jnp.where(before_cut >= nb, b, start + jnp.sum(later >= excess, dtype=jnp.int32))
     return valid & (jnp.arange(b) >= cut)
 

@@ -213,12 +213,11 @@ def assert_same_carry(a, b, rtol: float = 1e-6) -> None:
     slots').
     """
     (sa, pa, acc_a), (sb, pb, acc_b) = a, b
-    for slots_a, slots_b in ((sa.slots, sb.slots),):
-        keep_a, keep_b = np.asarray(slots_a.req) >= 0, np.asarray(slots_b.req) >= 0
-        for x, y in zip(jax.tree.leaves(slots_a), jax.tree.leaves(slots_b), strict=True):
-            x, y = np.asarray(x), np.asarray(y)
-            for w in range(x.shape[0]):
-                _assert_leaf(x[w][keep_a[w]], y[w][keep_b[w]], rtol)
+    keep_a, keep_b = np.asarray(sa.slots.req) >= 0, np.asarray(sb.slots.req) >= 0
+    for x, y in zip(jax.tree.leaves(sa.slots), jax.tree.leaves(sb.slots), strict=True):
+        x, y = np.asarray(x), np.asarray(y)
+        for w in range(x.shape[0]):
+            _assert_leaf(x[w][keep_a[w]], y[w][keep_b[w]], rtol)
     rest_a = (sa.replace(slots=None), pa, acc_a)
     rest_b = (sb.replace(slots=None), pb, acc_b)
     for x, y in zip(jax.tree.leaves(rest_a), jax.tree.leaves(rest_b), strict=True):
