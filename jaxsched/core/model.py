@@ -262,8 +262,9 @@ class Workload:
 
 @struct.dataclass
 class SlotState:
-    """Resident requests in admission order, oldest first; free slots (``req = -1``, other
-    fields zero) may lie between them (the simulator compacts them when it needs the room)."""
+    """Resident requests in admission order, oldest first; free slots (``req = -1``; their other
+    fields are unspecified, every reader masks by ``valid``) may lie between them (the
+    simulator compacts them when it needs the room)."""
 
     req: jax.Array  # (B,) int32 workload index, -1 where free
     prompt: jax.Array  # (B,) int32

@@ -78,7 +78,8 @@ class QueueView:
 
 @struct.dataclass
 class SlotView:
-    """Residents in admission order (oldest first)."""
+    """Residents in admission order (oldest first); free slots (``valid`` False) may lie between
+    them, and their other fields are unspecified (a policy masks by ``valid``)."""
 
     valid: jax.Array  # (B,) bool
     prompt: jax.Array  # (B,) int32

@@ -42,9 +42,10 @@ _BEFORE_SEARCH_BLOCK = ("    block = 2 * w  #",
                         "    block = shape.queue_size + 2 * shape.max_batch  #")
 
 
-def load_case(workloads: int = 256, horizon: int = 200, overrides: tuple[str, ...] = ()):
-    """``(experiment, keys (W,), workloads (W, N))`` for the embedded default config."""
-    cfg = load_config(DEFAULT_CONFIG, [f"workload.num_workloads={workloads}",
+def load_case(workloads: int = 256, horizon: int = 200, overrides: tuple[str, ...] = (),
+              config=DEFAULT_CONFIG):
+    """``(experiment, keys (W,), workloads (W, N))`` for ``config`` (the embedded default)."""
+    cfg = load_config(config, [f"workload.num_workloads={workloads}",
                                        f"workload.horizon={horizon}",
                                        f"workload.warmup={min(100, horizon // 4)}", *overrides])
     exp = api.build_experiment(cfg)
@@ -261,12 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workloads", type=int, default=256)
     parser.add_argument("--horizon", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--config", default=DEFAULT_CONFIG,
+                        help="config file (default: the embedded default)")
     parser.add_argument("--set", action="append", default=[], help="config override")
     parser.add_argument("--before", metavar="FILE", help="another version of jaxsched/core/sim.py "
                         "to time against this one (e.g. git show main:jaxsched/core/sim.py)")
     parser.add_argument("--ab-only", action="store_true", help="skip the profile and census")
     args = parser.parse_args(argv)
-    exp, keys, wl = load_case(args.workloads, args.horizon, tuple(args.set))
+    exp, keys, wl = load_case(args.workloads, args.horizon, tuple(args.set), args.config)
     print(f"{args.workloads} workloads x {args.horizon} iterations, max_batch "
           f"{exp.shape.max_batch}, queue_size {exp.shape.queue_size}, N {exp.num_requests}, "
           f"policy {exp.policy.name}, {jax.devices()[0].device_kind}")
