@@ -597,9 +597,11 @@ def _next_state(shape: SimShape, system: SystemParams, workload: Workload, state
                 arrived, num_waiting, window: _Window, admitted: _Admitted, evicted: _Evicted,
                 executed: _Executed, completed: _Completed, t1, lazy: bool) -> SimState:
     """``state_{k+1}``: evicted requests rejoin the queue at their arrival position (keeping
-    ``s_i`` generated tokens, or none with ``restart_on_evict``); the head moves to the first
-    request the window leaves waiting, else past the window (to ``arrived`` if it was not
-    full), read off the window without a search (an eviction may move it back); the slots of
+    ``s_i`` generated tokens, or none with ``restart_on_evict``; ``lazy``: only in iterations
+    where some workload of the batch evicts, :func:`~jaxsched.core.batch_cond.cond_any`); the
+    head moves to the first request the window leaves waiting, else past the window (to
+    ``arrived`` if it was not full), read off the window without a search (an eviction may
+    move it back); the slots of
     the completed and evicted are freed (``lazy``: in place, :func:`_vacate`, compacted when an
     admission needs the room, :func:`_make_room`; else the kept residents move to the front
     now)."""
@@ -607,8 +609,10 @@ def _next_state(shape: SimShape, system: SystemParams, workload: Workload, state
     slots = admitted.slots
     evicted_index = jnp.where(evicted.evict, slots.req, n)
     first_done = slots.first_done | completed.first_token
-    requests = _requeue(admitted.taken, state.requests, evicted_index, slots.generated,
-                        first_done, system.restart_on_evict)
+    requeue = (admitted.taken, state.requests, evicted_index, slots.generated, first_done,
+               system.restart_on_evict)
+    requests = (cond_any(evicted.count > 0, _requeue, _none_requeued, *requeue) if lazy
+                else _requeue(*requeue))
     left = window.valid & ~admitted.admit  # still waiting in the window
     head = jnp.where(jnp.any(left), jnp.min(jnp.where(left, window.index, n)),
                      jnp.where(window.valid[-1], window.index[-1] + 1, arrived))
@@ -638,6 +642,11 @@ def _requeue(taken, requests: RequestState, evicted_index, generated, first_done
         kept=requests.kept.at[evicted_index].set(kept, mode="drop"),
         first_done=requests.first_done.at[evicted_index].set(first_done, mode="drop"),
     )
+
+
+def _none_requeued(taken, requests: RequestState, *unused) -> RequestState:
+    """:func:`_requeue` when nobody was evicted."""
+    return requests.replace(taken=taken)
 
 
 def _vacate(slots: SlotState, keep: jax.Array) -> SlotState:
