@@ -361,7 +361,7 @@ def step(policy: Policy, shape: SimShape, key: jax.Array, workload: Workload,
     new_state = _next_state(shape, system, workload, state, arrived, num_waiting, window,
                             admitted, evicted, executed, completed, t1, lazy)
     acc = _accounting(shape, system, weights, acc, state.iteration, admitted.slots, planned,
-                      evicted, executed, completed, view.capacity)
+                      evicted, executed, completed, view.capacity, lazy)
     out = None
     if shape.record_trace:
         out = StepOutput(
@@ -665,32 +665,40 @@ def _discarded_tokens(system: SystemParams, slots: SlotState, evicted: _Evicted)
 
 def _accounting(shape: SimShape, system: SystemParams, weights, acc: M.Accumulators,
                 iteration, slots: SlotState, planned: _Planned, evicted: _Evicted,
-                executed: _Executed, completed: _Completed, capacity) -> M.Accumulators:
+                executed: _Executed, completed: _Completed, capacity, lazy: bool) -> M.Accumulators:
     """The metrics' running sums over iterations ``k >= warmup``: completions, their tokens
     and latencies, first tokens, evictions, recomputed tokens, overflows, ``sum M_k tau_k``,
-    ``sum tau_k`` and ``max M_k`` (mass-weighted in the relaxed modes)."""
-    on = iteration >= shape.warmup
-    floor = M.histogram_floor(system.d0, jnp.minimum(system.d1_prefill, system.d1_context))
-    overflow, evictions, recomputed = weights.eviction_totals(slots, planned.need, evicted,
-                                                              capacity)
-    memory = weights.total(evicted.survive, planned.need)
-    latency, done, first = completed.latency, completed.done, completed.first_token
-    increments = M.Accumulators(
-        completed=weights.count(done),
-        completed_tokens=weights.total(done, slots.output),
-        latency_sum=weights.total(done, latency),
-        latency_hist=jnp.where(done & on, M.bin_index(latency, floor), M.NUM_BINS),
-        ttft_count=weights.count(first),
-        ttft_sum=weights.total(first, latency),
-        ttft_hist=jnp.where(first & on, M.bin_index(latency, floor), M.NUM_BINS),
-        evictions=evictions,
-        recomputed_tokens=recomputed,
-        overflow_steps=overflow,
-        memory_time=memory * executed.tau,
-        elapsed=executed.tau,
-        peak_memory=memory,
-    )
-    return _accumulate(acc, increments, on, weights.hist_weight)
+    ``sum tau_k`` and ``max M_k`` (mass-weighted in the relaxed modes). ``lazy``: not
+    computed during the warm-up (:func:`~jaxsched.core.batch_cond.cond_any`; the batch's
+    iterations are in step)."""
+    def add(acc, iteration, slots, planned, evicted, executed, completed, capacity, system):
+        on = iteration >= shape.warmup
+        floor = M.histogram_floor(system.d0, jnp.minimum(system.d1_prefill, system.d1_context))
+        overflow, evictions, recomputed = weights.eviction_totals(slots, planned.need, evicted,
+                                                                  capacity)
+        memory = weights.total(evicted.survive, planned.need)
+        latency, done, first = completed.latency, completed.done, completed.first_token
+        increments = M.Accumulators(
+            completed=weights.count(done),
+            completed_tokens=weights.total(done, slots.output),
+            latency_sum=weights.total(done, latency),
+            latency_hist=jnp.where(done & on, M.bin_index(latency, floor), M.NUM_BINS),
+            ttft_count=weights.count(first),
+            ttft_sum=weights.total(first, latency),
+            ttft_hist=jnp.where(first & on, M.bin_index(latency, floor), M.NUM_BINS),
+            evictions=evictions,
+            recomputed_tokens=recomputed,
+            overflow_steps=overflow,
+            memory_time=memory * executed.tau,
+            elapsed=executed.tau,
+            peak_memory=memory,
+        )
+        return _accumulate(acc, increments, on, weights.hist_weight)
+
+    operands = (acc, iteration, slots, planned, evicted, executed, completed, capacity, system)
+    if lazy:
+        return cond_any(iteration >= shape.warmup, add, lambda acc, *_: acc, *operands)
+    return add(*operands)
 
 
 def _accumulate(acc: M.Accumulators, increments: M.Accumulators, on, hist_weight):
