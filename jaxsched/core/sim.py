@@ -9,11 +9,14 @@
 (:class:`_HardCounts`) or admission-mass-weighted ones (:class:`_RelaxedCounts`), so the hard
 path carries no relaxed work.
 
-Residents are kept in admission order, so the newest are a suffix (LIFO eviction is a prefix
-sum, no sort). In hard mode a freed slot stays free in place until an admission finds no room
-after the last resident, and then the batch is compacted at once; the eviction phase runs only
-in iterations where some workload overflows, and arrivals are counted without a search unless
-a block of them arrives at once (:mod:`jaxsched.core.batch_cond`). The waiting queue is the
+Residents are kept in admission order, so the newest are a suffix (LIFO eviction needs no
+sort). A free slot is marked by its request index alone (``req = -1``); its other fields are
+left as they were and never read (:func:`_vacate`; ``tests/test_free_slots.py``). In hard mode
+a freed slot stays free in place until an admission finds no room after the last resident,
+and then the batch is compacted at once; the eviction phase and the requeue run only in
+iterations where some workload overflows or evicts, the accounting not during the warm-up,
+and arrivals are counted without a search unless a block of them arrives at once
+(:mod:`jaxsched.core.batch_cond`). The waiting queue is the
 workload itself (sorted by arrival) minus the requests taken, seen through a window of ``queue_size``
 positions from the oldest waiting request, compacted into the first ``queue_size`` waiting
 requests. The positions are searched in blocks of ``2 queue_size`` (a ``while_loop``) until
