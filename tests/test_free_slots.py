@@ -19,6 +19,7 @@ import pytest
 
 from jaxsched import testing as jt
 from jaxsched.core import rollout, sim
+from jaxsched.policies import get_policy, make_params
 from jaxsched.tools.profiling import assert_same_carry
 
 SHAPE = dataclasses.replace(jt.small_shape(max_batch=4, queue_size=6, horizon=32, num_classes=2),
@@ -67,11 +68,11 @@ def _rollouts(policy):
 @pytest.mark.parametrize("variant", VARIANTS, ids=jt.variant_id)
 def test_free_slots_are_never_read(variant):
     name, options = variant
-    policy = jt._policy(name, options)
+    policy = get_policy(name, **options)
     plain, poisoned = _rollouts(policy)
     params_of = lambda system: sim.SimParams(  # noqa: E731
         system=jt.as_system(system),
-        policy=jt.make_params(policy, {}, num_classes=SHAPE.num_classes))
+        policy=make_params(policy, {}, num_classes=SHAPE.num_classes))
 
     @hypothesis.settings(jt.property_settings(6))
     @hypothesis.given(workload=WORKLOADS, system=SYSTEMS)

@@ -1,6 +1,7 @@
 """Profiling the step function, and before/after comparisons measured in one process.
 
-``python -m jaxsched.tools.profiling [--workloads 256] [--horizon 200] [--repeats 5]`` prints
+``python -m jaxsched.tools.profiling [--config FILE] [--workloads 256] [--horizon 200] [--repeats 5]``
+prints
 
 * where a chunk's time goes: a :func:`jax.profiler.trace` of one compiled chunk call
   (``lax.scan`` of :func:`jaxsched.core.sim.step` over the horizon), its XLA ops grouped by kind
