@@ -86,7 +86,7 @@ def test_profiling_ab_step_checks_the_trajectories(tmp_path):
     assert result["before"] > 0 and result["after"] > 0
     assert result["rate_after"] == pytest.approx(8 * 12 * 2 / result["after"])
     eager = tmp_path / "eager.py"  # compacts every iteration: other slots, one trajectory
-    lazy = "        slots=_free(ran, completed.stays) if lazy else _compact(ran, completed.stays),\n"
+    lazy = "        slots=_vacate(ran, completed.stays) if lazy else _compact(ran, completed.stays),\n"
     assert source.count(lazy) == 1
     eager.write_text(source.replace(lazy, "        slots=_compact(ran, completed.stays),\n"))
     result = profiling.ab_step(exp, keys, wl, profiling.sim_from_file(eager, "jaxsched._eager"),
