@@ -604,10 +604,9 @@ def _next_state(shape: SimShape, system: SystemParams, workload: Workload, state
     where some workload of the batch evicts, :func:`~jaxsched.core.batch_cond.cond_any`); the
     head moves to the first request the window leaves waiting, else past the window (to
     ``arrived`` if it was not full), read off the window without a search (an eviction may
-    move it back); the slots of
-    the completed and evicted are freed (``lazy``: in place, :func:`_vacate`, compacted when an
-    admission needs the room, :func:`_make_room`; else the kept residents move to the front
-    now)."""
+    move it back); the slots of the completed and evicted are freed (``lazy``: in place,
+    :func:`_vacate`, compacted when an admission needs the room, :func:`_make_room`; else the
+    kept residents move to the front now)."""
     n = workload.num_requests
     slots = admitted.slots
     evicted_index = jnp.where(evicted.evict, slots.req, n)

@@ -47,8 +47,8 @@ def load_case(workloads: int = 256, horizon: int = 200, overrides: tuple[str, ..
               config=DEFAULT_CONFIG):
     """``(experiment, keys (W,), workloads (W, N))`` for ``config`` (the embedded default)."""
     cfg = load_config(config, [f"workload.num_workloads={workloads}",
-                                       f"workload.horizon={horizon}",
-                                       f"workload.warmup={min(100, horizon // 4)}", *overrides])
+                               f"workload.horizon={horizon}",
+                               f"workload.warmup={min(100, horizon // 4)}", *overrides])
     exp = api.build_experiment(cfg)
     keys, wl = api.build_workloads(cfg, exp.num_requests, exp.duration)
     return exp, keys, wl
