@@ -4,6 +4,9 @@ step-against-a-file A/B checks trajectories."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -99,3 +102,16 @@ def test_profiling_ab_step_checks_the_trajectories(tmp_path):
     with pytest.raises(AssertionError):
         profiling.ab_step(exp, keys, wl, profiling.sim_from_file(slower, "jaxsched._slower"),
                           repeats=1)
+
+
+def test_profiling_bad_config_is_one_line(tmp_path):
+    """``python -m jaxsched.tools.profiling --config`` with a missing file, or a bad ``--set``:
+    one line naming the file or key, exit code 2, no traceback."""
+    for args, named in ((["--config", str(tmp_path / "missing.toml")], "missing.toml"),
+                        (["--set", "system.bogus=1"], "system.bogus")):
+        done = subprocess.run([sys.executable, "-m", "jaxsched.tools.profiling", *args],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and named in lines[0], done.stderr
+        assert "Traceback" not in done.stderr

@@ -35,6 +35,7 @@ from jaxsched.core import metrics, sim
 from jaxsched.core import rollout as R
 from jaxsched.running import sharding as S
 from jaxsched.config import DEFAULT_CONFIG, load_config
+from jaxsched.errors import JaxschedError
 
 __all__ = ["load_case", "profile_chunk", "hlo_census", "sim_variant", "sim_from_file", "ab_step",
            "ab_search_block", "ab_donation", "main"]
@@ -270,7 +271,11 @@ def main(argv: list[str] | None = None) -> int:
                         "to time against this one (e.g. git show main:jaxsched/core/sim.py)")
     parser.add_argument("--ab-only", action="store_true", help="skip the profile and census")
     args = parser.parse_args(argv)
-    exp, keys, wl = load_case(args.workloads, args.horizon, tuple(args.set), args.config)
+    try:
+        exp, keys, wl = load_case(args.workloads, args.horizon, tuple(args.set), args.config)
+    except JaxschedError as err:  # a missing or bad --config file, a bad --set
+        print(f"python -m jaxsched.tools.profiling: {err}", file=sys.stderr)
+        return 2
     print(f"{args.workloads} workloads x {args.horizon} iterations, max_batch "
           f"{exp.shape.max_batch}, queue_size {exp.shape.queue_size}, N {exp.num_requests}, "
           f"policy {exp.policy.name}, {jax.devices()[0].device_kind}")
